@@ -1,0 +1,182 @@
+"""The commands: argument parsing over the Python API, and nothing else.
+
+Every command turns an NmtError into one line on stderr and exit code 2, and Ctrl-C into
+exit code 130; only bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Callable
+
+from tqdm import tqdm
+
+from nmt.checkpoint import atomic_write_text
+from nmt.data.corpus import read_lines
+from nmt.errors import NmtError
+from nmt.recipe import DecodeConfig, Recipe
+
+log = logging.getLogger("nmt")
+
+
+class _TqdmHandler(logging.Handler):
+    """Log lines that do not tear through a progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _command(name: str) -> Callable:
+    def wrap(body: Callable[[list[str] | None], int | None]) -> Callable:
+        @functools.wraps(body)
+        def run(argv: list[str] | None = None) -> None:
+            if not any(isinstance(h, _TqdmHandler) for h in log.handlers):
+                handler = _TqdmHandler()
+                handler.setFormatter(logging.Formatter(f"{name}: %(message)s"))
+                log.addHandler(handler)
+                log.setLevel(logging.INFO)
+            try:
+                code = body(argv) or 0
+            except NmtError as error:
+                print(f"{name}: error: {error}", file=sys.stderr)
+                code = 2
+            except KeyboardInterrupt:
+                print(f"{name}: interrupted", file=sys.stderr)
+                code = 130
+            except BrokenPipeError:  # the reader went away (`| head`): end quietly
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+                code = 0
+            sys.exit(code)
+        return run
+    return wrap
+
+
+# ---------------------------------------------------------------------- nmt-train
+
+@_command("nmt-train")
+def train_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nmt-train", description="Train a translation model from a recipe.",
+        epilog="Overrides come after the recipe: nmt-train recipe.yaml train.max_steps=200 "
+               "model.attention=luong-general")
+    parser.add_argument("recipe", help="recipe YAML file")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="recipe values to override, by dotted key")
+    parser.add_argument("--run-dir", help="where the run is written (default: runs/NAME)")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --run-dir from its last checkpoint")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start again in a run directory that already holds a run")
+    args = parser.parse_intermixed_args(argv)
+    from nmt.train import train  # torch and datasets load only once the arguments are fine
+
+    recipe = Recipe.load(args.recipe, args.overrides)
+    run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / recipe.name
+    result = train(recipe, run_dir, resume=args.resume, overwrite=args.overwrite)
+    print(f"best dev {result.metric} {result.best:.2f} at step {result.best_step} "
+          f"({result.steps} steps, {result.elapsed_s / 60:.1f} min); "
+          f"translate with: nmt-translate -m {run_dir}")
+    return 0
+
+
+# ---------------------------------------------------------------------- nmt-translate
+
+@_command("nmt-translate")
+def translate_main(argv: list[str] | None = None) -> int:
+    defaults = DecodeConfig()
+    parser = argparse.ArgumentParser(
+        prog="nmt-translate", description="Translate plain text with a trained run. Reads "
+        "stdin and writes stdout unless -i/-o are given; unset search options use the run's "
+        "recipe (its decode section).")
+    parser.add_argument("-m", "--model", required=True, metavar="RUN_DIR",
+                        help="run directory written by nmt-train")
+    parser.add_argument("--checkpoint", default="best", help="checkpoint name (best or last)")
+    parser.add_argument("-i", "--input", help="file to translate, one sentence a line")
+    parser.add_argument("-o", "--output", help="file to write (written whole, atomically)")
+    parser.add_argument("--beam", type=int, help=f"beam size; 1 is greedy (recipe default "
+                                                 f"{defaults.beam})")
+    parser.add_argument("--length-norm", choices=("none", "avg", "gnmt"),
+                        help="avg: logP/|y|^alpha; gnmt: logP/((5+|y|)/6)^alpha")
+    parser.add_argument("--alpha", type=float, help="length normalization strength")
+    parser.add_argument("--nbest", type=int, default=1,
+                        help="print N hypotheses per line as 'LINE ||| TEXT ||| SCORE'")
+    parser.add_argument("--max-len-a", type=float, help="output length limit a·|x|+b: a")
+    parser.add_argument("--max-len-b", type=int, help="output length limit a·|x|+b: b")
+    parser.add_argument("--batch-size", type=int, help="sentences per batch")
+    parser.add_argument("--scores", action="store_true",
+                        help="print each output's normalized score before it, tab-separated")
+    parser.add_argument("--ref", help="reference file: print a BLEU/chrF/TER report after "
+                                      "translating")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    args = parser.parse_args(argv)
+    for flag in ("beam", "nbest", "batch_size", "max_len_b"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            raise NmtError(f"--{flag.replace('_', '-')} must be at least 1")
+    from nmt.translate import Translator
+
+    translator = Translator.from_run(args.model, args.checkpoint, args.device)
+    options = dict(beam=args.beam, length_norm=args.length_norm, alpha=args.alpha,
+                   max_len_a=args.max_len_a, max_len_b=args.max_len_b,
+                   batch_size=args.batch_size)
+
+    def render(index: int, hyps: list) -> list[str]:
+        if args.nbest > 1:
+            return [f"{index} ||| {h.text} ||| {h.score:.4f}" for h in hyps]
+        return [f"{hyps[0].score:.4f}\t{hyps[0].text}" if args.scores else hyps[0].text]
+
+    if args.input is None and args.output is None and args.ref is None and args.nbest == 1:
+        for hyp in translator.translate_stream(sys.stdin, **options):  # a shell pipe, streamed
+            print(render(0, [hyp])[0], flush=True)
+        return 0
+    lines = read_lines(Path(args.input)) if args.input else \
+        [line.rstrip("\r\n") for line in sys.stdin]
+    results = translator.nbest(lines, nbest=args.nbest, **options)
+    text = "".join(out + "\n" for i, hyps in enumerate(results) for out in render(i, hyps))
+    if args.output:
+        atomic_write_text(Path(args.output), text)
+    else:
+        sys.stdout.write(text)
+    if args.ref:
+        from nmt.evaluate import score
+
+        report = score([hyps[0].text for hyps in results], [read_lines(Path(args.ref))])
+        print(report.format(), file=sys.stderr if not args.output else sys.stdout)
+    return 0
+
+
+# ---------------------------------------------------------------------- nmt-score
+
+@_command("nmt-score")
+def score_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nmt-score", description="Score detokenized translations with sacreBLEU "
+                                      "(BLEU, chrF, TER), printing each metric's signature.")
+    parser.add_argument("-r", "--ref", action="append", required=True,
+                        help="reference file (repeat for several references)")
+    parser.add_argument("-i", "--input", required=True, help="hypothesis file")
+    parser.add_argument("--json", help="also write the report as JSON to this file")
+    args = parser.parse_args(argv)
+    from nmt.evaluate import score
+
+    report = score(read_lines(Path(args.input)), [read_lines(Path(ref)) for ref in args.ref])
+    print(report.format())
+    if args.json:
+        atomic_write_text(Path(args.json), report.to_json())
+    return 0
+
+
+COMMANDS = {"train": train_main, "translate": translate_main, "score": score_main}
+
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m nmt COMMAND ...`."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        print(f"usage: python -m nmt {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
+        sys.exit(2)
+    COMMANDS[argv[0]](argv[1:])

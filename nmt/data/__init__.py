@@ -1,0 +1,1 @@
+"""Data: corpora (text) → subwords (ids) → batches (padded tensors)."""

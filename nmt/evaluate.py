@@ -1,0 +1,65 @@
+"""Scores through sacreBLEU: BLEU, chrF and TER, always on detokenized text, with signatures.
+
+The signature says exactly how a number was computed (tokenizer, casing, smoothing, version);
+a BLEU figure without it cannot be compared with anyone else's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+from sacrebleu.metrics import BLEU, CHRF, TER
+
+from nmt.errors import NmtError
+
+
+@dataclass
+class MetricScore:
+    name: str
+    score: float
+    signature: str
+    detail: str  # sacreBLEU's one-line summary, e.g. BLEU's n-gram precisions and brevity penalty
+
+
+@dataclass
+class ScoreReport:
+    sentences: int
+    metrics: list[MetricScore]
+
+    def __getitem__(self, name: str) -> float:
+        for metric in self.metrics:
+            if metric.name == name:
+                return metric.score
+        raise KeyError(name)
+
+    def format(self) -> str:
+        lines = [f"{'metric':<6} {'score':>6}  signature"]
+        for m in self.metrics:
+            lines.append(f"{m.name:<6} {m.score:6.2f}  {m.signature}")
+        lines.append("")
+        lines.extend(m.detail for m in self.metrics)
+        lines.append(f"{self.sentences} sentences")
+        return "\n".join(lines)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
+
+
+def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:
+    """BLEU alone (sacreBLEU defaults), e.g. for validation during training."""
+    return BLEU().corpus_score(hypotheses, [references]).score
+
+
+def score(hypotheses: list[str], references: list[list[str]]) -> ScoreReport:
+    """BLEU, chrF and TER of detokenized hypotheses against one or more reference streams."""
+    for number, stream in enumerate(references, start=1):
+        if len(stream) != len(hypotheses):
+            raise NmtError(f"reference {number} has {len(stream)} lines but the hypotheses have "
+                           f"{len(hypotheses)}")
+    metrics = []
+    for name, metric in (("BLEU", BLEU()), ("chrF", CHRF()), ("TER", TER())):
+        result = metric.corpus_score(hypotheses, references)
+        metrics.append(MetricScore(name, round(result.score, 4), str(metric.get_signature()),
+                                   str(result)))
+    return ScoreReport(len(hypotheses), metrics)

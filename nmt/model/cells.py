@@ -1,0 +1,62 @@
+"""One time step of a stacked LSTM / GRU / tanh-RNN, computed with the weights of `nn.LSTM` etc.
+
+`nn.LSTM` called once per step is slow on CPU (each call sets up a whole fused-sequence kernel,
+forward and backward). An input-feeding decoder must step one token at a time, so it uses these
+few matrix products instead, on the same parameters: the full-sequence module stays available
+for decoders without input feeding, and checkpoints are the same either way.
+
+The input-side product of layer 0 for the target embeddings does not depend on earlier steps, so
+`input_projection` computes it for all steps at once; each step adds only what is left.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+
+
+def input_projection(rnn: nn.RNNBase, embedded: torch.Tensor) -> torch.Tensor:
+    """Layer 0's input gates from the embeddings (N, T, E) → (N, T, G), bias included."""
+    size = embedded.size(-1)
+    return F.linear(embedded, rnn.weight_ih_l0[:, :size], rnn.bias_ih_l0)
+
+
+def step(rnn: nn.RNNBase, cell: str, gates_x: torch.Tensor, extra: torch.Tensor | None,
+         state: State, dropout: float, training: bool) -> tuple[torch.Tensor, State]:
+    """Advance every layer one step. `gates_x` (N, G) is layer 0's precomputed input part;
+    `extra` (N, F) is the rest of layer 0's input (the fed attentional vector), if any.
+    Returns the top layer's output (N, H) and the new state (layers, N, H)."""
+    hidden, memory = state if isinstance(state, tuple) else (state, None)
+    new_hidden, new_memory = [], []
+    layer_input = None
+    for layer in range(rnn.num_layers):
+        w_ih = getattr(rnn, f"weight_ih_l{layer}")
+        if layer == 0:
+            gates = gates_x
+            if extra is not None:
+                gates = torch.addmm(gates, extra, w_ih[:, -extra.size(1):].t())
+        else:
+            layer_input = F.dropout(layer_input, dropout, training)
+            gates = F.linear(layer_input, w_ih, getattr(rnn, f"bias_ih_l{layer}"))
+        h = hidden[layer]
+        recurrent = F.linear(h, getattr(rnn, f"weight_hh_l{layer}"),
+                             getattr(rnn, f"bias_hh_l{layer}"))
+        if cell == "lstm":
+            i, f, g, o = (gates + recurrent).chunk(4, dim=1)
+            c = torch.sigmoid(f) * memory[layer] + torch.sigmoid(i) * torch.tanh(g)
+            h = torch.sigmoid(o) * torch.tanh(c)
+            new_memory.append(c)
+        elif cell == "gru":
+            x_r, x_z, x_n = gates.chunk(3, dim=1)
+            h_r, h_z, h_n = recurrent.chunk(3, dim=1)
+            r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
+            h = (1 - z) * torch.tanh(x_n + r * h_n) + z * h
+        else:
+            h = torch.tanh(gates + recurrent)
+        new_hidden.append(h)
+        layer_input = h
+    hidden = torch.stack(new_hidden)
+    return layer_input, ((hidden, torch.stack(new_memory)) if cell == "lstm" else hidden)

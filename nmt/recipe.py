@@ -1,0 +1,348 @@
+"""Recipes: one YAML file that drives data, tokenizer, model, training and decoding.
+
+A recipe is loaded into frozen dataclasses. Every field carries its documentation and its
+constraints, so validation, error messages and the README's recipe reference come from one place.
+Errors always name the dotted key and the file; an unknown key suggests the nearest valid one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+import yaml
+
+from nmt.errors import NmtError
+
+
+def option(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
+           max: float | None = None) -> Any:
+    """A recipe field with its documentation and constraints attached."""
+    return field(default=default, metadata={"help": help, "choices": choices, "min": min, "max": max})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    root: str = option(".", "Folder holding the corpus files. A relative path in the recipe "
+                            "is relative to the recipe file; one given as an override, to the "
+                            "current directory.")
+    format: str = option("text", "Corpus layout: `text` (one file per language, `SPLIT.LANG`), "
+                                 "`tsv` (`SPLIT.tsv`, source<TAB>target), `jsonl` (`SPLIT.jsonl`, "
+                                 "`{\"translation\": {LANG: ...}}`) or `hub` (a Hugging Face dataset).",
+                         choices=("text", "tsv", "jsonl", "hub"))
+    src_lang: str = option("de", "Source language code (file suffix / translation key).")
+    tgt_lang: str = option("en", "Target language code.")
+    train: str = option("train", "Name of the training split.")
+    dev: str = option("dev", "Name of the development split (validation during training).")
+    hub_name: str = option("", "With `format: hub`: the dataset's name on the Hugging Face hub.")
+    hub_config: str = option("", "With `format: hub`: the dataset's configuration, e.g. `de-en`.")
+    max_len: int = option(100, "Training pairs with more subword tokens than this on either side "
+                               "are dropped (and counted in the log).", min=1)
+    max_ratio: float = option(9.0, "Training pairs whose subword length ratio exceeds this are "
+                                   "dropped (and counted in the log); 9 as in Moses' "
+                                   "clean-corpus-n.", min=1.0)
+
+
+@dataclass(frozen=True)
+class TokenizerConfig:
+    type: str = option("unigram", "SentencePiece model type.", choices=("unigram", "bpe"))
+    vocab_size: int = option(8000, "Subword vocabulary size (per vocabulary when not joint).", min=8)
+    joint: bool = option(True, "One vocabulary shared by source and target, trained on both sides.")
+    character_coverage: float = option(1.0, "Share of characters SentencePiece must cover "
+                                            "(0.9995 suits large alphabets).", min=0.5, max=1.0)
+    max_sentences: int = option(1_000_000, "SentencePiece trains on at most this many sentences "
+                                           "(a seeded sample of the training data).", min=1)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    cell: str = option("lstm", "Recurrent cell of encoder and decoder.", choices=("lstm", "gru", "rnn"))
+    embedding_size: int = option(256, "Size of source and target embeddings.", min=1)
+    hidden_size: int = option(256, "Encoder hidden size, per direction: a bidirectional encoder "
+                                   "outputs twice this.", min=1)
+    encoder_layers: int = option(1, "Stacked encoder layers.", min=1)
+    bidirectional: bool = option(True, "Read the source in both directions.")
+    decoder_hidden_size: int = option(256, "Decoder hidden size.", min=1)
+    decoder_layers: int = option(1, "Stacked decoder layers.", min=1)
+    attention: str = option("bahdanau", "Attention score: `bahdanau` (additive, "
+                                        "v·tanh(W·h + U·m)), `luong-dot` (h·m) or `luong-general` "
+                                        "(h·W·m).", choices=("bahdanau", "luong-dot", "luong-general"))
+    input_feeding: bool = option(True, "Feed the previous attentional vector into the next "
+                                       "decoder step (Luong et al., 2015).")
+    bridge: bool = option(True, "Start the decoder from a learned projection of the encoder's "
+                                "final states; off starts it from zeros.")
+    dropout: float = option(0.3, "Dropout on embeddings, between layers and before the output layer.",
+                            min=0.0, max=0.95)
+    tie_output: bool = option(False, "Share the output layer's weights with the target embeddings "
+                                     "(needs `embedding_size` = attentional vector size, i.e. "
+                                     "`decoder_hidden_size`).")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_tokens: int = option(4096, "Token budget of a batch: sentences × longest side "
+                                     "(padding included) stays within it.", min=1)
+    batch_sentences: int = option(0, "If above 0, batches hold this many sentences instead of a "
+                                     "token budget.", min=0)
+    lr: float = option(1e-3, "Adam learning rate.", min=0.0)
+    clip_norm: float = option(1.0, "Clip the gradient's global norm to this (0 turns clipping off).",
+                              min=0.0)
+    label_smoothing: float = option(0.1, "Label smoothing of the cross-entropy loss.", min=0.0, max=0.99)
+    max_steps: int = option(0, "Stop after this many updates (0: no limit).", min=0)
+    max_epochs: int = option(20, "Stop after this many passes over the training data (0: no limit).",
+                             min=0)
+    valid_every: int = option(500, "Validate (loss, perplexity, greedy BLEU on dev) every N updates "
+                                   "and at the end of training.", min=1)
+    valid_max_sentences: int = option(0, "Validate BLEU on at most this many dev sentences "
+                                          "(0: all).", min=0)
+    early_stopping: str = option("bleu", "Dev metric that picks the best checkpoint and drives "
+                                         "early stopping.", choices=("bleu", "loss"))
+    patience: int = option(5, "Stop after this many validations without improvement (0: never).",
+                           min=0)
+    log_every: int = option(50, "Write a metrics row every N updates.", min=1)
+    device: str = option("auto", "`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`.")
+    threads: int = option(0, "CPU threads for PyTorch (0: PyTorch's default).", min=0)
+
+
+@dataclass(frozen=True)
+class DecodeConfig:
+    beam: int = option(5, "Beam size; 1 is greedy search.", min=1)
+    length_norm: str = option("gnmt", "Length normalization of finished hypotheses: `none`, `avg` "
+                                      "(log P / |y|^alpha) or `gnmt` (log P / ((5+|y|)/6)^alpha); "
+                                      "|y| counts the end-of-sentence token.",
+                              choices=("none", "avg", "gnmt"))
+    alpha: float = option(0.6, "Strength of the length normalization.", min=0.0)
+    max_len_a: float = option(1.5, "Outputs stop at max_len_a · |source tokens| + max_len_b tokens.",
+                              min=0.0)
+    max_len_b: int = option(10, "See `max_len_a`.", min=1)
+    batch_size: int = option(64, "Sentences translated together.", min=1)
+
+
+@dataclass(frozen=True)
+class Recipe:
+    name: str = option("run", "Name of the run; the default run directory is `runs/NAME`.")
+    seed: int = option(1234, "Seed for SentencePiece sampling, initialisation, dropout and batch order.")
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Where the corpus is."})
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig,
+                                       metadata={"help": "SentencePiece subwords."})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "The network."})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "The training loop."})
+    decode: DecodeConfig = field(default_factory=DecodeConfig,
+                                 metadata={"help": "Search defaults of `nmt-translate`."})
+    # Where the recipe came from and where each value came from; not recipe keys themselves.
+    source_path: Path | None = field(default=None, compare=False, repr=False)
+    provenance: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    # ---------------------------------------------------------------- loading
+
+    @classmethod
+    def load(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> "Recipe":
+        """Read a recipe file and apply `key=value` overrides given after it."""
+        path = Path(path)
+        try:
+            text = path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            raise NmtError(f"{path}: recipe file not found") from None
+        except (OSError, UnicodeDecodeError) as error:
+            raise NmtError(f"{path}: cannot read recipe: {error}") from None
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            mark = getattr(error, "problem_mark", None)
+            where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+            raise NmtError(f"{path}{where}: YAML syntax error: {problem}") from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise NmtError(f"{path}: a recipe is a mapping of sections, not a {type(raw).__name__}")
+        raw.setdefault("name", path.stem)
+        override_values = parse_overrides(overrides)
+        return cls.from_dict(raw, overrides=override_values, source=path)
+
+    @classmethod
+    def from_dict(cls, raw: dict, overrides: dict[str, Any] | None = None,
+                  source: Path | None = None) -> "Recipe":
+        """Build a validated recipe from nested dicts, recording where each value came from."""
+        where = str(source) if source else "recipe"
+        provenance: dict[str, str] = {}
+        merged = _nested_copy(raw)
+        _record(cls, merged, "", "file", provenance, where)
+        for dotted, value in (overrides or {}).items():
+            _set_dotted(cls, merged, dotted, value, where)
+            provenance[dotted] = "override"
+        recipe = _build(cls, merged, "", where, provenance)
+        # Paths in a file are relative to that file; paths typed on the command line, to the
+        # current directory. Stored resolved, so the run directory's copy works from anywhere.
+        base = source.parent if source and provenance["data.root"] == "file" else Path.cwd()
+        root = (base / Path(recipe.data.root).expanduser()).resolve()
+        recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, root=str(root)),
+                                     source_path=source, provenance=provenance)
+        recipe.check(where)
+        return recipe
+
+    def check(self, where: str) -> None:
+        """Rules that span several keys."""
+        model = self.model
+        memory_size = model.hidden_size * (2 if model.bidirectional else 1)
+        if model.attention == "luong-dot" and memory_size != model.decoder_hidden_size:
+            raise NmtError(f"{where}: model.attention: luong-dot needs decoder_hidden_size "
+                           f"({model.decoder_hidden_size}) equal to the encoder output size "
+                           f"({memory_size}); use luong-general or bahdanau, or change the sizes")
+        if model.tie_output and model.embedding_size != model.decoder_hidden_size:
+            raise NmtError(f"{where}: model.tie_output needs model.embedding_size "
+                           f"({model.embedding_size}) = model.decoder_hidden_size "
+                           f"({model.decoder_hidden_size})")
+        if self.train.batch_sentences == 0 and self.data.max_len + 1 > self.train.batch_tokens:
+            raise NmtError(f"{where}: train.batch_tokens ({self.train.batch_tokens}) must exceed "
+                           f"data.max_len ({self.data.max_len}) so every pair fits in a batch")
+        if self.data.format == "hub" and not self.data.hub_name:
+            raise NmtError(f"{where}: data.hub_name is required with data.format: hub")
+
+    # ---------------------------------------------------------------- saving
+
+    def to_dict(self) -> dict:
+        """The recipe's keys and values, as they would be written in YAML."""
+        return {f.name: (dataclasses.asdict(getattr(self, f.name))
+                         if dataclasses.is_dataclass(getattr(self, f.name)) else getattr(self, f.name))
+                for f in recipe_fields(Recipe)}
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+def recipe_fields(cls: type) -> list[dataclasses.Field]:
+    """The fields of a recipe section that are recipe keys."""
+    return [f for f in dataclasses.fields(cls) if f.name not in ("source_path", "provenance")]
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """`train.max_steps=200` → {"train.max_steps": 200}; values are read as YAML scalars."""
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise NmtError(f"override {item!r}: expected KEY=VALUE, e.g. train.max_steps=200")
+        try:
+            values[key.strip()] = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError:
+            values[key.strip()] = text
+    return values
+
+
+# -------------------------------------------------------------------- internals
+
+def _nested_copy(raw: Any) -> Any:
+    return {k: _nested_copy(v) for k, v in raw.items()} if isinstance(raw, dict) else raw
+
+
+def _unknown_key(cls: type, key: Any, prefix: str, where: str) -> NmtError:
+    names = [f.name for f in recipe_fields(cls)]
+    close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+    hint = f"; did you mean {prefix}{close[0]}?" if close else f"; valid keys: {', '.join(names)}"
+    return NmtError(f"{where}: unknown key {prefix}{key}{hint}")
+
+
+def _record(cls: type, raw: dict, prefix: str, origin: str, provenance: dict, where: str) -> None:
+    """Mark every key present in `raw` as coming from `origin`; reject unknown keys."""
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in recipe_fields(cls)}
+    for key, value in raw.items():
+        if key not in fields:
+            raise _unknown_key(cls, key, prefix, where)
+        if dataclasses.is_dataclass(hints[key]):
+            if not isinstance(value, dict):
+                raise NmtError(f"{where}: {prefix}{key} must be a section (a mapping of keys), "
+                               f"not {value!r}")
+            _record(hints[key], value, f"{prefix}{key}.", origin, provenance, where)
+        else:
+            provenance[f"{prefix}{key}"] = origin
+
+
+def _set_dotted(cls: type, raw: dict, dotted: str, value: Any, where: str) -> None:
+    parts = dotted.split(".")
+    section_cls, node, prefix = cls, raw, ""
+    for part in parts[:-1]:
+        hints = get_type_hints(section_cls)
+        if part not in hints or not dataclasses.is_dataclass(hints[part]):
+            raise _unknown_key(section_cls, part, prefix, f"override {dotted}")
+        section_cls, prefix = hints[part], f"{prefix}{part}."
+        node = node.setdefault(part, {})
+    if parts[-1] not in {f.name for f in recipe_fields(section_cls)}:
+        raise _unknown_key(section_cls, parts[-1], prefix, f"override {dotted}")
+    if dataclasses.is_dataclass(get_type_hints(section_cls)[parts[-1]]):
+        raise NmtError(f"override {dotted}: is a section; override one of its keys instead")
+    node[parts[-1]] = value
+
+
+def _build(cls: type, raw: dict, prefix: str, where: str, provenance: dict) -> Any:
+    hints = get_type_hints(cls)
+    values = {}
+    for f in recipe_fields(cls):
+        key = f"{prefix}{f.name}"
+        kind = hints[f.name]
+        if dataclasses.is_dataclass(kind):
+            values[f.name] = _build(kind, raw.get(f.name) or {}, f"{key}.", where, provenance)
+        elif f.name in raw:
+            values[f.name] = _coerce(raw[f.name], kind, f, key, where)
+        else:
+            provenance.setdefault(key, "default")
+    return cls(**values)
+
+
+def _coerce(value: Any, kind: Any, f: dataclasses.Field, key: str, where: str) -> Any:
+    """Check one value's type and range; ints are accepted where floats are expected."""
+    if kind is bool:
+        ok = isinstance(value, bool)
+    elif kind is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif kind is float:
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif kind is str:
+        ok = isinstance(value, (str, int, float)) and not isinstance(value, bool)
+        value = str(value) if ok else value
+    else:
+        ok = isinstance(value, kind)
+    if not ok:
+        raise NmtError(f"{where}: {key} must be {_type_name(kind)}, not {value!r}")
+    meta = f.metadata
+    if meta.get("choices") and value not in meta["choices"]:
+        close = difflib.get_close_matches(str(value), meta["choices"], n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]}?" if close else ""
+        raise NmtError(f"{where}: {key} must be one of {', '.join(meta['choices'])}, "
+                       f"not {value!r}{hint}")
+    if meta.get("min") is not None and value < meta["min"]:
+        raise NmtError(f"{where}: {key} must be at least {meta['min']}, not {value!r}")
+    if meta.get("max") is not None and value > meta["max"]:
+        raise NmtError(f"{where}: {key} must be at most {meta['max']}, not {value!r}")
+    return value
+
+
+def _type_name(kind: Any) -> str:
+    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+        kind, getattr(kind, "__name__", str(kind)))
+
+
+def reference_markdown() -> str:
+    """The README's recipe reference: every key, its default and meaning, from the fields."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for top in recipe_fields(Recipe):
+        section = top.default_factory() if top.default is dataclasses.MISSING else None
+        if section is None:
+            rows.append(f"| `{top.name}` | `{top.default}` | {top.metadata['help']} |")
+            continue
+        for f in recipe_fields(type(section)):
+            default = getattr(section, f.name)
+            shown = str(default).lower() if isinstance(default, bool) else default
+            choices = f" One of: {', '.join(f.metadata['choices'])}." \
+                if f.metadata.get("choices") else ""
+            rows.append(f"| `{top.name}.{f.name}` | `{shown}` | {f.metadata['help']}{choices} |")
+    return "\n".join(rows)

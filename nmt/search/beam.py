@@ -1,0 +1,84 @@
+"""Batched beam search with length normalization and n-best lists.
+
+All sentences of a batch advance together as one (sentences × beam) batch; each step is a
+handful of tensor operations (top-k over sentences' beams × vocabulary, one `index_select` of the
+decoder state). A sentence leaves the batch as soon as it has `beam` finished hypotheses, so
+finished sentences cost nothing more.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from nmt.data.subwords import BOS, EOS
+from nmt.model.seq2seq import EncoderState, Seq2Seq
+from nmt.search.hypothesis import Hypothesis, finished
+from nmt.search.steps import allowed_log_probs
+
+
+@torch.no_grad()
+def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor, beam: int,
+                nbest: int = 1, length_norm: str = "gnmt", alpha: float = 0.6,
+                keep_attention: bool = False) -> list[list[Hypothesis]]:
+    """The `nbest` best hypotheses per sentence, best first by normalized score."""
+    if nbest > beam:
+        raise ValueError(f"nbest ({nbest}) cannot exceed the beam size ({beam})")
+    batch, device = max_lengths.size(0), encoded.memory.device
+    max_lengths = max_lengths.to(device)
+    sentence_ids = torch.arange(batch, device=device)  # original index of each sentence still searched
+    beams = torch.arange(beam, device=device)
+    encoded = encoded.index_select(sentence_ids.repeat_interleave(beam))
+    state = model.initial_state(encoded)
+    # Cumulative log-probabilities (n, beam); at the start only the first beam is alive.
+    scores = torch.full((batch, beam), float("-inf"), device=device)
+    scores[:, 0] = 0.0
+    tokens = torch.full((batch * beam, 1), BOS, dtype=torch.long, device=device)
+    history = None  # attention so far, (n * beam, t, S), kept only when asked for
+    results: list[list[Hypothesis]] = [[] for _ in range(batch)]
+
+    for t in range(int(max_lengths.max()) + 1):
+        n = sentence_ids.size(0)
+        log_probs, state, weights = model.decode_step(encoded, state, tokens[:, -1])
+        log_probs = allowed_log_probs(log_probs, (max_lengths == t).repeat_interleave(beam))
+        vocab = log_probs.size(-1)
+        candidates = (scores.view(-1, 1) + log_probs).view(n, beam * vocab)
+        top_scores, top_ids = candidates.topk(min(2 * beam, beam * vocab), dim=1)
+        origin = top_ids // vocab  # the beam each candidate extends
+        token = top_ids % vocab
+        rows = origin + (torch.arange(n, device=device) * beam)[:, None]  # rows in (n * beam)
+        if keep_attention:
+            step = weights.unsqueeze(1)
+            history = step if history is None else torch.cat([history, step], 1)
+
+        # Hypotheses ending here: EOS candidates ranked within the beam, with a finite score.
+        ends = (token == EOS) & torch.isfinite(top_scores)
+        ends[:, beam:] = False
+        if bool(ends.any()):
+            for s, c in ends.nonzero().tolist():
+                row = int(rows[s, c])
+                results[int(sentence_ids[s])].append(finished(
+                    tokens[row, 1:].tolist(), float(top_scores[s, c]), length_norm, alpha,
+                    history[row].cpu() if keep_attention else None))
+
+        # The beam continues with the best candidates that did not end.
+        alive_scores, picks = top_scores.masked_fill(token == EOS, float("-inf")).topk(beam, dim=1)
+        alive_rows = rows.gather(1, picks)
+        alive_tokens = token.gather(1, picks)
+
+        counts = torch.tensor([len(results[i]) for i in sentence_ids.tolist()], device=device)
+        done = (counts >= beam) | (max_lengths <= t) | ~torch.isfinite(alive_scores[:, 0])
+        if bool(done.all()):
+            break
+        keep = (~done).nonzero().squeeze(1)
+        scores = alive_scores[keep]
+        row_index = alive_rows[keep].view(-1)
+        tokens = torch.cat([tokens[row_index], alive_tokens[keep].view(-1, 1)], 1)
+        state = state.index_select(row_index)
+        if keep_attention:
+            history = history[row_index]
+        if keep.size(0) < n:  # sentences left the batch: shrink what is fixed per sentence
+            sentence_rows = (keep[:, None] * beam + beams).view(-1)
+            encoded = encoded.index_select(sentence_rows)
+            sentence_ids, max_lengths = sentence_ids[keep], max_lengths[keep]
+
+    return [sorted(found, key=lambda h: h.score, reverse=True)[:nbest] for found in results]

@@ -1,0 +1,347 @@
+"""Training: the whole loop in one place.
+
+recipe → corpus → subwords → batches → model → Adam steps, with validation (loss, perplexity,
+greedy BLEU on dev) every `train.valid_every` updates, best/last checkpoints and early stopping.
+Everything a run makes lives in its run directory, so it can be resumed, translated from and
+reproduced from that directory alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import platform
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from nmt.checkpoint import (atomic_write_text, checkpoint_exists, load_checkpoint, restore,
+                            save_checkpoint, sha256_file)
+from nmt.data.batching import Batch, collate, make_batches
+from nmt.data.corpus import EncodedSplit, TextSplit, encode_split, load_split
+from nmt.data.subwords import PAD, Tokenizer
+from nmt.device import pick_device
+from nmt.errors import NmtError
+from nmt.evaluate import corpus_bleu
+from nmt.model.seq2seq import Seq2Seq
+from nmt.recipe import Recipe
+from nmt.translate import Translator
+
+log = logging.getLogger("nmt")
+METRICS_FIELDS = ["step", "epoch", "kind", "loss", "lr", "target_tokens_per_s", "dev_loss",
+                  "dev_ppl", "dev_bleu", "elapsed_s"]
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint so `--resume` continues exactly."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0  # index of the next batch of this epoch's (seeded) batch order
+    best: float | None = None
+    best_step: int = 0
+    bad_validations: int = 0
+    elapsed_s: float = 0.0
+    history: list[dict] = field(default_factory=list)  # validation results
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    best_step: int
+    best: float | None
+    metric: str
+    elapsed_s: float
+    stopped_early: bool
+
+
+def batch_loss(model: Seq2Seq, batch: Batch, label_smoothing: float) -> torch.Tensor:
+    """Summed cross-entropy over real target tokens; the output layer never sees padding."""
+    attentional, _ = model(batch.source, batch.source_lengths, batch.target_in)
+    real = batch.target_out != PAD
+    logits = model.logits(attentional[real])
+    return F.cross_entropy(logits.float(), batch.target_out[real], reduction="sum",
+                           label_smoothing=label_smoothing)
+
+
+def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
+          overwrite: bool = False) -> TrainResult:
+    """Train a model as the recipe says, in `run_dir`."""
+    run_dir = Path(run_dir)
+    prepare_run_dir(run_dir, recipe, resume, overwrite)
+    _log_to_file(run_dir / "train.log")
+    torch.manual_seed(recipe.seed)
+    if recipe.train.threads:
+        torch.set_num_threads(recipe.train.threads)
+    device = pick_device(recipe.train.device)
+    config = recipe.train
+
+    # ---- data: corpus → subwords → encoded, filtered arrays
+    root = Path(recipe.data.root)
+    train_text = load_split(recipe.data, root, recipe.data.train)
+    dev_text = load_split(recipe.data, root, recipe.data.dev)
+    if len(train_text.dataset) == 0:
+        raise NmtError(f"{_describe(train_text)}: the training corpus is empty")
+    if Tokenizer.exists(run_dir):
+        tokenizer = Tokenizer.load(run_dir)
+    else:
+        log.info("training SentencePiece (%s, %d pieces%s)", recipe.tokenizer.type,
+                 recipe.tokenizer.vocab_size, ", joint" if recipe.tokenizer.joint else "")
+        tokenizer = Tokenizer.train(recipe.tokenizer, train_text.sources, train_text.targets,
+                                    run_dir, recipe.seed)
+    train_data, counts = encode_split(train_text, tokenizer, run_dir / "cache",
+                                      recipe.data.max_len, recipe.data.max_ratio)
+    log.info("training data: %s", counts.describe())
+    if counts.kept == 0:
+        raise NmtError(f"{_describe(train_text)}: every pair was filtered out "
+                       f"(see data.max_len={recipe.data.max_len}, "
+                       f"data.max_ratio={recipe.data.max_ratio})")
+    dev_data, _ = encode_split(dev_text, tokenizer, run_dir / "cache")
+
+    # ---- model and optimizer
+    model = Seq2Seq(recipe.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
+    model.to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    progress = Progress()
+    if resume:
+        tensors, meta = load_checkpoint(run_dir / "checkpoints" / "last")
+        restore(tensors, meta, model, optimizer)
+        progress = Progress(**meta["progress"])
+        log.info("resumed at step %d (epoch %d, batch %d)", progress.step, progress.epoch + 1,
+                 progress.batch_in_epoch)
+    else:
+        write_manifest(run_dir, recipe, [train_text, dev_text], tokenizer, model)
+    log.info("model: %s parameters on %s", f"{model.parameter_count:,}", device)
+
+    translator = Translator(model, tokenizer, device=device)
+    stopper = _Stopper(config.max_steps, config.max_epochs, config.patience)
+    metrics = _MetricsFile(run_dir / "metrics.csv")
+    started = time.perf_counter() - progress.elapsed_s
+
+    def checkpoint(name: str) -> None:
+        progress.elapsed_s = time.perf_counter() - started
+        save_checkpoint(run_dir / "checkpoints" / name, model,
+                        {"progress": progress.__dict__, "spm_sha256": tokenizer.sha256,
+                         "source_vocab_size": tokenizer.source_vocab_size,
+                         "target_vocab_size": tokenizer.target_vocab_size}, optimizer)
+
+    def validate() -> None:
+        result = validation(model, translator, dev_text, dev_data, config, device)
+        value = result["dev_bleu"] if config.early_stopping == "bleu" else -result["dev_loss"]
+        improved = progress.best is None or value > progress.best
+        if improved:
+            progress.best, progress.best_step, progress.bad_validations = value, progress.step, 0
+        else:
+            progress.bad_validations += 1
+        progress.history.append({"step": progress.step, **result})
+        metrics.write(step=progress.step, epoch=progress.epoch + 1, kind="valid",
+                      elapsed_s=round(time.perf_counter() - started, 1), **result)
+        log.info("step %d: dev loss %.3f, ppl %.2f, BLEU %.2f%s", progress.step,
+                 result["dev_loss"], result["dev_ppl"], result["dev_bleu"],
+                 " (best)" if improved else f" (best {_best_text(progress, config)} at step "
+                                                f"{progress.best_step})")
+        checkpoint("last")
+        if improved:
+            checkpoint("best")
+
+    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+    stopped_early = False
+    try:
+        while not stopper.done(progress):
+            batches = make_batches(train_data.src_lengths, train_data.tgt_lengths,
+                                   config.batch_tokens, config.batch_sentences, recipe.seed,
+                                   progress.epoch)
+            bar = tqdm(total=len(batches), initial=progress.batch_in_epoch, unit="batch",
+                       desc=f"epoch {progress.epoch + 1}", dynamic_ncols=True, mininterval=1.0,
+                       leave=False)
+            for indices in batches[progress.batch_in_epoch:]:
+                batch = collate(train_data, indices).to(device)
+                model.train()
+                loss_sum = batch_loss(model, batch, config.label_smoothing)
+                tokens = batch.target_tokens
+                optimizer.zero_grad(set_to_none=True)
+                (loss_sum / tokens).backward()
+                if config.clip_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
+                optimizer.step()
+                progress.step += 1
+                progress.batch_in_epoch += 1
+                window_loss += float(loss_sum.detach())
+                window_tokens += tokens
+                bar.update()
+                if progress.step % config.log_every == 0:
+                    seconds = time.perf_counter() - window_start
+                    speed = window_tokens / max(seconds, 1e-9)
+                    bar.set_postfix(loss=f"{window_loss / window_tokens:.3f}",
+                                    tok_s=f"{speed:,.0f}", lr=f"{config.lr:.1e}")
+                    metrics.write(step=progress.step, epoch=progress.epoch + 1, kind="train",
+                                  loss=round(window_loss / window_tokens, 4), lr=config.lr,
+                                  target_tokens_per_s=round(speed),
+                                  elapsed_s=round(time.perf_counter() - started, 1))
+                    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+                if progress.step % config.valid_every == 0:
+                    validate()
+                if stopper.done(progress):
+                    break
+            bar.close()
+            if progress.batch_in_epoch >= len(batches):
+                progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
+        stopped_early = stopper.patience_ran_out(progress)
+        if not progress.history or progress.history[-1]["step"] != progress.step:
+            validate()
+    except KeyboardInterrupt:
+        checkpoint("last")
+        log.info("interrupted at step %d; saved checkpoints/last (continue with --resume)",
+                 progress.step)
+        raise
+    elapsed = time.perf_counter() - started
+    log.info("finished after %d steps in %.0f s; best dev %s %s at step %d%s", progress.step,
+             elapsed, config.early_stopping, _best_text(progress, config), progress.best_step,
+             " (early stop)" if stopped_early else "")
+    best = progress.best if config.early_stopping == "bleu" else -progress.best
+    return TrainResult(run_dir, progress.step, progress.best_step, best, config.early_stopping,
+                       elapsed, stopped_early)
+
+
+@torch.no_grad()
+def validation(model: Seq2Seq, translator: Translator, dev_text: TextSplit,
+               dev_data: EncodedSplit, config, device: torch.device) -> dict[str, float]:
+    """Dev loss and perplexity (teacher-forced, no smoothing) and greedy BLEU."""
+    model.eval()
+    total, tokens = 0.0, 0
+    for indices in make_batches(dev_data.src_lengths, dev_data.tgt_lengths, config.batch_tokens,
+                                config.batch_sentences, 0, 0):
+        batch = collate(dev_data, indices).to(device)
+        total += float(batch_loss(model, batch, 0.0))
+        tokens += batch.target_tokens
+    sources, references = dev_text.sources, dev_text.targets
+    if config.valid_max_sentences:
+        sources = sources[:config.valid_max_sentences]
+        references = references[:config.valid_max_sentences]
+    hypotheses = [h.text for h in translator.translate(sources, beam=1)]
+    loss = total / max(tokens, 1)
+    return {"dev_loss": round(loss, 4), "dev_ppl": round(math.exp(min(loss, 50)), 2),
+            "dev_bleu": round(corpus_bleu(hypotheses, references), 2)}
+
+
+class _Stopper:
+    def __init__(self, max_steps: int, max_epochs: int, patience: int):
+        self.max_steps, self.max_epochs, self.patience = max_steps, max_epochs, patience
+
+    def patience_ran_out(self, progress: Progress) -> bool:
+        return self.patience > 0 and progress.bad_validations >= self.patience
+
+    def done(self, progress: Progress) -> bool:
+        return ((self.max_steps and progress.step >= self.max_steps)
+                or (self.max_epochs and progress.epoch >= self.max_epochs)
+                or self.patience_ran_out(progress))
+
+
+class _MetricsFile:
+    """metrics.csv: one row per log interval (`train`) and per validation (`valid`)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        if not path.is_file():
+            with open(path, "w", newline="") as handle:
+                csv.DictWriter(handle, METRICS_FIELDS).writeheader()
+
+    def write(self, **row) -> None:
+        with open(self.path, "a", newline="") as handle:
+            csv.DictWriter(handle, METRICS_FIELDS).writerow(row)
+
+
+def _best_text(progress: Progress, config) -> str:
+    if progress.best is None:
+        return "-"
+    return f"{progress.best:.2f}" if config.early_stopping == "bleu" else f"{-progress.best:.3f}"
+
+
+def _describe(split: TextSplit) -> str:
+    return " + ".join(str(p) for p in split.files) or f"split {split.name!r}"
+
+
+# ------------------------------------------------------------------ run directory
+
+def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool) -> None:
+    """Create the run directory, refusing to mix two runs in one."""
+    stored = run_dir / "recipe.yaml"
+    if resume and overwrite:
+        raise NmtError("--resume and --overwrite exclude each other")
+    if resume:
+        if not checkpoint_exists(run_dir / "checkpoints" / "last"):
+            raise NmtError(f"{run_dir}: nothing to resume (no checkpoints/last)")
+        previous = Recipe.load(stored)
+        for section in ("data", "tokenizer", "model"):
+            if getattr(previous, section) != getattr(recipe, section):
+                raise NmtError(f"{run_dir}: the recipe's {section} section differs from the run's "
+                               f"({stored}); resume with the same {section}, or start a new run")
+    elif stored.is_file():
+        if not overwrite:
+            raise NmtError(f"{run_dir}: already holds a run; pass --resume to continue it or "
+                           f"--overwrite to start it again")
+        shutil.rmtree(run_dir)
+    elif run_dir.exists() and any(run_dir.iterdir()):
+        raise NmtError(f"{run_dir}: exists and is not an nmt run directory; choose another "
+                       f"--run-dir")
+    try:
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        atomic_write_text(stored, recipe.to_yaml())
+    except OSError as error:
+        raise NmtError(f"{run_dir}: cannot write the run directory: {error.strerror}") from None
+
+
+def write_manifest(run_dir: Path, recipe: Recipe, splits: list[TextSplit], tokenizer: Tokenizer,
+                   model: Seq2Seq) -> None:
+    """manifest.json: what ran, on what, from which data, and where each recipe value came from."""
+    versions = {"python": platform.python_version()}
+    for package in ("nmt", "torch", "sentencepiece", "sacrebleu", "datasets", "safetensors"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = None
+    manifest = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "recipe_file": str(recipe.source_path) if recipe.source_path else None,
+        "versions": versions,
+        "git_commit": _git_commit(),
+        "data": {str(path): sha256_file(path) for split in splits for path in split.files},
+        "subwords": {path.name: sha256_file(path) for path in tokenizer.files},
+        "parameters": model.parameter_count,
+        "provenance": dict(sorted(recipe.provenance.items())),
+    }
+    atomic_write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+
+
+def _git_commit() -> str | None:
+    """The commit of the nmt source tree, when it is a git checkout."""
+    try:
+        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
+                                capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def _log_to_file(path: Path) -> None:
+    for handler in list(log.handlers):
+        if isinstance(handler, logging.FileHandler):
+            log.removeHandler(handler)
+            handler.close()
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+

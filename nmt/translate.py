@@ -1,0 +1,123 @@
+"""The Python API for translation: load a run directory, translate plain text.
+
+    from nmt import Translator
+    translator = Translator.from_run("runs/quickstart")
+    print(translator.translate(["zweiundvierzig"])[0].text)
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import replace
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import torch
+
+from nmt.checkpoint import load_checkpoint, restore
+from nmt.data.batching import pad_sources
+from nmt.data.subwords import Tokenizer, looks_segmented
+from nmt.device import pick_device
+from nmt.errors import NmtError
+from nmt.model.seq2seq import Seq2Seq
+from nmt.recipe import DecodeConfig, Recipe
+from nmt.search import Hypothesis, beam_search, greedy_search
+
+log = logging.getLogger("nmt")
+
+
+class Translator:
+    """A trained model with its tokenizer and decoding defaults."""
+
+    def __init__(self, model: Seq2Seq, tokenizer: Tokenizer, decode: DecodeConfig | None = None,
+                 device: torch.device | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.decode = decode or DecodeConfig()
+        self.device = device or next(model.parameters()).device
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, checkpoint: str = "best",
+                 device: str = "auto") -> "Translator":
+        """Load `checkpoints/<checkpoint>` of a run directory made by `nmt-train`."""
+        run_dir = Path(run_dir)
+        if not (run_dir / "recipe.yaml").is_file():
+            raise NmtError(f"{run_dir}: not an nmt run directory (no recipe.yaml); "
+                           f"give the directory nmt-train wrote")
+        recipe = Recipe.load(run_dir / "recipe.yaml")
+        tokenizer = Tokenizer.load(run_dir)
+        tensors, meta = load_checkpoint(run_dir / "checkpoints" / checkpoint)
+        if meta.get("spm_sha256") != tokenizer.sha256:
+            raise NmtError(f"{run_dir}: the SentencePiece model does not match the one checkpoint "
+                           f"{checkpoint!r} was trained with (SHA-256 differs)")
+        model = Seq2Seq(recipe.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
+        try:
+            restore(tensors, meta, model)
+        except RuntimeError as error:
+            raise NmtError(f"{run_dir}: checkpoint {checkpoint!r} does not fit its recipe and "
+                           f"vocabulary: {str(error).splitlines()[0]}") from None
+        target = pick_device(device)
+        return cls(model.to(target), tokenizer, recipe.decode, target)
+
+    def translate(self, lines: list[str], **options) -> list[Hypothesis]:
+        """The best translation of each line, in input order. Options as in `nbest`."""
+        return [hyps[0] for hyps in self.nbest(lines, nbest=1, **options)]
+
+    def nbest(self, lines: list[str], nbest: int = 1, beam: int | None = None,
+              length_norm: str | None = None, alpha: float | None = None,
+              max_len_a: float | None = None, max_len_b: int | None = None,
+              batch_size: int | None = None, keep_attention: bool = False
+              ) -> list[list[Hypothesis]]:
+        """The `nbest` best translations of each line. Unset options use the run's defaults.
+
+        Lines are sorted by length into batches (less padding), results come back in input
+        order; an empty line gives an empty translation.
+        """
+        settings = replace(self.decode, **{k: v for k, v in dict(
+            beam=beam, length_norm=length_norm, alpha=alpha, max_len_a=max_len_a,
+            max_len_b=max_len_b, batch_size=batch_size).items() if v is not None})
+        if nbest > settings.beam:
+            raise NmtError(f"--nbest {nbest} needs a beam of at least {nbest} "
+                           f"(beam is {settings.beam})")
+        if looks_segmented(lines):
+            log.warning("the input looks already segmented into subwords (many '\u2581' or '@@'); "
+                        "nmt segments plain text itself, so give it untokenized text")
+        encoded = self.tokenizer.encode_source(list(lines))
+        results: list[list[Hypothesis]] = [[] for _ in lines]
+        order = sorted((i for i, ids in enumerate(encoded) if lines[i].strip()),
+                       key=lambda i: len(encoded[i]))
+        for i, line in enumerate(lines):
+            if not line.strip():
+                results[i] = [Hypothesis([], 0.0, 0.0)] * nbest
+        for start in range(0, len(order), settings.batch_size):
+            chunk = order[start:start + settings.batch_size]
+            for i, hyps in zip(chunk, self._search([encoded[i] for i in chunk], settings, nbest,
+                                                   keep_attention)):
+                for hyp in hyps:
+                    hyp.text = self.tokenizer.decode_target(hyp.tokens)
+                results[i] = hyps
+        return results
+
+    def translate_stream(self, lines: Iterable[str], chunk_size: int = 1000,
+                         **options) -> Iterator[Hypothesis]:
+        """Translate an endless input (stdin) chunk by chunk, with bounded memory."""
+        chunk: list[str] = []
+        for line in lines:
+            chunk.append(line.rstrip("\r\n"))
+            if len(chunk) == chunk_size:
+                yield from self.translate(chunk, **options)
+                chunk = []
+        if chunk:
+            yield from self.translate(chunk, **options)
+
+    @torch.no_grad()
+    def _search(self, sources: list[list[int]], settings: DecodeConfig, nbest: int,
+                keep_attention: bool) -> list[list[Hypothesis]]:
+        source, lengths = pad_sources(sources)
+        encoded = self.model.encode(source.to(self.device), lengths)
+        max_lengths = (settings.max_len_a * (lengths - 1) + settings.max_len_b).long()
+        if settings.beam == 1:
+            return greedy_search(self.model, encoded, max_lengths, settings.length_norm,
+                                 settings.alpha, keep_attention)
+        return beam_search(self.model, encoded, max_lengths, settings.beam, nbest,
+                           settings.length_norm, settings.alpha, keep_attention)

@@ -1,0 +1,66 @@
+"""Shared fixtures: a small slice of the bundled corpus and a tiny recipe that trains in seconds."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from nmt.model.seq2seq import Seq2Seq
+from nmt.recipe import ModelConfig
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICKSTART = ROOT / "data" / "quickstart"
+
+TINY_RECIPE = """\
+name: tiny
+seed: 3
+data:
+  root: corpus
+  src_lang: de
+  tgt_lang: en
+tokenizer:
+  vocab_size: 120
+model:
+  embedding_size: 16
+  hidden_size: 16
+  decoder_hidden_size: 24
+  dropout: 0.0
+train:
+  batch_tokens: 600
+  max_steps: 12
+  valid_every: 6
+  log_every: 3
+decode:
+  beam: 3
+"""
+
+
+def write_slice(directory: Path, train: int = 400, dev: int = 30) -> Path:
+    """Copy the first lines of the quickstart corpus into `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for split, count in (("train", train), ("dev", dev), ("test", dev)):
+        for lang in ("de", "en"):
+            lines = (QUICKSTART / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()
+            (directory / f"{split}.{lang}").write_text("\n".join(lines[:count]) + "\n",
+                                                      encoding="utf-8")
+    return directory
+
+
+@pytest.fixture
+def tiny_recipe(tmp_path: Path) -> Path:
+    write_slice(tmp_path / "corpus")
+    path = tmp_path / "tiny.yaml"
+    path.write_text(TINY_RECIPE, encoding="utf-8")
+    return path
+
+
+def tiny_model(attention: str = "bahdanau", input_feeding: bool = True, vocab: int = 11,
+               seed: int = 0, **changes) -> Seq2Seq:
+    """A small randomly initialised model in eval mode, for search and masking tests."""
+    torch.manual_seed(seed)
+    sizes = dict(embedding_size=8, hidden_size=6, decoder_hidden_size=12, dropout=0.0)
+    sizes.update(changes)
+    config = ModelConfig(attention=attention, input_feeding=input_feeding, **sizes)
+    return Seq2Seq(config, vocab, vocab).eval()

@@ -1,0 +1,94 @@
+"""The whole path through the three commands on a tiny corpus: train → translate → score."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nmt.cli import score_main, train_main, translate_main
+from nmt.translate import Translator
+
+
+def run(main, argv, capsys):
+    with pytest.raises(SystemExit) as code:
+        main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code.value.code, out, err
+
+
+def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
+    run_dir = tmp_path / "run"
+    code, out, err = run(train_main, [tiny_recipe, "--run-dir", run_dir,
+                                      "train.max_steps=8", "train.valid_every=4"], capsys)
+    assert code == 0, err
+    assert "best dev bleu" in out
+    for name in ("recipe.yaml", "manifest.json", "spm.model", "metrics.csv", "train.log",
+                 "checkpoints/best.safetensors", "checkpoints/last.json"):
+        assert (run_dir / name).is_file(), name
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["provenance"]["train.max_steps"] == "override"
+    assert manifest["provenance"]["model.embedding_size"] == "file"
+    assert manifest["provenance"]["model.cell"] == "default"
+    assert len(manifest["data"]) == 4 and all(len(h) == 64 for h in manifest["data"].values())
+    metrics = (run_dir / "metrics.csv").read_text().splitlines()
+    assert metrics[0].startswith("step,epoch,kind") and sum(",valid," in m for m in metrics) == 2
+
+    # A second run into the same directory is refused; --resume continues it.
+    code, _, err = run(train_main, [tiny_recipe, "--run-dir", run_dir], capsys)
+    assert code == 2 and "already holds a run" in err
+    code, out, err = run(train_main, [tiny_recipe, "--run-dir", run_dir, "--resume",
+                                      "train.max_steps=10", "train.valid_every=4"], capsys)
+    assert code == 0, err
+    assert "(10 steps" in out
+
+    corpus = tiny_recipe.parent / "corpus"
+    source = (corpus / "test.de").read_text().splitlines()[:6]
+    (tmp_path / "in.de").write_text("\n".join(source[:3] + [""] + source[3:]) + "\n")
+    output = tmp_path / "out.en"
+    code, out, err = run(translate_main, ["-m", run_dir, "--beam", 3, "-i", tmp_path / "in.de",
+                                          "-o", output], capsys)
+    assert code == 0, err
+    lines = output.read_text().split("\n")
+    assert len(lines) == 8 and lines[3] == "" and lines[-1] == ""
+    # The command and the Python API agree.
+    translator = Translator.from_run(run_dir)
+    assert [h.text for h in translator.translate(source[:3], beam=3)] == lines[:3]
+
+    code, out, err = run(translate_main, ["-m", run_dir, "--beam", 3, "--nbest", 2, "-i",
+                                          tmp_path / "in.de"], capsys)
+    assert code == 0, err
+    nbest = out.splitlines()
+    assert len(nbest) == 14 and nbest[0].startswith("0 ||| ") and nbest[-1].startswith("6 ||| ")
+
+    reference = tmp_path / "ref.en"
+    reference.write_text("\n".join(lines[:3] + ["", "x", "y", "z"]) + "\n")
+    report = tmp_path / "report.json"
+    code, out, err = run(score_main, ["-r", reference, "-i", output, "--json", report], capsys)
+    assert code == 0, err
+    assert "BLEU" in out and "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp" in out
+    assert json.loads(report.read_text())["metrics"][0]["name"] == "BLEU"
+
+    # stdin → stdout, as in a shell pipe.
+    monkeypatch.setattr(sys, "stdin", iter([s + "\n" for s in source[:2]]))
+    code, out, err = run(translate_main, ["-m", run_dir, "--beam", 1], capsys)
+    assert code == 0, err
+    greedy = [h.text for h in translator.translate(source[:2], beam=1)]
+    assert out.splitlines() == greedy
+
+
+def test_user_errors_are_one_line_with_exit_code_2(tiny_recipe, tmp_path, capsys):
+    code, _, err = run(train_main, [tiny_recipe, "model.hiden_size=3"], capsys)
+    assert code == 2
+    assert err.strip() == ("nmt-train: error: override model.hiden_size: unknown key "
+                           "model.hiden_size; did you mean model.hidden_size?")
+    code, _, err = run(translate_main, ["-m", tmp_path], capsys)
+    assert code == 2 and "not an nmt run directory" in err and len(err.splitlines()) == 1
+    code, _, err = run(score_main, ["-r", tmp_path / "missing", "-i", tiny_recipe], capsys)
+    assert code == 2 and "missing" in err
+
+
+def test_console_scripts_are_installed():
+    result = subprocess.run([sys.executable, "-m", "nmt", "score", "--help"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0 and "sacreBLEU" in result.stdout

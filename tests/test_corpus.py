@@ -1,0 +1,89 @@
+import json
+from pathlib import Path
+
+import pytest
+
+from nmt.data.corpus import encode_split, load_split, read_lines
+from nmt.data.subwords import Tokenizer
+from nmt.errors import NmtError
+from nmt.recipe import DataConfig, TokenizerConfig
+
+
+def test_text_pairs(tmp_path):
+    (tmp_path / "train.de").write_text("eins\nzwei\n\n")
+    (tmp_path / "train.en").write_text("one\ntwo\n\n")
+    split = load_split(DataConfig(), tmp_path, "train")
+    assert split.sources == ["eins", "zwei", ""]
+    assert split.targets == ["one", "two", ""]
+
+
+def test_line_counts_must_match(tmp_path):
+    (tmp_path / "train.de").write_text("eins\nzwei\ndrei\n")
+    (tmp_path / "train.en").write_text("one\ntwo\n")
+    with pytest.raises(NmtError) as error:
+        load_split(DataConfig(), tmp_path, "train")
+    message = str(error.value)
+    assert "train.de has 3 lines" in message and "train.en has 2" in message
+
+
+def test_invalid_utf8_names_file_and_line(tmp_path):
+    path = tmp_path / "train.de"
+    path.write_bytes(b"eins\nzwei\ndr\xffei\n")
+    with pytest.raises(NmtError, match=r"train\.de:3: invalid UTF-8"):
+        read_lines(path)
+
+
+def test_only_newline_ends_a_line(tmp_path):
+    path = tmp_path / "x"
+    path.write_bytes("a\u2028b\r\nc\x0bd\n".encode())
+    assert read_lines(path) == ["a\u2028b", "c\x0bd"]
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(NmtError, match=r"train\.de: data file not found"):
+        load_split(DataConfig(), tmp_path, "train")
+
+
+def test_tsv_and_jsonl(tmp_path):
+    (tmp_path / "train.tsv").write_text("eins\tone\nzwei\ttwo\n")
+    split = load_split(DataConfig(format="tsv"), tmp_path, "train")
+    assert split.sources == ["eins", "zwei"] and split.targets == ["one", "two"]
+    records = [{"translation": {"de": "eins", "en": "one"}},
+               {"translation": {"en": "two", "de": "zwei"}}]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    split = load_split(DataConfig(format="jsonl"), tmp_path, "train")
+    assert split.sources == ["eins", "zwei"] and split.targets == ["one", "two"]
+
+
+def test_tsv_and_jsonl_errors_name_the_line(tmp_path):
+    (tmp_path / "train.tsv").write_text("eins\tone\nzwei\n")
+    with pytest.raises(NmtError, match=r"train\.tsv:2: expected 2 tab-separated fields"):
+        load_split(DataConfig(format="tsv"), tmp_path, "train")
+    (tmp_path / "train.jsonl").write_text('{"translation": {"de": "a", "en": "b"}}\n{oops\n')
+    with pytest.raises(NmtError, match=r"train\.jsonl:2: invalid JSON"):
+        load_split(DataConfig(format="jsonl"), tmp_path, "train")
+    (tmp_path / "train.jsonl").write_text('{"translation": {"de": "a"}}\n')
+    with pytest.raises(NmtError, match=r"train\.jsonl:1: expected"):
+        load_split(DataConfig(format="jsonl"), tmp_path, "train")
+
+
+def _tokenizer(tmp_path: Path, sources, targets, vocab_size=30) -> Tokenizer:
+    return Tokenizer.train(TokenizerConfig(vocab_size=vocab_size), sources, targets, tmp_path, 1)
+
+
+def test_filtering_counts_and_cache(tmp_path):
+    sources = ["eins zwei drei", "", "vier", "fünf " * 30, "sechs sieben"]
+    targets = ["one two three", "nothing", "four", "five", "six seven"]
+    (tmp_path / "train.de").write_text("\n".join(sources) + "\n")
+    (tmp_path / "train.en").write_text("\n".join(targets) + "\n")
+    split = load_split(DataConfig(), tmp_path, "train")
+    tokenizer = _tokenizer(tmp_path, sources * 20, targets * 20)
+    encoded, counts = encode_split(split, tokenizer, tmp_path / "cache", max_len=20, max_ratio=9)
+    assert (counts.kept, counts.empty, counts.too_long) == (3, 1, 1)
+    assert len(encoded) == 3
+    assert tokenizer.target.decode(encoded.target(0).tolist()) == "one two three"
+    # A second encoding is read from the cache, not tokenized again.
+    cached = list((tmp_path / "cache").iterdir())
+    assert len(cached) == 1
+    again, counts_again = encode_split(split, tokenizer, tmp_path / "cache", 20, 9)
+    assert counts_again == counts and (again.src_values == encoded.src_values).all()

@@ -1,0 +1,101 @@
+import pytest
+import torch
+
+from nmt.data.batching import Batch
+from nmt.data.subwords import BOS, EOS, PAD
+from nmt.train import batch_loss
+from conftest import tiny_model
+
+VARIANTS = [("bahdanau", True), ("luong-general", True), ("bahdanau", False),
+            ("luong-dot", True)]
+
+
+def padded_batch(extra_source_pad=0, extra_target_pad=0):
+    source = torch.tensor([[5, 6, 7, 8, EOS], [9, 10, EOS, PAD, PAD]])
+    target_in = torch.tensor([[BOS, 5, 6], [BOS, 7, PAD]])
+    target_out = torch.tensor([[5, 6, EOS], [7, EOS, PAD]])
+    pad = torch.nn.functional.pad
+    return Batch(pad(source, (0, extra_source_pad), value=PAD), torch.tensor([5, 3]),
+                 pad(target_in, (0, extra_target_pad), value=PAD),
+                 pad(target_out, (0, extra_target_pad), value=PAD))
+
+
+def variant(attention, feeding):
+    sizes = {"hidden_size": 6, "decoder_hidden_size": 12} if attention == "luong-dot" else {}
+    return tiny_model(attention, feeding, **sizes)
+
+
+@pytest.mark.parametrize("attention, feeding", VARIANTS)
+def test_padding_changes_no_loss(attention, feeding):
+    model = variant(attention, feeding)
+    loss = batch_loss(model, padded_batch(), 0.1)
+    assert torch.allclose(loss, batch_loss(model, padded_batch(4, 3), 0.1), atol=1e-6)
+
+
+@pytest.mark.parametrize("attention, feeding", VARIANTS)
+def test_padding_gets_no_attention_and_shapes(attention, feeding):
+    model = variant(attention, feeding)
+    batch = padded_batch(2)
+    attentional, weights = model(batch.source, batch.source_lengths, batch.target_in)
+    assert attentional.shape == (2, 3, 12)
+    assert weights.shape == (2, 3, 7)
+    assert torch.all(weights[1, :, 3:] == 0)
+    assert torch.allclose(weights.sum(-1), torch.ones(2, 3))
+
+
+@pytest.mark.parametrize("attention, feeding", VARIANTS)
+def test_one_step_lowers_the_loss(attention, feeding):
+    model = variant(attention, feeding).train()
+    batch = padded_batch()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    before = batch_loss(model, batch, 0.0)
+    before.backward()
+    optimizer.step()
+    assert batch_loss(model, batch, 0.0) < before
+
+
+def test_step_by_step_decoding_equals_teacher_forcing():
+    """decode_step (search) and forward (training) must compute the same model."""
+    model = tiny_model()
+    batch = padded_batch()
+    attentional, _ = model(batch.source, batch.source_lengths, batch.target_in)
+    expected = torch.log_softmax(model.logits(attentional), -1)
+    encoded = model.encode(batch.source, batch.source_lengths)
+    state = model.initial_state(encoded)
+    for t in range(batch.target_in.size(1)):
+        log_probs, state, _ = model.decode_step(encoded, state, batch.target_in[:, t])
+        assert torch.allclose(log_probs, expected[:, t], atol=1e-5)
+
+
+def test_tied_output_shares_the_embedding():
+    model = tiny_model(tie_output=True, embedding_size=12)
+    assert model.output.weight is model.target_embedding.weight
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
+def test_stepwise_cells_equal_the_fused_modules(cell):
+    """The input-feeding decoder steps with cells.step on nn.LSTM/GRU/RNN weights: same numbers."""
+    from nmt.model import cells
+    from nmt.model.encoder import RNN_CLASSES
+
+    torch.manual_seed(0)
+    rnn = RNN_CLASSES[cell](7, 5, num_layers=2, batch_first=True)
+    inputs = torch.randn(3, 4, 7)
+    hidden = torch.randn(2, 3, 5)
+    state = (hidden, torch.randn(2, 3, 5)) if cell == "lstm" else hidden
+    expected, expected_state = rnn(inputs, state)
+    outputs = []
+    for gates_x in cells.input_projection(rnn, inputs).unbind(1):
+        output, state = cells.step(rnn, cell, gates_x, None, state, 0.0, False)
+        outputs.append(output)
+    assert torch.allclose(torch.stack(outputs, 1), expected, atol=1e-6)
+    for got, want in zip(state if cell == "lstm" else [state],
+                         expected_state if cell == "lstm" else [expected_state]):
+        assert torch.allclose(got, want, atol=1e-6)
+
+
+@pytest.mark.parametrize("cell", ["gru", "rnn"])
+def test_other_cells_train_and_mask(cell):
+    model = tiny_model(cell=cell, decoder_layers=2, encoder_layers=2)
+    loss = batch_loss(model, padded_batch(), 0.1)
+    assert torch.allclose(loss, batch_loss(model, padded_batch(4, 3), 0.1), atol=1e-6)

@@ -1,0 +1,102 @@
+import itertools
+
+import pytest
+import torch
+
+from nmt.data.batching import pad_sources
+from nmt.data.subwords import EOS
+from nmt.search import beam_search, greedy_search, length_penalty
+from conftest import tiny_model
+
+VOCAB = 6  # pad, unk, bos, eos and two words: search may emit unk, 4, 5 or end
+
+
+def encode(model, sources):
+    source, lengths = pad_sources(sources)
+    return model.encode(source, lengths)
+
+
+@torch.no_grad()
+def sequence_log_prob(model, source, tokens):
+    """log P(tokens + EOS | source), step by step."""
+    encoded = encode(model, [source])
+    state = model.initial_state(encoded)
+    previous, total = torch.tensor([2]), 0.0
+    for token in [*tokens, EOS]:
+        log_probs, state, _ = model.decode_step(encoded, state, previous)
+        total += float(log_probs[0, token])
+        previous = torch.tensor([token])
+    return total
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("form, alpha", [("none", 0.0), ("avg", 1.0), ("gnmt", 0.6)])
+def test_beam_search_equals_exhaustive_search(seed, form, alpha):
+    model = tiny_model(vocab=VOCAB, seed=seed)
+    source, max_len = [4, 5, 4], 3
+    words = [1, 4, 5]
+    every = [list(seq) for n in range(max_len + 1) for seq in itertools.product(words, repeat=n)]
+    scored = sorted(((sequence_log_prob(model, source, seq), seq) for seq in every),
+                    key=lambda item: item[0] / length_penalty(len(item[1]) + 1, form, alpha),
+                    reverse=True)
+    # A beam as wide as the number of prefixes of length max_len keeps every prefix alive.
+    beam = len(words) ** max_len
+    found = beam_search(model, encode(model, [source]), torch.tensor([max_len]), beam,
+                        nbest=5, length_norm=form, alpha=alpha)[0]
+    assert [h.tokens for h in found] == [seq for _, seq in scored[:5]]
+    for hyp, (log_prob, seq) in zip(found, scored):
+        assert hyp.log_prob == pytest.approx(log_prob, abs=1e-5)
+
+
+def test_greedy_equals_beam_one():
+    model = tiny_model(vocab=VOCAB + 10, seed=4)
+    sources = [[5, 6, 7], [8], [9, 10, 11, 12, 13, 4]]
+    limits = torch.tensor([6, 6, 6])
+    greedy = greedy_search(model, encode(model, sources), limits)
+    beam = beam_search(model, encode(model, sources), limits, beam=1, length_norm="none")
+    for g, b in zip(greedy, beam):
+        assert g[0].tokens == b[0].tokens
+        assert g[0].log_prob == pytest.approx(b[0].log_prob, abs=1e-5)
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_batching_and_padding_change_nothing(search):
+    model = tiny_model(vocab=30, seed=5)
+    sources = [[5, 6, 7, 8, 9, 10], [11], [12, 13, 14], [20, 21, 22, 23]]
+    limits = torch.tensor([8, 8, 8, 8])
+
+    def run(batch_sources, batch_limits):
+        encoded = encode(model, batch_sources)
+        if search == "greedy":
+            return greedy_search(model, encoded, batch_limits)
+        return beam_search(model, encoded, batch_limits, beam=4, nbest=2)
+
+    together = run(sources, limits)
+    for i, source in enumerate(sources):
+        alone = run([source], limits[i:i + 1])[0]
+        assert [h.tokens for h in alone] == [h.tokens for h in together[i]]
+        for a, b in zip(alone, together[i]):
+            assert a.score == pytest.approx(b.score, abs=1e-5)
+
+
+def test_outputs_respect_the_length_limit():
+    model = tiny_model(vocab=30, seed=6)
+    limits = torch.tensor([1, 2, 3])
+    results = beam_search(model, encode(model, [[5], [6], [7]]), limits, beam=3, nbest=3)
+    for limit, hyps in zip(limits.tolist(), results):
+        assert all(len(h.tokens) <= limit for h in hyps)
+
+
+def test_attention_is_kept_for_each_output_token():
+    model = tiny_model(vocab=30, seed=7)
+    hyp = beam_search(model, encode(model, [[5, 6, 7]]), torch.tensor([5]), beam=3,
+                      keep_attention=True)[0][0]
+    assert hyp.attention.shape == (len(hyp.tokens) + 1, 4)
+    assert torch.allclose(hyp.attention.sum(-1), torch.ones(len(hyp.tokens) + 1))
+
+
+def test_length_penalty_forms():
+    assert length_penalty(4, "none", 0.6) == 1.0
+    assert length_penalty(4, "avg", 1.0) == 4
+    assert length_penalty(1, "gnmt", 0.6) == 1.0
+    assert length_penalty(7, "gnmt", 1.0) == 2.0
