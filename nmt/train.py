@@ -92,8 +92,9 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
     root = Path(recipe.data.root)
     train_text = load_split(recipe.data, root, recipe.data.train)
     dev_text = load_split(recipe.data, root, recipe.data.dev)
-    if len(train_text.dataset) == 0:
-        raise NmtError(f"{_describe(train_text)}: the training corpus is empty")
+    for split in (train_text, dev_text):
+        if len(split.dataset) == 0:
+            raise NmtError(f"{_describe(split)}: the {split.name} split is empty")
     if Tokenizer.exists(run_dir):
         tokenizer = Tokenizer.load(run_dir)
     else:

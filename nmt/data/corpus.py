@@ -235,6 +235,10 @@ def encode_split(split: TextSplit, tokenizer, cache_dir: Path, max_len: int | No
         sources = [sources[i] for i in keep]
         targets = [targets[i] for i in keep]
     counts.kept = len(sources)
+    if not sources:  # nothing to store; the caller decides whether that is an error
+        empty = np.zeros(0, dtype=np.int32)
+        return EncodedSplit(empty, np.zeros(1, dtype=np.int64), empty,
+                            np.zeros(1, dtype=np.int64)), counts
     dataset = datasets.Dataset.from_dict({"src_ids": sources, "tgt_ids": targets},
                                          features=datasets.Features({
                                              "src_ids": datasets.Sequence(datasets.Value("int32")),

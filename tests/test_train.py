@@ -1,0 +1,77 @@
+"""Training-loop behaviour: exact resume, Ctrl-C, and what a run directory guarantees."""
+
+import shutil
+
+import pytest
+import torch
+
+from nmt.checkpoint import load_checkpoint
+from nmt.errors import NmtError
+from nmt.recipe import Recipe
+from nmt.train import train
+from nmt.translate import Translator
+
+STEPS = ["train.max_steps=8", "train.valid_every=4", "model.dropout=0.2", "train.log_every=1"]
+
+
+def losses(run_dir):
+    rows = (run_dir / "metrics.csv").read_text().splitlines()[1:]
+    return [row.split(",")[3] for row in rows if ",train," in row]
+
+
+def test_resume_continues_exactly(tiny_recipe, tmp_path):
+    straight = tmp_path / "straight"
+    train(Recipe.load(tiny_recipe, STEPS), straight)
+    halves = tmp_path / "halves"
+    train(Recipe.load(tiny_recipe, [*STEPS, "train.max_steps=4"]), halves)
+    train(Recipe.load(tiny_recipe, STEPS), halves, resume=True)
+    assert losses(halves) == losses(straight) and len(losses(straight)) == 8
+    a, _ = load_checkpoint(straight / "checkpoints" / "last")
+    b, _ = load_checkpoint(halves / "checkpoints" / "last")
+    for key in a:
+        if key.startswith("model."):
+            assert torch.equal(a[key], b[key]), key
+
+
+def test_ctrl_c_leaves_a_checkpoint_to_resume_from(tiny_recipe, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    calls = {"n": 0}
+    original = torch.optim.Adam.step
+
+    def interrupted_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(Recipe.load(tiny_recipe, STEPS), run_dir)
+    _, meta = load_checkpoint(run_dir / "checkpoints" / "last")
+    assert meta["progress"]["step"] == 2
+    monkeypatch.setattr(torch.optim.Adam, "step", original)
+    result = train(Recipe.load(tiny_recipe, STEPS), run_dir, resume=True)
+    assert result.steps == 8
+
+
+def test_resume_refuses_a_different_model(tiny_recipe, tmp_path):
+    run_dir = tmp_path / "run"
+    train(Recipe.load(tiny_recipe, ["train.max_steps=2"]), run_dir)
+    with pytest.raises(NmtError, match="model section differs"):
+        train(Recipe.load(tiny_recipe, ["model.hidden_size=8"]), run_dir, resume=True)
+    with pytest.raises(NmtError, match="nothing to resume"):
+        train(Recipe.load(tiny_recipe), tmp_path / "empty", resume=True)
+
+
+def test_translator_refuses_a_foreign_sentencepiece_model(tiny_recipe, tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    train(Recipe.load(tiny_recipe, ["train.max_steps=2"]), first)
+    train(Recipe.load(tiny_recipe, ["train.max_steps=2", "tokenizer.vocab_size=100"]), second)
+    shutil.copy(second / "spm.model", first / "spm.model")
+    with pytest.raises(NmtError, match="SentencePiece model does not match"):
+        Translator.from_run(first)
+
+
+def test_every_filtered_pair_is_a_clear_error(tiny_recipe, tmp_path):
+    with pytest.raises(NmtError, match="every pair was filtered out"):
+        train(Recipe.load(tiny_recipe, ["data.max_len=1"]), tmp_path / "run")
