@@ -10,6 +10,7 @@ import argparse
 import functools
 import logging
 import os
+import select
 import sys
 from pathlib import Path
 from typing import Callable
@@ -129,13 +130,16 @@ def translate_main(argv: list[str] | None = None) -> int:
             return [f"{index} ||| {h.text} ||| {h.score:.4f}" for h in hyps]
         return [f"{hyps[0].score:.4f}\t{hyps[0].text}" if args.scores else hyps[0].text]
 
-    if args.input is None and args.output is None and args.ref is None and args.nbest == 1:
-        for hyp in translator.translate_stream(sys.stdin, **options):  # a shell pipe, streamed
-            print(render(0, [hyp])[0], flush=True)
+    if args.input is None and args.output is None and args.ref is None:
+        count = 0  # stdin → stdout: streamed in chunks, so memory stays bounded in a pipe
+        for chunk in _stdin_chunks(sys.stdin, translator.decode.batch_size * 16):
+            for hyps in translator.nbest(chunk, nbest=args.nbest, **options):
+                print("\n".join(render(count, hyps)), flush=True)
+                count += 1
         return 0
     lines = read_lines(Path(args.input)) if args.input else \
         [line.rstrip("\r\n") for line in sys.stdin]
-    results = translator.nbest(lines, nbest=args.nbest, **options)
+    results = translator.nbest(lines, nbest=args.nbest, progress=True, **options)
     text = "".join(out + "\n" for i, hyps in enumerate(results) for out in render(i, hyps))
     if args.output:
         atomic_write_text(Path(args.output), text)
@@ -147,6 +151,26 @@ def translate_main(argv: list[str] | None = None) -> int:
         report = score([hyps[0].text for hyps in results], [read_lines(Path(args.ref))])
         print(report.format(), file=sys.stderr if not args.output else sys.stdout)
     return 0
+
+
+def _stdin_chunks(stream, size: int):
+    """Lines of a stream in chunks of at most `size`; a chunk also ends when no more input is
+    waiting, so an interactive user gets each translation as soon as they press Enter."""
+    chunk: list[str] = []
+    for line in stream:
+        chunk.append(line.rstrip("\r\n"))
+        if len(chunk) >= size or not _input_waiting(stream):
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _input_waiting(stream) -> bool:
+    try:
+        return bool(select.select([stream], [], [], 0)[0])
+    except (OSError, ValueError, TypeError):  # not a real file (tests, some platforms)
+        return True
 
 
 # ---------------------------------------------------------------------- nmt-score

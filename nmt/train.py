@@ -126,7 +126,7 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
         write_manifest(run_dir, recipe, [train_text, dev_text], tokenizer, model)
     log.info("model: %s parameters on %s", f"{model.parameter_count:,}", device)
 
-    translator = Translator(model, tokenizer, device=device)
+    translator = Translator(model, tokenizer, recipe.decode, device)
     stopper = _Stopper(config.max_steps, config.max_epochs, config.patience)
     metrics = _MetricsFile(run_dir / "metrics.csv")
     started = time.perf_counter() - progress.elapsed_s

@@ -10,9 +10,8 @@ from __future__ import annotations
 import logging
 from dataclasses import replace
 from pathlib import Path
-from typing import Iterable, Iterator
-
 import torch
+from tqdm import tqdm
 
 from nmt.checkpoint import load_checkpoint, restore
 from nmt.data.batching import pad_sources
@@ -66,8 +65,8 @@ class Translator:
     def nbest(self, lines: list[str], nbest: int = 1, beam: int | None = None,
               length_norm: str | None = None, alpha: float | None = None,
               max_len_a: float | None = None, max_len_b: int | None = None,
-              batch_size: int | None = None, keep_attention: bool = False
-              ) -> list[list[Hypothesis]]:
+              batch_size: int | None = None, keep_attention: bool = False,
+              progress: bool = False) -> list[list[Hypothesis]]:
         """The `nbest` best translations of each line. Unset options use the run's defaults.
 
         Lines are sorted by length into batches (less padding), results come back in input
@@ -89,26 +88,18 @@ class Translator:
         for i, line in enumerate(lines):
             if not line.strip():
                 results[i] = [Hypothesis([], 0.0, 0.0)] * nbest
+        bar = tqdm(total=len(order), unit="sent", disable=not progress, leave=False,
+                   dynamic_ncols=True, mininterval=1.0)
         for start in range(0, len(order), settings.batch_size):
             chunk = order[start:start + settings.batch_size]
+            bar.update(len(chunk))
             for i, hyps in zip(chunk, self._search([encoded[i] for i in chunk], settings, nbest,
                                                    keep_attention)):
                 for hyp in hyps:
                     hyp.text = self.tokenizer.decode_target(hyp.tokens)
                 results[i] = hyps
+        bar.close()
         return results
-
-    def translate_stream(self, lines: Iterable[str], chunk_size: int = 1000,
-                         **options) -> Iterator[Hypothesis]:
-        """Translate an endless input (stdin) chunk by chunk, with bounded memory."""
-        chunk: list[str] = []
-        for line in lines:
-            chunk.append(line.rstrip("\r\n"))
-            if len(chunk) == chunk_size:
-                yield from self.translate(chunk, **options)
-                chunk = []
-        if chunk:
-            yield from self.translate(chunk, **options)
 
     @torch.no_grad()
     def _search(self, sources: list[list[int]], settings: DecodeConfig, nbest: int,

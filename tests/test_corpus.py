@@ -87,3 +87,20 @@ def test_filtering_counts_and_cache(tmp_path):
     assert len(cached) == 1
     again, counts_again = encode_split(split, tokenizer, tmp_path / "cache", 20, 9)
     assert counts_again == counts and (again.src_values == encoded.src_values).all()
+
+
+def test_hub_format_reads_a_dataset_in_translation_layout(tmp_path, monkeypatch):
+    """`format: hub` goes through datasets.load_dataset; a local folder stands in for the hub."""
+    import datasets
+
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
+    hub = tmp_path / "my-dataset"
+    hub.mkdir()
+    records = [{"translation": {"de": "eins", "en": "one"}},
+               {"translation": {"de": "zwei", "en": "two"}}]
+    (hub / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = DataConfig(format="hub", hub_name=str(hub))
+    split = load_split(config, tmp_path, "train")
+    assert split.sources == ["eins", "zwei"] and split.targets == ["one", "two"]
+    with pytest.raises(NmtError, match="cannot load split 'validation'"):
+        load_split(config, tmp_path, "validation")
