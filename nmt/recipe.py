@@ -57,9 +57,20 @@ class TokenizerConfig:
                                            "(a seeded sample of the training data).", min=1)
 
 
+ATTENTION_PRESETS = {  # name: (score, flow)
+    "bahdanau": ("additive", "bahdanau"),
+    "luong-dot": ("dot", "luong"),
+    "luong-general": ("general", "luong"),
+    "luong-concat": ("additive", "luong"),
+}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    cell: str = option("lstm", "Recurrent cell of encoder and decoder.", choices=("lstm", "gru", "rnn"))
+    encoder_cell: str = option("lstm", "Recurrent cell of the encoder.",
+                               choices=("lstm", "gru", "rnn"))
+    decoder_cell: str = option("lstm", "Recurrent cell of the decoder.",
+                               choices=("lstm", "gru", "rnn"))
     embedding_size: int = option(256, "Size of source and target embeddings.", min=1)
     hidden_size: int = option(256, "Encoder hidden size, per direction: a bidirectional encoder "
                                    "outputs twice this.", min=1)
@@ -67,18 +78,52 @@ class ModelConfig:
     bidirectional: bool = option(True, "Read the source in both directions.")
     decoder_hidden_size: int = option(256, "Decoder hidden size.", min=1)
     decoder_layers: int = option(1, "Stacked decoder layers.", min=1)
-    attention: str = option("bahdanau", "Attention score: `bahdanau` (additive, "
-                                        "v·tanh(W·h + U·m)), `luong-dot` (h·m) or `luong-general` "
-                                        "(h·W·m).", choices=("bahdanau", "luong-dot", "luong-general"))
-    input_feeding: bool = option(True, "Feed the previous attentional vector into the next "
-                                       "decoder step (Luong et al., 2015).")
-    bridge: bool = option(True, "Start the decoder from a learned projection of the encoder's "
-                                "final states; off starts it from zeros.")
+    attention: str = option("bahdanau", "A classic attention design, setting `attention_score` "
+                                        "and `attention_flow`: `bahdanau` (additive, Bahdanau "
+                                        "flow; Bahdanau et al., 2015), `luong-dot`, "
+                                        "`luong-general` and `luong-concat` (additive) with the "
+                                        "Luong flow (Luong et al., 2015).",
+                            choices=tuple(ATTENTION_PRESETS))
+    attention_score: str = option("", "Overrides the preset's score: `additive` "
+                                      "v·tanh(W·q + U·m), `dot` q·m, or `general` q·W·m.",
+                                  choices=("", "additive", "dot", "general"))
+    attention_flow: str = option("", "Overrides the preset's flow: `luong` (the current decoder "
+                                     "state queries the memory; the context joins it after the "
+                                     "recurrent step) or `bahdanau` (the previous state queries; "
+                                     "the context is an input of the recurrent step).",
+                                 choices=("", "luong", "bahdanau"))
+    input_feeding: bool = option(True, "Feed the previous attentional vector tanh(W[c; h]) into "
+                                       "the next decoder step (Luong et al., 2015).")
+    decoder_init: str = option("bridge", "The decoder's first state: `bridge` (a learned "
+                                         "projection of the encoder's final state), `last` (that "
+                                         "state as it is; sizes must match) or `zeros`.",
+                               choices=("bridge", "last", "zeros"))
     dropout: float = option(0.3, "Dropout on embeddings, between layers and before the output layer.",
                             min=0.0, max=0.95)
+    tie_embeddings: bool = option(False, "Source and target share one embedding matrix (needs "
+                                         "`tokenizer.joint`).")
     tie_output: bool = option(False, "Share the output layer's weights with the target embeddings "
-                                     "(needs `embedding_size` = attentional vector size, i.e. "
-                                     "`decoder_hidden_size`).")
+                                     "(needs `embedding_size` = `decoder_hidden_size`).")
+    init: str = option("pytorch", "Weight initialisation: `pytorch` (PyTorch's defaults; "
+                                  "embeddings N(0, 1/embedding_size)), `uniform` (±`init_range`) "
+                                  "or `xavier` (Glorot uniform matrices, zero biases).",
+                       choices=("pytorch", "uniform", "xavier"))
+    init_range: float = option(0.1, "Range of `init: uniform`.", min=0.0)
+    orthogonal_recurrent: bool = option(False, "Orthogonal initialisation of recurrent weights.")
+    forget_bias: float = option(0.0, "Added to the LSTM forget-gate biases after initialisation "
+                                     "(1.0 is a common choice).")
+
+    @property
+    def score(self) -> str:
+        return self.attention_score or ATTENTION_PRESETS[self.attention][0]
+
+    @property
+    def flow(self) -> str:
+        return self.attention_flow or ATTENTION_PRESETS[self.attention][1]
+
+    @property
+    def memory_size(self) -> int:
+        return self.hidden_size * (2 if self.bidirectional else 1)
 
 
 @dataclass(frozen=True)
@@ -187,15 +232,22 @@ class Recipe:
     def check(self, where: str) -> None:
         """Rules that span several keys."""
         model = self.model
-        memory_size = model.hidden_size * (2 if model.bidirectional else 1)
-        if model.attention == "luong-dot" and memory_size != model.decoder_hidden_size:
-            raise NmtError(f"{where}: model.attention: luong-dot needs decoder_hidden_size "
+        if model.score == "dot" and model.memory_size != model.decoder_hidden_size:
+            raise NmtError(f"{where}: model.attention: a dot score needs decoder_hidden_size "
                            f"({model.decoder_hidden_size}) equal to the encoder output size "
-                           f"({memory_size}); use luong-general or bahdanau, or change the sizes")
+                           f"({model.memory_size}); use a general or additive score, or change "
+                           f"the sizes")
+        if model.decoder_init == "last" and model.memory_size != model.decoder_hidden_size:
+            raise NmtError(f"{where}: model.decoder_init: last needs decoder_hidden_size "
+                           f"({model.decoder_hidden_size}) equal to the encoder output size "
+                           f"({model.memory_size}); use bridge")
         if model.tie_output and model.embedding_size != model.decoder_hidden_size:
             raise NmtError(f"{where}: model.tie_output needs model.embedding_size "
                            f"({model.embedding_size}) = model.decoder_hidden_size "
                            f"({model.decoder_hidden_size})")
+        if model.tie_embeddings and not self.tokenizer.joint:
+            raise NmtError(f"{where}: model.tie_embeddings needs a joint vocabulary "
+                           f"(tokenizer.joint: true)")
         if self.train.batch_sentences == 0 and self.data.max_len + 1 > self.train.batch_tokens:
             raise NmtError(f"{where}: train.batch_tokens ({self.train.batch_tokens}) must exceed "
                            f"data.max_len ({self.data.max_len}) so every pair fits in a batch")
@@ -346,3 +398,7 @@ def reference_markdown() -> str:
                 if f.metadata.get("choices") else ""
             rows.append(f"| `{top.name}.{f.name}` | `{shown}` | {f.metadata['help']}{choices} |")
     return "\n".join(rows)
+
+
+if __name__ == "__main__":  # python -m nmt.recipe: the README's recipe reference
+    print(reference_markdown())

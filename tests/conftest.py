@@ -56,11 +56,9 @@ def tiny_recipe(tmp_path: Path) -> Path:
     return path
 
 
-def tiny_model(attention: str = "bahdanau", input_feeding: bool = True, vocab: int = 11,
-               seed: int = 0, **changes) -> Seq2Seq:
+def tiny_model(vocab: int = 11, seed: int = 0, **changes) -> Seq2Seq:
     """A small randomly initialised model in eval mode, for search and masking tests."""
     torch.manual_seed(seed)
-    sizes = dict(embedding_size=8, hidden_size=6, decoder_hidden_size=12, dropout=0.0)
-    sizes.update(changes)
-    config = ModelConfig(attention=attention, input_feeding=input_feeding, **sizes)
-    return Seq2Seq(config, vocab, vocab).eval()
+    settings = dict(embedding_size=8, hidden_size=6, decoder_hidden_size=12, dropout=0.0)
+    settings.update(changes)
+    return Seq2Seq(ModelConfig(**settings), vocab, vocab).eval()

@@ -29,7 +29,7 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["provenance"]["train.max_steps"] == "override"
     assert manifest["provenance"]["model.embedding_size"] == "file"
-    assert manifest["provenance"]["model.cell"] == "default"
+    assert manifest["provenance"]["model.encoder_cell"] == "default"
     assert len(manifest["data"]) == 4 and all(len(h) == 64 for h in manifest["data"].values())
     metrics = (run_dir / "metrics.csv").read_text().splitlines()
     assert metrics[0].startswith("step,epoch,kind") and sum(",valid," in m for m in metrics) == 2

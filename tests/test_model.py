@@ -6,8 +6,19 @@ from nmt.data.subwords import BOS, EOS, PAD
 from nmt.train import batch_loss
 from conftest import tiny_model
 
-VARIANTS = [("bahdanau", True), ("luong-general", True), ("bahdanau", False),
-            ("luong-dot", True)]
+# Every attention score × flow × input feeding, then the other architecture choices.
+VARIANTS = [dict(attention_score=score, attention_flow=flow, input_feeding=feeding)
+            for score in ("additive", "dot", "general") for flow in ("luong", "bahdanau")
+            for feeding in (True, False)] + [
+    dict(encoder_cell="gru", decoder_cell="rnn", decoder_init="zeros"),
+    dict(encoder_cell="rnn", decoder_cell="gru", encoder_layers=2, decoder_layers=2,
+         bidirectional=False, hidden_size=12, decoder_init="last"),
+    dict(decoder_layers=3, dropout=0.3, attention="bahdanau"),
+    dict(tie_embeddings=True, tie_output=True, embedding_size=12),
+    dict(init="uniform", orthogonal_recurrent=True, forget_bias=1.0),
+    dict(init="xavier", attention="luong-general", input_feeding=False, decoder_layers=2),
+]
+NAMES = [",".join(f"{k}={v}" for k, v in variant.items()) for variant in VARIANTS]
 
 
 def padded_batch(extra_source_pad=0, extra_target_pad=0):
@@ -20,21 +31,20 @@ def padded_batch(extra_source_pad=0, extra_target_pad=0):
                  pad(target_out, (0, extra_target_pad), value=PAD))
 
 
-def variant(attention, feeding):
-    sizes = {"hidden_size": 6, "decoder_hidden_size": 12} if attention == "luong-dot" else {}
-    return tiny_model(attention, feeding, **sizes)
+def variant(settings):
+    return tiny_model(**settings)
 
 
-@pytest.mark.parametrize("attention, feeding", VARIANTS)
-def test_padding_changes_no_loss(attention, feeding):
-    model = variant(attention, feeding)
+@pytest.mark.parametrize("settings", VARIANTS, ids=NAMES)
+def test_padding_changes_no_loss(settings):
+    model = variant(settings)
     loss = batch_loss(model, padded_batch(), 0.1)
     assert torch.allclose(loss, batch_loss(model, padded_batch(4, 3), 0.1), atol=1e-6)
 
 
-@pytest.mark.parametrize("attention, feeding", VARIANTS)
-def test_padding_gets_no_attention_and_shapes(attention, feeding):
-    model = variant(attention, feeding)
+@pytest.mark.parametrize("settings", VARIANTS, ids=NAMES)
+def test_padding_gets_no_attention_and_shapes(settings):
+    model = variant(settings)
     batch = padded_batch(2)
     attentional, weights = model(batch.source, batch.source_lengths, batch.target_in)
     assert attentional.shape == (2, 3, 12)
@@ -43,9 +53,9 @@ def test_padding_gets_no_attention_and_shapes(attention, feeding):
     assert torch.allclose(weights.sum(-1), torch.ones(2, 3))
 
 
-@pytest.mark.parametrize("attention, feeding", VARIANTS)
-def test_one_step_lowers_the_loss(attention, feeding):
-    model = variant(attention, feeding).train()
+@pytest.mark.parametrize("settings", VARIANTS, ids=NAMES)
+def test_one_step_lowers_the_loss(settings):
+    model = variant(settings).train()
     batch = padded_batch()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     before = batch_loss(model, batch, 0.0)
@@ -56,7 +66,7 @@ def test_one_step_lowers_the_loss(attention, feeding):
 
 def test_step_by_step_decoding_equals_teacher_forcing():
     """decode_step (search) and forward (training) must compute the same model."""
-    model = tiny_model()
+    model = tiny_model(attention="bahdanau", decoder_layers=2)
     batch = padded_batch()
     attentional, _ = model(batch.source, batch.source_lengths, batch.target_in)
     expected = torch.log_softmax(model.logits(attentional), -1)
@@ -68,8 +78,9 @@ def test_step_by_step_decoding_equals_teacher_forcing():
 
 
 def test_tied_output_shares_the_embedding():
-    model = tiny_model(tie_output=True, embedding_size=12)
+    model = tiny_model(tie_output=True, tie_embeddings=True, embedding_size=12)
     assert model.output.weight is model.target_embedding.weight
+    assert model.source_embedding is model.target_embedding
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru", "rnn"])
@@ -94,8 +105,10 @@ def test_stepwise_cells_equal_the_fused_modules(cell):
         assert torch.allclose(got, want, atol=1e-6)
 
 
-@pytest.mark.parametrize("cell", ["gru", "rnn"])
-def test_other_cells_train_and_mask(cell):
-    model = tiny_model(cell=cell, decoder_layers=2, encoder_layers=2)
-    loss = batch_loss(model, padded_batch(), 0.1)
-    assert torch.allclose(loss, batch_loss(model, padded_batch(4, 3), 0.1), atol=1e-6)
+def test_forget_bias_and_orthogonal_recurrent_weights():
+    model = tiny_model(orthogonal_recurrent=True, forget_bias=1.0, init="xavier")
+    bias = model.decoder.rnn.bias_ih_l0
+    size = bias.size(0) // 4
+    assert torch.all(bias[size:2 * size] == 1.0) and torch.all(bias[:size] == 0.0)
+    block = model.decoder.rnn.weight_hh_l0[:12]
+    assert torch.allclose(block @ block.t(), torch.eye(12), atol=1e-5)

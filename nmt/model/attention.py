@@ -68,11 +68,11 @@ class GeneralAttention(DotAttention):
         return self.memory_projection(memory)
 
 
-def build_attention(kind: str, query_size: int, memory_size: int) -> Attention:
-    if kind == "bahdanau":
+def build_attention(score: str, query_size: int, memory_size: int) -> Attention:
+    if score == "additive":
         return AdditiveAttention(query_size, memory_size, query_size)
-    if kind == "luong-dot":
+    if score == "dot":
         return DotAttention()
-    if kind == "luong-general":
+    if score == "general":
         return GeneralAttention(query_size, memory_size)
-    raise ValueError(f"unknown attention {kind!r}")
+    raise ValueError(f"unknown attention score {score!r}")

@@ -38,19 +38,14 @@ class Seq2Seq(nn.Module):
         self.config = config
         self.source_embedding = nn.Embedding(source_vocab_size, config.embedding_size,
                                              padding_idx=PAD)
-        self.target_embedding = nn.Embedding(target_vocab_size, config.embedding_size,
-                                             padding_idx=PAD)
-        self.encoder = Encoder(config.cell, config.embedding_size, config.hidden_size,
+        self.target_embedding = self.source_embedding if config.tie_embeddings else \
+            nn.Embedding(target_vocab_size, config.embedding_size, padding_idx=PAD)
+        self.encoder = Encoder(config.encoder_cell, config.embedding_size, config.hidden_size,
                                config.encoder_layers, config.bidirectional, config.dropout)
-        self.decoder = Decoder(config.cell, config.embedding_size, self.encoder.output_size,
-                               config.decoder_hidden_size, config.decoder_layers,
-                               config.attention, config.input_feeding, config.bridge,
-                               config.dropout)
+        self.decoder = Decoder(config, self.encoder.output_size)
         self.output = nn.Linear(config.decoder_hidden_size, target_vocab_size)
         self.dropout = nn.Dropout(config.dropout)
-        for embedding in (self.source_embedding, self.target_embedding):
-            nn.init.normal_(embedding.weight, std=config.embedding_size ** -0.5)
-            nn.init.zeros_(embedding.weight[PAD])
+        initialise(self, config)
         if config.tie_output:
             self.output.weight = self.target_embedding.weight
 
@@ -90,3 +85,36 @@ class Seq2Seq(nn.Module):
 
     def logits(self, attentional: torch.Tensor) -> torch.Tensor:
         return self.output(attentional)
+
+
+def initialise(model: Seq2Seq, config: ModelConfig) -> None:
+    """Weights as the recipe says; padding embeddings stay zero."""
+    for name, parameter in model.named_parameters():
+        if "embedding" in name:
+            if config.init == "pytorch":
+                nn.init.normal_(parameter, std=config.embedding_size ** -0.5)
+            elif config.init == "uniform":
+                nn.init.uniform_(parameter, -config.init_range, config.init_range)
+            else:
+                nn.init.xavier_uniform_(parameter)
+        elif config.init == "uniform":
+            nn.init.uniform_(parameter, -config.init_range, config.init_range)
+        elif config.init == "xavier":
+            if parameter.dim() > 1:
+                nn.init.xavier_uniform_(parameter)
+            else:
+                nn.init.zeros_(parameter)
+    for rnn, cell in ((model.encoder.rnn, config.encoder_cell),
+                      (model.decoder.rnn, config.decoder_cell)):
+        gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
+        for name, parameter in rnn.named_parameters():
+            if name.startswith("weight_hh") and config.orthogonal_recurrent:
+                for block in parameter.data.chunk(gates, dim=0):
+                    nn.init.orthogonal_(block)
+            if name.startswith("bias_ih") and cell == "lstm":
+                size = parameter.size(0) // 4
+                with torch.no_grad():  # PyTorch's gate order is input, forget, cell, output
+                    parameter[size:2 * size] += config.forget_bias
+    with torch.no_grad():
+        for embedding in (model.source_embedding, model.target_embedding):
+            embedding.weight[PAD].zero_()
