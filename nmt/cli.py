@@ -194,7 +194,34 @@ def score_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-COMMANDS = {"train": train_main, "translate": translate_main, "score": score_main}
+# ---------------------------------------------------------------------- nmt-average
+
+@_command("nmt-average")
+def average_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="nmt-average", description="Average the weights of checkpoints of one run into a "
+        "new checkpoint; translate with it through nmt-translate --checkpoint NAME.")
+    parser.add_argument("-m", "--model", required=True, metavar="RUN_DIR")
+    parser.add_argument("-c", "--checkpoints", nargs="+", metavar="NAME",
+                        help="checkpoint names, e.g. step-3000 step-3500 (default: every "
+                             "step-N the run kept, see train.keep_best)")
+    parser.add_argument("-o", "--output", default="averaged", help="name of the new checkpoint")
+    args = parser.parse_args(argv)
+    from nmt.checkpoint import average_checkpoints
+
+    directory = Path(args.model) / "checkpoints"
+    names = args.checkpoints or sorted(p.stem for p in directory.glob("step-*.json"))
+    if not names:
+        raise NmtError(f"{directory}: no step-N checkpoints; train with train.keep_best=N "
+                       f"or name checkpoints with -c")
+    average_checkpoints([directory / name for name in names], directory / args.output)
+    print(f"averaged {', '.join(names)} into {directory / args.output}; translate with: "
+          f"nmt-translate -m {args.model} --checkpoint {args.output}")
+    return 0
+
+
+COMMANDS = {"train": train_main, "translate": translate_main, "score": score_main,
+            "average": average_main}
 
 
 def main(argv: list[str] | None = None) -> None:

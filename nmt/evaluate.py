@@ -51,6 +51,11 @@ def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:
     return BLEU().corpus_score(hypotheses, [references]).score
 
 
+def corpus_chrf(hypotheses: list[str], references: list[str]) -> float:
+    """chrF alone (sacreBLEU defaults)."""
+    return CHRF().corpus_score(hypotheses, [references]).score
+
+
 def score(hypotheses: list[str], references: list[list[str]]) -> ScoreReport:
     """BLEU, chrF and TER of detokenized hypotheses against one or more reference streams."""
     for number, stream in enumerate(references, start=1):

@@ -132,7 +132,27 @@ class TrainConfig:
                                      "(padding included) stays within it.", min=1)
     batch_sentences: int = option(0, "If above 0, batches hold this many sentences instead of a "
                                      "token budget.", min=0)
-    lr: float = option(1e-3, "Adam learning rate.", min=0.0)
+    optimizer: str = option("adam", "`adam`, `adamw` (decoupled weight decay) or `sgd` (with "
+                                    "`momentum`).", choices=("adam", "adamw", "sgd"))
+    lr: float = option(1e-3, "Peak learning rate.", min=0.0)
+    weight_decay: float = option(0.0, "Weight decay (L2 for adam and sgd, decoupled for adamw).",
+                                 min=0.0)
+    momentum: float = option(0.0, "Momentum of `sgd`.", min=0.0, max=1.0)
+    schedule: str = option("constant", "Learning-rate schedule after warm-up: `constant`, "
+                                       "`plateau` (× `decay` after `plateau_patience` validations "
+                                       "without improvement), `rsqrt` (lr·sqrt(warmup/step), the "
+                                       "inverse square root) or `exponential` (× `decay` every "
+                                       "`decay_steps` updates).",
+                           choices=("constant", "plateau", "rsqrt", "exponential"))
+    warmup_steps: int = option(0, "Linear warm-up from 0 to `lr` over this many updates.", min=0)
+    decay: float = option(0.5, "Factor of the `plateau` and `exponential` schedules.",
+                          min=0.0, max=1.0)
+    decay_steps: int = option(1000, "Updates per `decay` of the `exponential` schedule.", min=1)
+    plateau_patience: int = option(2, "Validations without improvement before `plateau` decays.",
+                                   min=1)
+    min_lr: float = option(0.0, "The learning rate never goes below this.", min=0.0)
+    accumulate: int = option(1, "Batches whose gradients are summed into one update: an "
+                                "effective batch of `accumulate` × `batch_tokens`.", min=1)
     clip_norm: float = option(1.0, "Clip the gradient's global norm to this (0 turns clipping off).",
                               min=0.0)
     label_smoothing: float = option(0.1, "Label smoothing of the cross-entropy loss.", min=0.0, max=0.99)
@@ -144,11 +164,18 @@ class TrainConfig:
     valid_max_sentences: int = option(0, "Validate BLEU on at most this many dev sentences "
                                           "(0: all).", min=0)
     early_stopping: str = option("bleu", "Dev metric that picks the best checkpoint and drives "
-                                         "early stopping.", choices=("bleu", "loss"))
+                                         "early stopping and the `plateau` schedule (BLEU and "
+                                         "chrF of greedy search).",
+                                 choices=("bleu", "chrf", "loss"))
+    keep_best: int = option(0, "Also keep this many best checkpoints as `checkpoints/step-N` "
+                               "(for `nmt-average`), besides `best` and `last`.", min=0)
     patience: int = option(5, "Stop after this many validations without improvement (0: never).",
                            min=0)
     log_every: int = option(50, "Write a metrics row every N updates.", min=1)
     device: str = option("auto", "`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`.")
+    precision: str = option("fp32", "`bf16` or `fp16` mixed precision on CUDA (autocast; fp16 "
+                                    "with loss scaling); CPU always trains in fp32.",
+                            choices=("fp32", "bf16", "fp16"))
     threads: int = option(0, "CPU threads for PyTorch (0: PyTorch's default).", min=0)
 
 

@@ -32,14 +32,16 @@ from nmt.data.corpus import EncodedSplit, TextSplit, encode_split, load_split
 from nmt.data.subwords import PAD, Tokenizer
 from nmt.device import pick_device
 from nmt.errors import NmtError
-from nmt.evaluate import corpus_bleu
+from nmt.evaluate import corpus_bleu, corpus_chrf
 from nmt.model.seq2seq import Seq2Seq
+from nmt.optim import build_optimizer, learning_rate, set_learning_rate
+from nmt.plots import plot_learning_curves
 from nmt.recipe import Recipe
 from nmt.translate import Translator
 
 log = logging.getLogger("nmt")
 METRICS_FIELDS = ["step", "epoch", "kind", "loss", "lr", "target_tokens_per_s", "dev_loss",
-                  "dev_ppl", "dev_bleu", "elapsed_s"]
+                  "dev_ppl", "dev_bleu", "dev_chrf", "elapsed_s"]
 
 
 @dataclass
@@ -52,6 +54,9 @@ class Progress:
     best: float | None = None
     best_step: int = 0
     bad_validations: int = 0
+    plateau_wait: int = 0  # validations without improvement since the last plateau decay
+    plateau_decays: int = 0
+    kept: list[list[float]] = field(default_factory=list)  # [value, step] of step-N checkpoints
     elapsed_s: float = 0.0
     history: list[dict] = field(default_factory=list)  # validation results
 
@@ -114,12 +119,20 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
     # ---- model and optimizer
     model = Seq2Seq(recipe.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
     model.to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    optimizer = build_optimizer(model.parameters(), config)
+    mixed = device.type == "cuda" and config.precision != "fp32"
+    if config.precision != "fp32" and not mixed:
+        log.warning("train.precision=%s needs CUDA; training in fp32 on %s", config.precision,
+                    device)
+    autocast_dtype = torch.bfloat16 if config.precision == "bf16" else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=mixed and config.precision == "fp16")
     progress = Progress()
     if resume:
         tensors, meta = load_checkpoint(run_dir / "checkpoints" / "last")
         restore(tensors, meta, model, optimizer)
         progress = Progress(**meta["progress"])
+        if meta.get("grad_scaler"):
+            scaler.load_state_dict(meta["grad_scaler"])
         log.info("resumed at step %d (epoch %d, batch %d)", progress.step, progress.epoch + 1,
                  progress.batch_in_epoch)
     else:
@@ -129,6 +142,7 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
     translator = Translator(model, tokenizer, recipe.decode, device)
     stopper = _Stopper(config.max_steps, config.max_epochs, config.patience)
     metrics = _MetricsFile(run_dir / "metrics.csv")
+    board = _tensorboard(run_dir)
     started = time.perf_counter() - progress.elapsed_s
 
     def checkpoint(name: str) -> None:
@@ -136,29 +150,42 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
         save_checkpoint(run_dir / "checkpoints" / name, model,
                         {"progress": progress.__dict__, "spm_sha256": tokenizer.sha256,
                          "source_vocab_size": tokenizer.source_vocab_size,
-                         "target_vocab_size": tokenizer.target_vocab_size}, optimizer)
+                         "target_vocab_size": tokenizer.target_vocab_size,
+                         "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None},
+                        optimizer)
 
     def validate() -> None:
         result = validation(model, translator, dev_text, dev_data, config, device)
-        value = result["dev_bleu"] if config.early_stopping == "bleu" else -result["dev_loss"]
+        value = -result["dev_loss"] if config.early_stopping == "loss" else \
+            result[f"dev_{config.early_stopping}"]
         improved = progress.best is None or value > progress.best
         if improved:
             progress.best, progress.best_step, progress.bad_validations = value, progress.step, 0
+            progress.plateau_wait = 0
         else:
             progress.bad_validations += 1
+            progress.plateau_wait += 1
+            if config.schedule == "plateau" and progress.plateau_wait >= config.plateau_patience:
+                progress.plateau_decays, progress.plateau_wait = progress.plateau_decays + 1, 0
         progress.history.append({"step": progress.step, **result})
         metrics.write(step=progress.step, epoch=progress.epoch + 1, kind="valid",
                       elapsed_s=round(time.perf_counter() - started, 1), **result)
-        log.info("step %d: dev loss %.3f, ppl %.2f, BLEU %.2f%s", progress.step,
-                 result["dev_loss"], result["dev_ppl"], result["dev_bleu"],
+        if board:
+            for key, number in result.items():
+                board.add_scalar(key, number, progress.step)
+        log.info("step %d: dev loss %.3f, ppl %.2f, BLEU %.2f, chrF %.2f%s", progress.step,
+                 result["dev_loss"], result["dev_ppl"], result["dev_bleu"], result["dev_chrf"],
                  " (best)" if improved else f" (best {_best_text(progress, config)} at step "
                                                 f"{progress.best_step})")
         checkpoint("last")
         if improved:
             checkpoint("best")
+        _keep_best(run_dir / "checkpoints", progress, value, config.keep_best, checkpoint)
+        plot_learning_curves(run_dir / "metrics.csv", run_dir / "curves.png")
 
     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
     stopped_early = False
+    rate = learning_rate(config, max(progress.step, 1), progress.plateau_decays)
     try:
         while not stopper.done(progress):
             batches = make_batches(train_data.src_lengths, train_data.tgt_lengths,
@@ -167,35 +194,44 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
             bar = tqdm(total=len(batches), initial=progress.batch_in_epoch, unit="batch",
                        desc=f"epoch {progress.epoch + 1}", dynamic_ncols=True, mininterval=1.0,
                        leave=False)
-            for indices in batches[progress.batch_in_epoch:]:
-                batch = collate(train_data, indices).to(device)
+            while progress.batch_in_epoch < len(batches) and not stopper.done(progress):
+                # One update: `accumulate` batches, their loss normalised by all their tokens.
+                group = [collate(train_data, indices).to(device) for indices in
+                         batches[progress.batch_in_epoch:progress.batch_in_epoch + config.accumulate]]
+                tokens = sum(batch.target_tokens for batch in group)
+                rate = learning_rate(config, progress.step + 1, progress.plateau_decays)
+                set_learning_rate(optimizer, rate)
                 model.train()
-                loss_sum = batch_loss(model, batch, config.label_smoothing)
-                tokens = batch.target_tokens
                 optimizer.zero_grad(set_to_none=True)
-                (loss_sum / tokens).backward()
+                for batch in group:
+                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=mixed):
+                        loss_sum = batch_loss(model, batch, config.label_smoothing)
+                    scaler.scale(loss_sum / tokens).backward()
+                    window_loss += float(loss_sum.detach())
+                scaler.unscale_(optimizer)
                 if config.clip_norm > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 progress.step += 1
-                progress.batch_in_epoch += 1
-                window_loss += float(loss_sum.detach())
+                progress.batch_in_epoch += len(group)
                 window_tokens += tokens
-                bar.update()
+                bar.update(len(group))
                 if progress.step % config.log_every == 0:
                     seconds = time.perf_counter() - window_start
                     speed = window_tokens / max(seconds, 1e-9)
                     bar.set_postfix(loss=f"{window_loss / window_tokens:.3f}",
-                                    tok_s=f"{speed:,.0f}", lr=f"{config.lr:.1e}")
+                                    tok_s=f"{speed:,.0f}", lr=f"{rate:.1e}")
                     metrics.write(step=progress.step, epoch=progress.epoch + 1, kind="train",
-                                  loss=round(window_loss / window_tokens, 4), lr=config.lr,
+                                  loss=round(window_loss / window_tokens, 4), lr=rate,
                                   target_tokens_per_s=round(speed),
                                   elapsed_s=round(time.perf_counter() - started, 1))
+                    if board:
+                        board.add_scalar("train_loss", window_loss / window_tokens, progress.step)
+                        board.add_scalar("lr", rate, progress.step)
                     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
                 if progress.step % config.valid_every == 0:
                     validate()
-                if stopper.done(progress):
-                    break
             bar.close()
             if progress.batch_in_epoch >= len(batches):
                 progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
@@ -211,7 +247,7 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
     log.info("finished after %d steps in %.0f s; best dev %s %s at step %d%s", progress.step,
              elapsed, config.early_stopping, _best_text(progress, config), progress.best_step,
              " (early stop)" if stopped_early else "")
-    best = progress.best if config.early_stopping == "bleu" else -progress.best
+    best = -progress.best if config.early_stopping == "loss" else progress.best
     return TrainResult(run_dir, progress.step, progress.best_step, best, config.early_stopping,
                        elapsed, stopped_early)
 
@@ -219,7 +255,7 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
 @torch.no_grad()
 def validation(model: Seq2Seq, translator: Translator, dev_text: TextSplit,
                dev_data: EncodedSplit, config, device: torch.device) -> dict[str, float]:
-    """Dev loss and perplexity (teacher-forced, no smoothing) and greedy BLEU."""
+    """Dev loss and perplexity (teacher-forced, no smoothing), greedy BLEU and chrF."""
     model.eval()
     total, tokens = 0.0, 0
     for indices in make_batches(dev_data.src_lengths, dev_data.tgt_lengths, config.batch_tokens,
@@ -234,7 +270,8 @@ def validation(model: Seq2Seq, translator: Translator, dev_text: TextSplit,
     hypotheses = [h.text for h in translator.translate(sources, beam=1)]
     loss = total / max(tokens, 1)
     return {"dev_loss": round(loss, 4), "dev_ppl": round(math.exp(min(loss, 50)), 2),
-            "dev_bleu": round(corpus_bleu(hypotheses, references), 2)}
+            "dev_bleu": round(corpus_bleu(hypotheses, references), 2),
+            "dev_chrf": round(corpus_chrf(hypotheses, references), 2)}
 
 
 class _Stopper:
@@ -267,7 +304,28 @@ class _MetricsFile:
 def _best_text(progress: Progress, config) -> str:
     if progress.best is None:
         return "-"
-    return f"{progress.best:.2f}" if config.early_stopping == "bleu" else f"{-progress.best:.3f}"
+    return f"{-progress.best:.3f}" if config.early_stopping == "loss" else f"{progress.best:.2f}"
+
+
+def _keep_best(directory: Path, progress: Progress, value: float, keep: int, save) -> None:
+    """Keep the `keep` best validations as checkpoints/step-N, deleting the ones pushed out."""
+    ranked = sorted([*progress.kept, [value, progress.step]], key=lambda item: -item[0])
+    if keep == 0 or [value, progress.step] not in ranked[:keep]:
+        return
+    progress.kept = ranked[:keep]
+    save(f"step-{progress.step}")
+    for _, step in ranked[keep:]:
+        for suffix in (".safetensors", ".json"):
+            (directory / f"step-{int(step)}{suffix}").unlink(missing_ok=True)
+
+
+def _tensorboard(run_dir: Path):
+    """A TensorBoard writer into RUN_DIR/tensorboard when tensorboard is installed, else None."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
 
 
 def _describe(split: TextSplit) -> str:

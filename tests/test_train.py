@@ -19,12 +19,16 @@ def losses(run_dir):
     return [row.split(",")[3] for row in rows if ",train," in row]
 
 
-def test_resume_continues_exactly(tiny_recipe, tmp_path):
+@pytest.mark.parametrize("extra", [[], ["train.accumulate=2", "train.schedule=rsqrt",
+                                         "train.warmup_steps=3", "train.optimizer=adamw",
+                                         "train.weight_decay=0.01"]],
+                         ids=["adam", "accumulate-rsqrt-adamw"])
+def test_resume_continues_exactly(tiny_recipe, tmp_path, extra):
     straight = tmp_path / "straight"
-    train(Recipe.load(tiny_recipe, STEPS), straight)
+    train(Recipe.load(tiny_recipe, [*STEPS, *extra]), straight)
     halves = tmp_path / "halves"
-    train(Recipe.load(tiny_recipe, [*STEPS, "train.max_steps=4"]), halves)
-    train(Recipe.load(tiny_recipe, STEPS), halves, resume=True)
+    train(Recipe.load(tiny_recipe, [*STEPS, *extra, "train.max_steps=4"]), halves)
+    train(Recipe.load(tiny_recipe, [*STEPS, *extra]), halves, resume=True)
     assert losses(halves) == losses(straight) and len(losses(straight)) == 8
     a, _ = load_checkpoint(straight / "checkpoints" / "last")
     b, _ = load_checkpoint(halves / "checkpoints" / "last")
@@ -75,3 +79,35 @@ def test_translator_refuses_a_foreign_sentencepiece_model(tiny_recipe, tmp_path)
 def test_every_filtered_pair_is_a_clear_error(tiny_recipe, tmp_path):
     with pytest.raises(NmtError, match="every pair was filtered out"):
         train(Recipe.load(tiny_recipe, ["data.max_len=1"]), tmp_path / "run")
+
+
+def test_accumulation_schedule_keep_best_average_and_curves(tiny_recipe, tmp_path, capsys):
+    from nmt.cli import average_main
+
+    run_dir = tmp_path / "run"
+    result = train(Recipe.load(tiny_recipe, [
+        "train.max_steps=6", "train.valid_every=1", "train.accumulate=2", "train.keep_best=2",
+        "train.schedule=plateau", "train.plateau_patience=1", "train.early_stopping=chrf",
+        "train.patience=0", "train.optimizer=sgd", "train.momentum=0.9", "train.lr=0.5"]), run_dir)
+    _, meta = load_checkpoint(run_dir / "checkpoints" / "last")
+    progress = meta["progress"]
+    assert progress["step"] == 6 and progress["epoch"] * 1000 + progress["batch_in_epoch"] >= 12
+    history = progress["history"]
+    assert result.metric == "chrf" and result.best == max(h["dev_chrf"] for h in history)
+    # Plateau: one decay per validation without improvement.
+    worse = sum(1 for a, b in zip(history, history[1:])
+                if b["dev_chrf"] <= max(h["dev_chrf"] for h in history[:history.index(b)]))
+    assert progress["plateau_decays"] == worse
+    kept = sorted(p.stem for p in (run_dir / "checkpoints").glob("step-*.json"))
+    best_two = sorted(history, key=lambda h: -h["dev_chrf"])[:2]
+    assert len(kept) == 2 and sorted(f"step-{h['step']}" for h in best_two) == kept
+    assert (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
+    with pytest.raises(SystemExit) as code:
+        average_main(["-m", str(run_dir), "-o", "avg"])
+    assert code.value.code == 0, capsys.readouterr().err
+    averaged, _ = load_checkpoint(run_dir / "checkpoints" / "avg")
+    parts = [load_checkpoint(run_dir / "checkpoints" / name)[0] for name in kept]
+    key = "model.output.bias"
+    assert torch.allclose(averaged[key], (parts[0][key] + parts[1][key]) / 2, atol=1e-6)
+    Translator.from_run(run_dir, checkpoint="avg").translate(["zwei Katzen"])
