@@ -56,7 +56,13 @@ def sha256_file(path: Path) -> str:
 def save_checkpoint(path: Path, model: torch.nn.Module, metadata: dict[str, Any],
                     optimizer: torch.optim.Optimizer | None = None) -> None:
     """Write `path`.safetensors and `path`.json; the JSON, written last, vouches for the weights."""
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors, seen = {}, set()
+    for key, value in model.state_dict().items():
+        value = value.detach().cpu().contiguous()
+        if value.data_ptr() in seen:  # tied weights: safetensors stores no shared memory
+            value = value.clone()
+        seen.add(value.data_ptr())
+        tensors[f"model.{key}"] = value
     meta = dict(metadata, format_version=FORMAT_VERSION)
     if optimizer is not None:
         state = optimizer.state_dict()

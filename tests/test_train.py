@@ -111,3 +111,17 @@ def test_accumulation_schedule_keep_best_average_and_curves(tiny_recipe, tmp_pat
     key = "model.output.bias"
     assert torch.allclose(averaged[key], (parts[0][key] + parts[1][key]) / 2, atol=1e-6)
     Translator.from_run(run_dir, checkpoint="avg").translate(["zwei Katzen"])
+
+
+@pytest.mark.parametrize("variant", [
+    ["model.attention=bahdanau", "model.decoder_cell=gru"],
+    ["model.attention=luong-dot", "model.hidden_size=12", "model.decoder_hidden_size=24",
+     "model.decoder_init=last", "model.encoder_cell=rnn"],
+    ["model.attention=luong-general", "model.input_feeding=false", "model.decoder_layers=2",
+     "model.tie_embeddings=true", "model.tie_output=true", "model.embedding_size=24"],
+])
+def test_variants_train_and_translate_from_recipe_keys(tiny_recipe, tmp_path, variant):
+    run_dir = tmp_path / "run"
+    train(Recipe.load(tiny_recipe, ["train.max_steps=2", *variant]), run_dir)
+    translator = Translator.from_run(run_dir)
+    assert len(translator.translate(["zwei Katzen", "am dritten März"], beam=2)) == 2
