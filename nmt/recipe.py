@@ -84,12 +84,13 @@ class ModelConfig:
                                         "`luong-general` and `luong-concat` (additive) with the "
                                         "Luong flow (Luong et al., 2015).",
                             choices=tuple(ATTENTION_PRESETS))
-    attention_score: str = option("", "Overrides the preset's score: `additive` "
-                                      "v·tanh(W·q + U·m), `dot` q·m, or `general` q·W·m.",
+    attention_score: str = option("", "Overrides the preset's score (empty: the preset's): "
+                                      "`additive` v·tanh(W·q + U·m), `dot` q·m, or `general` "
+                                      "q·W·m.",
                                   choices=("", "additive", "dot", "general"))
-    attention_flow: str = option("", "Overrides the preset's flow: `luong` (the current decoder "
-                                     "state queries the memory; the context joins it after the "
-                                     "recurrent step) or `bahdanau` (the previous state queries; "
+    attention_flow: str = option("", "Overrides the preset's flow (empty: the preset's): "
+                                     "`luong` (the current decoder state queries the memory; "
+                                     "the context joins it after the recurrent step) or `bahdanau` (the previous state queries; "
                                      "the context is an input of the recurrent step).",
                                  choices=("", "luong", "bahdanau"))
     input_feeding: bool = option(True, "Feed the previous attentional vector tanh(W[c; h]) into "
@@ -421,11 +422,8 @@ def reference_markdown() -> str:
         for f in recipe_fields(type(section)):
             default = getattr(section, f.name)
             shown = str(default).lower() if isinstance(default, bool) else default
-            choices = f" One of: {', '.join(f.metadata['choices'])}." \
-                if f.metadata.get("choices") else ""
+            shown = '""' if shown == "" else shown
+            names = [choice or '""' for choice in f.metadata.get("choices") or ()]
+            choices = f" One of: {', '.join(names)}." if names else ""
             rows.append(f"| `{top.name}.{f.name}` | `{shown}` | {f.metadata['help']}{choices} |")
     return "\n".join(rows)
-
-
-if __name__ == "__main__":  # python -m nmt.recipe: the README's recipe reference
-    print(reference_markdown())
