@@ -22,6 +22,9 @@ from nmt.recipe import TokenizerConfig
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
 JOINT_MODEL = "spm.model"
 SOURCE_MODEL, TARGET_MODEL = "spm.src.model", "spm.tgt.model"
+# SentencePiece's trained model depends on its thread count, so it is fixed: the same recipe then
+# gives the same subwords on a laptop and on a 64-core server.
+TRAINING_THREADS = 2
 
 
 class Tokenizer:
@@ -124,7 +127,7 @@ def _train_model(config: TokenizerConfig, lines: list[str], path: Path, seed: in
             sentence_iterator=iter(lines), model_writer=model, vocab_size=config.vocab_size,
             model_type=config.type, character_coverage=config.character_coverage,
             pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, shuffle_input_sentence=False,
-            input_sentence_size=0, num_threads=os.cpu_count() or 1, minloglevel=2,
+            input_sentence_size=0, num_threads=TRAINING_THREADS, minloglevel=2,
             max_sentence_length=1 << 16)
     except RuntimeError as error:
         message = str(error)
