@@ -109,21 +109,30 @@ def translate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-len-a", type=float, help="output length limit a·|x|+b: a")
     parser.add_argument("--max-len-b", type=int, help="output length limit a·|x|+b: b")
     parser.add_argument("--batch-size", type=int, help="sentences per batch")
+    parser.add_argument("--min-len", type=int, help="outputs have at least N subword tokens")
+    parser.add_argument("--no-repeat-ngram", type=int, metavar="N",
+                        help="no n-gram of size N occurs twice in an output")
+    parser.add_argument("--sample", action="store_true", default=None,
+                        help="sample instead of searching (--nbest N samples per input)")
+    parser.add_argument("--temperature", type=float, help="sampling temperature")
+    parser.add_argument("--top-k", type=int, help="sample among the k most probable tokens")
+    parser.add_argument("--top-p", type=float, help="nucleus sampling: the top tokens up to "
+                                                    "probability p")
+    parser.add_argument("--seed", type=int, help="seed of sampling")
     parser.add_argument("--scores", action="store_true",
                         help="print each output's normalized score before it, tab-separated")
     parser.add_argument("--ref", help="reference file: print a BLEU/chrF/TER report after "
                                       "translating")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
-    for flag in ("beam", "nbest", "batch_size", "max_len_b"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 1:
-            raise NmtError(f"--{flag.replace('_', '-')} must be at least 1")
+    if args.nbest < 1:
+        raise NmtError("--nbest must be at least 1")
     from nmt.translate import Translator
 
     translator = Translator.from_run(args.model, args.checkpoint, args.device)
-    options = dict(beam=args.beam, length_norm=args.length_norm, alpha=args.alpha,
-                   max_len_a=args.max_len_a, max_len_b=args.max_len_b,
-                   batch_size=args.batch_size)
+    options = {key: getattr(args, key) for key in (
+        "beam", "length_norm", "alpha", "max_len_a", "max_len_b", "batch_size", "min_len",
+        "no_repeat_ngram", "sample", "temperature", "top_k", "top_p", "seed")}
 
     def render(index: int, hyps: list) -> list[str]:
         if args.nbest > 1:

@@ -192,6 +192,17 @@ class DecodeConfig:
                               min=0.0)
     max_len_b: int = option(10, "See `max_len_a`.", min=1)
     batch_size: int = option(64, "Sentences translated together.", min=1)
+    min_len: int = option(0, "Outputs have at least this many subword tokens.", min=0)
+    no_repeat_ngram: int = option(0, "No n-gram of this size occurs twice in an output "
+                                      "(0: off).", min=0)
+    sample: bool = option(False, "Sample outputs instead of searching (`nbest` samples per "
+                                 "input), from `temperature`, `top_k` and `top_p`.")
+    temperature: float = option(1.0, "Sampling temperature: below 1 sharpens the distribution, "
+                                     "towards 0 approaches greedy search.", min=0.0)
+    top_k: int = option(0, "Sample only among the k most probable tokens (0: all).", min=0)
+    top_p: float = option(1.0, "Sample only within the smallest set of tokens whose probability "
+                               "reaches p (nucleus sampling; 1: all).", min=0.0, max=1.0)
+    seed: int = option(1, "Seed of sampling; the same seed and input give the same samples.")
 
 
 @dataclass(frozen=True)
@@ -292,6 +303,18 @@ class Recipe:
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
+
+def with_changes(config: Any, changes: dict[str, Any], section: str) -> Any:
+    """A copy of a recipe section with some keys changed, each checked like a recipe value."""
+    fields = {f.name: f for f in recipe_fields(type(config))}
+    hints = get_type_hints(type(config))
+    checked = {}
+    for key, value in changes.items():
+        if key not in fields:
+            raise _unknown_key(type(config), key, f"{section}.", "option")
+        checked[key] = _coerce(value, hints[key], fields[key], f"{section}.{key}", "option")
+    return dataclasses.replace(config, **checked)
+
 
 def recipe_fields(cls: type) -> list[dataclasses.Field]:
     """The fields of a recipe section that are recipe keys."""

@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
 from pathlib import Path
 import torch
 from tqdm import tqdm
@@ -19,8 +18,10 @@ from nmt.data.subwords import Tokenizer, looks_segmented
 from nmt.device import pick_device
 from nmt.errors import NmtError
 from nmt.model.seq2seq import Seq2Seq
-from nmt.recipe import DecodeConfig, Recipe
+from nmt.recipe import DecodeConfig, Recipe, with_changes
 from nmt.search import Hypothesis, beam_search, greedy_search
+from nmt.search.sampling import sample
+from nmt.search.steps import StepRules
 
 log = logging.getLogger("nmt")
 
@@ -62,22 +63,22 @@ class Translator:
         """The best translation of each line, in input order. Options as in `nbest`."""
         return [hyps[0] for hyps in self.nbest(lines, nbest=1, **options)]
 
-    def nbest(self, lines: list[str], nbest: int = 1, beam: int | None = None,
-              length_norm: str | None = None, alpha: float | None = None,
-              max_len_a: float | None = None, max_len_b: int | None = None,
-              batch_size: int | None = None, keep_attention: bool = False,
-              progress: bool = False) -> list[list[Hypothesis]]:
-        """The `nbest` best translations of each line. Unset options use the run's defaults.
+    def nbest(self, lines: list[str], nbest: int = 1, keep_attention: bool = False,
+              progress: bool = False, **options) -> list[list[Hypothesis]]:
+        """The `nbest` best translations (or samples) of each line.
 
-        Lines are sorted by length into batches (less padding), results come back in input
-        order; an empty line gives an empty translation.
+        `options` are keys of the recipe's decode section (beam, length_norm, alpha, max_len_a,
+        max_len_b, batch_size, min_len, no_repeat_ngram, sample, temperature, top_k, top_p, seed);
+        unset ones (None) keep the run's defaults. Lines are sorted by length into batches (less
+        padding) and results come back in input order; an empty line gives an empty translation.
+        `progress` draws a bar on stderr.
         """
-        settings = replace(self.decode, **{k: v for k, v in dict(
-            beam=beam, length_norm=length_norm, alpha=alpha, max_len_a=max_len_a,
-            max_len_b=max_len_b, batch_size=batch_size).items() if v is not None})
-        if nbest > settings.beam:
+        settings = with_changes(self.decode, {k: v for k, v in options.items() if v is not None},
+                                "decode")
+        if nbest > settings.beam and not settings.sample:
             raise NmtError(f"--nbest {nbest} needs a beam of at least {nbest} "
                            f"(beam is {settings.beam})")
+        generator = torch.Generator(self.device).manual_seed(settings.seed)
         if looks_segmented(lines):
             log.warning("the input looks already segmented into subwords (many '\u2581' or '@@'); "
                         "nmt segments plain text itself, so give it untokenized text")
@@ -94,7 +95,7 @@ class Translator:
             chunk = order[start:start + settings.batch_size]
             bar.update(len(chunk))
             for i, hyps in zip(chunk, self._search([encoded[i] for i in chunk], settings, nbest,
-                                                   keep_attention)):
+                                                   keep_attention, generator)):
                 for hyp in hyps:
                     hyp.text = self.tokenizer.decode_target(hyp.tokens)
                 results[i] = hyps
@@ -103,12 +104,16 @@ class Translator:
 
     @torch.no_grad()
     def _search(self, sources: list[list[int]], settings: DecodeConfig, nbest: int,
-                keep_attention: bool) -> list[list[Hypothesis]]:
+                keep_attention: bool, generator: torch.Generator) -> list[list[Hypothesis]]:
         source, lengths = pad_sources(sources)
         encoded = self.model.encode(source.to(self.device), lengths)
         max_lengths = (settings.max_len_a * (lengths - 1) + settings.max_len_b).long()
+        rules = StepRules(settings.min_len, settings.no_repeat_ngram)
+        common = dict(length_norm=settings.length_norm, alpha=settings.alpha,
+                      keep_attention=keep_attention, rules=rules)
+        if settings.sample:
+            return sample(self.model, encoded, max_lengths, nbest, generator,
+                          settings.temperature, settings.top_k, settings.top_p, **common)
         if settings.beam == 1:
-            return greedy_search(self.model, encoded, max_lengths, settings.length_norm,
-                                 settings.alpha, keep_attention)
-        return beam_search(self.model, encoded, max_lengths, settings.beam, nbest,
-                           settings.length_norm, settings.alpha, keep_attention)
+            return greedy_search(self.model, encoded, max_lengths, **common)
+        return beam_search(self.model, encoded, max_lengths, settings.beam, nbest, **common)

@@ -61,6 +61,15 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     nbest = out.splitlines()
     assert len(nbest) == 14 and nbest[0].startswith("0 ||| ") and nbest[-1].startswith("6 ||| ")
 
+    sampled = [run(translate_main, ["-m", run_dir, "--sample", "--nbest", 3, "--seed", 4,
+                                    "--top-k", 5, "-i", tmp_path / "in.de"], capsys)
+               for _ in range(2)]
+    assert sampled[0][0] == 0 and sampled[0][1] == sampled[1][1]
+    assert len(sampled[0][1].splitlines()) == 21
+    code, _, err = run(translate_main, ["-m", run_dir, "--beam", 0, "-i", tmp_path / "in.de"],
+                       capsys)
+    assert code == 2 and "decode.beam must be at least 1" in err
+
     reference = tmp_path / "ref.en"
     reference.write_text("\n".join(lines[:3] + ["", "x", "y", "z"]) + "\n")
     report = tmp_path / "report.json"

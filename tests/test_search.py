@@ -6,6 +6,7 @@ import torch
 from nmt.data.batching import pad_sources
 from nmt.data.subwords import EOS
 from nmt.search import beam_search, greedy_search, length_penalty
+from nmt.search.steps import StepRules
 from conftest import tiny_model
 
 VOCAB = 6  # pad, unk, bos, eos and two words: search may emit unk, 4, 5 or end
@@ -100,3 +101,66 @@ def test_length_penalty_forms():
     assert length_penalty(4, "avg", 1.0) == 4
     assert length_penalty(1, "gnmt", 0.6) == 1.0
     assert length_penalty(7, "gnmt", 1.0) == 2.0
+
+
+def repeats_ngram(seq, n):
+    grams = [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
+    return len(grams) != len(set(grams))
+
+
+@pytest.mark.parametrize("rules", [StepRules(min_len=2), StepRules(no_repeat_ngram=1),
+                                   StepRules(min_len=1, no_repeat_ngram=2)])
+def test_rules_equal_exhaustive_search_over_allowed_outputs(rules):
+    model = tiny_model(vocab=VOCAB, seed=3)
+    source, max_len, words = [5, 4], 3, [1, 4, 5]
+    allowed = [list(seq) for n in range(rules.min_len, max_len + 1)
+               for seq in itertools.product(words, repeat=n)
+               if not (rules.no_repeat_ngram and repeats_ngram(seq, rules.no_repeat_ngram))]
+    scored = sorted(((sequence_log_prob(model, source, seq), seq) for seq in allowed),
+                    reverse=True, key=lambda item: item[0])
+    found = beam_search(model, encode(model, [source]), torch.tensor([max_len]),
+                        len(words) ** max_len, nbest=3, length_norm="none", rules=rules)[0]
+    assert [h.tokens for h in found] == [seq for _, seq in scored[:3]]
+    greedy = greedy_search(model, encode(model, [source]), torch.tensor([max_len]),
+                           rules=rules)[0][0]
+    assert len(greedy.tokens) >= rules.min_len
+    assert not (rules.no_repeat_ngram and repeats_ngram(greedy.tokens, rules.no_repeat_ngram))
+
+
+def draw(model, sources, seed, **options):
+    from nmt.search.sampling import sample
+
+    generator = torch.Generator().manual_seed(seed)
+    return sample(model, encode(model, sources), torch.tensor([6] * len(sources)), 4, generator,
+                  **options)
+
+
+def test_sampling_is_reproducible_for_a_seed():
+    model = tiny_model(vocab=30, seed=8)
+    sources = [[5, 6, 7], [8, 9]]
+    first, again, other = draw(model, sources, 1), draw(model, sources, 1), draw(model, sources, 2)
+    assert [[h.tokens for h in s] for s in first] == [[h.tokens for h in s] for s in again]
+    assert [[h.tokens for h in s] for s in first] != [[h.tokens for h in s] for s in other]
+    for hyps, source in zip(first, sources):  # scores are the model's own log-probabilities
+        for hyp in hyps:
+            assert hyp.log_prob == pytest.approx(sequence_log_prob(model, source, hyp.tokens),
+                                                 abs=1e-4)
+
+
+def test_low_temperature_and_top_k_one_are_greedy():
+    model = tiny_model(vocab=30, seed=9)
+    sources = [[5, 6, 7], [8, 9], [10]]
+    greedy = greedy_search(model, encode(model, sources), torch.tensor([6] * 3))
+    for options in ({"temperature": 1e-4}, {"top_k": 1}, {"top_p": 1e-6}):
+        for hyps, best in zip(draw(model, sources, 3, **options), greedy):
+            assert all(h.tokens == best[0].tokens for h in hyps)
+
+
+def test_nucleus_keeps_the_smallest_set_reaching_p():
+    from nmt.search.sampling import truncate
+
+    log_probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    kept = torch.isfinite(truncate(log_probs, 1.0, 0, 0.75))
+    assert kept.tolist() == [[True, True, False, False]]
+    kept = torch.isfinite(truncate(log_probs, 1.0, 3, 0.95))
+    assert kept.tolist() == [[True, True, True, False]]

@@ -13,13 +13,14 @@ import torch
 from nmt.data.subwords import BOS, EOS
 from nmt.model.seq2seq import EncoderState, Seq2Seq
 from nmt.search.hypothesis import Hypothesis, finished
-from nmt.search.steps import allowed_log_probs
+from nmt.search.steps import StepRules
 
 
 @torch.no_grad()
 def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor, beam: int,
                 nbest: int = 1, length_norm: str = "gnmt", alpha: float = 0.6,
-                keep_attention: bool = False) -> list[list[Hypothesis]]:
+                keep_attention: bool = False, rules: StepRules = StepRules()
+                ) -> list[list[Hypothesis]]:
     """The `nbest` best hypotheses per sentence, best first by normalized score."""
     if nbest > beam:
         raise ValueError(f"nbest ({nbest}) cannot exceed the beam size ({beam})")
@@ -39,7 +40,7 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
     for t in range(int(max_lengths.max()) + 1):
         n = sentence_ids.size(0)
         log_probs, state, weights = model.decode_step(encoded, state, tokens[:, -1])
-        log_probs = allowed_log_probs(log_probs, (max_lengths == t).repeat_interleave(beam))
+        log_probs = rules.apply(log_probs, t, max_lengths.repeat_interleave(beam), tokens[:, 1:])
         vocab = log_probs.size(-1)
         candidates = (scores.view(-1, 1) + log_probs).view(n, beam * vocab)
         top_scores, top_ids = candidates.topk(min(2 * beam, beam * vocab), dim=1)

@@ -1,22 +1,37 @@
-"""Greedy search: the most probable token at every step, for a whole batch at once."""
+"""Search along one path per sequence: greedy (the most probable token) or, with another
+`pick`, sampling. A whole batch advances at once."""
 
 from __future__ import annotations
+
+from typing import Callable
 
 import torch
 
 from nmt.data.subwords import BOS, EOS
 from nmt.model.seq2seq import EncoderState, Seq2Seq
 from nmt.search.hypothesis import Hypothesis, finished
-from nmt.search.steps import allowed_log_probs
+from nmt.search.steps import StepRules
+
+Pick = Callable[[torch.Tensor], torch.Tensor]  # (N, V) log-probabilities → (N,) token ids
 
 
 @torch.no_grad()
 def greedy_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor,
-                  length_norm: str = "none", alpha: float = 0.0,
-                  keep_attention: bool = False) -> list[list[Hypothesis]]:
+                  length_norm: str = "none", alpha: float = 0.0, keep_attention: bool = False,
+                  rules: StepRules = StepRules()) -> list[list[Hypothesis]]:
     """One hypothesis per sentence; `max_lengths` (B,) caps each output (EOS not counted)."""
+    return [[hyp] for hyp in follow_path(model, encoded, max_lengths, lambda lp: lp.argmax(-1),
+                                         length_norm, alpha, keep_attention, rules)]
+
+
+def follow_path(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor, pick: Pick,
+                length_norm: str, alpha: float, keep_attention: bool,
+                rules: StepRules) -> list[Hypothesis]:
+    """Decode each row of `encoded` along the tokens `pick` chooses; the score is always the
+    model's own log-probability of the chosen tokens."""
     batch = max_lengths.size(0)
     device = encoded.memory.device
+    max_lengths = max_lengths.to(device)
     state = model.initial_state(encoded)
     previous = torch.full((batch,), BOS, dtype=torch.long, device=device)
     log_prob = torch.zeros(batch, device=device)
@@ -24,10 +39,10 @@ def greedy_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tens
     steps, attentions = [], []
     for t in range(int(max_lengths.max()) + 1):
         log_probs, state, weights = model.decode_step(encoded, state, previous)
-        log_probs = allowed_log_probs(log_probs, at_limit=max_lengths.to(device) == t)
-        best, previous = log_probs.max(dim=-1)
-        previous = previous.masked_fill(done, EOS)
-        log_prob += best.masked_fill(done, 0.0)
+        history = torch.stack(steps, 1) if steps else None
+        log_probs = rules.apply(log_probs, t, max_lengths, history)
+        previous = pick(log_probs).masked_fill(done, EOS)
+        log_prob += log_probs.gather(1, previous[:, None]).squeeze(1).masked_fill(done, 0.0)
         steps.append(previous)
         if keep_attention:
             attentions.append(weights)
@@ -39,6 +54,6 @@ def greedy_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tens
     results = []
     for row in range(batch):
         length = tokens[row].index(EOS)
-        results.append([finished(tokens[row][:length], float(log_prob[row]), length_norm, alpha,
-                                 attention[row, :length + 1] if keep_attention else None)])
+        results.append(finished(tokens[row][:length], float(log_prob[row]), length_norm, alpha,
+                                attention[row, :length + 1] if keep_attention else None))
     return results

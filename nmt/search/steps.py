@@ -1,18 +1,41 @@
-"""Per-step rules shared by every search: which tokens may be produced."""
+"""Per-step rules shared by every search: which tokens may come next."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from nmt.data.subwords import BOS, EOS, PAD
 
 
-def allowed_log_probs(log_probs: torch.Tensor, at_limit: torch.Tensor) -> torch.Tensor:
-    """Forbid PAD and BOS everywhere; rows `at_limit` (N,) may only end (EOS)."""
-    log_probs[:, PAD] = float("-inf")
-    log_probs[:, BOS] = float("-inf")
-    if bool(at_limit.any()):
-        eos = log_probs[:, EOS].clone()
-        log_probs[at_limit] = float("-inf")
-        log_probs[:, EOS] = torch.where(at_limit, eos, log_probs[:, EOS])
-    return log_probs
+@dataclass(frozen=True)
+class StepRules:
+    """Length limits and repetition blocking, applied to each step's log-probabilities."""
+
+    min_len: int = 0          # EOS is forbidden before this many tokens
+    no_repeat_ngram: int = 0  # no n-gram of this size may occur twice in an output (0: off)
+
+    def apply(self, log_probs: torch.Tensor, step: int, max_lengths: torch.Tensor,
+              history: torch.Tensor | None) -> torch.Tensor:
+        """`log_probs` (N, V) for output position `step` (0-based); `max_lengths` (N,);
+        `history` (N, step) holds the tokens already produced (needed for n-gram blocking)."""
+        log_probs[:, PAD] = float("-inf")
+        log_probs[:, BOS] = float("-inf")
+        if step < self.min_len:
+            log_probs[:, EOS] = float("-inf")
+        n = self.no_repeat_ngram
+        if n and history is not None and history.size(1) >= n:
+            # Every n-gram so far whose first n-1 tokens equal the last n-1 tokens bans its last.
+            windows = history.unfold(1, n, 1)                      # (N, W, n)
+            suffix = history[:, history.size(1) - n + 1:]          # (N, n-1)
+            repeats = (windows[:, :, :-1] == suffix[:, None, :]).all(-1)
+            penalty = torch.zeros_like(repeats, dtype=log_probs.dtype).masked_fill(
+                repeats, float("-inf"))
+            log_probs.scatter_add_(1, windows[:, :, -1], penalty)
+        at_limit = max_lengths <= step
+        if bool(at_limit.any()):  # rows at their length limit may only end
+            eos = log_probs[:, EOS].clone()
+            log_probs[at_limit] = float("-inf")
+            log_probs[:, EOS] = torch.where(at_limit, eos, log_probs[:, EOS])
+        return log_probs
