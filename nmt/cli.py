@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
 import logging
 import os
 import select
@@ -123,6 +124,11 @@ def translate_main(argv: list[str] | None = None) -> int:
                         help="print each output's normalized score before it, tab-separated")
     parser.add_argument("--ref", help="reference file: print a BLEU/chrF/TER report after "
                                       "translating")
+    parser.add_argument("--attention", metavar="FILE",
+                        help="write each best output's attention matrix as JSON lines")
+    parser.add_argument("--self-check", action="store_true",
+                        help="translate the input (its first 200 lines) one sentence at a time "
+                             "and in batches, and report any difference (exit code 1)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     if args.nbest < 1:
@@ -139,7 +145,16 @@ def translate_main(argv: list[str] | None = None) -> int:
             return [f"{index} ||| {h.text} ||| {h.score:.4f}" for h in hyps]
         return [f"{hyps[0].score:.4f}\t{hyps[0].text}" if args.scores else hyps[0].text]
 
-    if args.input is None and args.output is None and args.ref is None:
+    if args.self_check:
+        lines = read_lines(Path(args.input)) if args.input else \
+            [line.rstrip("\r\n") for line in sys.stdin]
+        problems = translator.self_check(lines[:200], nbest=args.nbest, **options)
+        for problem in problems:
+            print(f"nmt-translate: self-check: {problem}", file=sys.stderr)
+        print(f"self-check: {min(len(lines), 200)} lines, {len(problems)} differences between "
+              f"batch size 1 and {options['batch_size'] or translator.decode.batch_size}")
+        return 1 if problems else 0
+    if args.input is None and args.output is None and args.ref is None and not args.attention:
         count = 0  # stdin → stdout: streamed in chunks, so memory stays bounded in a pipe
         for chunk in _stdin_chunks(sys.stdin, translator.decode.batch_size * 16):
             for hyps in translator.nbest(chunk, nbest=args.nbest, **options):
@@ -148,12 +163,17 @@ def translate_main(argv: list[str] | None = None) -> int:
         return 0
     lines = read_lines(Path(args.input)) if args.input else \
         [line.rstrip("\r\n") for line in sys.stdin]
-    results = translator.nbest(lines, nbest=args.nbest, progress=True, **options)
+    results = translator.nbest(lines, nbest=args.nbest, progress=True,
+                               keep_attention=bool(args.attention), **options)
     text = "".join(out + "\n" for i, hyps in enumerate(results) for out in render(i, hyps))
     if args.output:
         atomic_write_text(Path(args.output), text)
     else:
         sys.stdout.write(text)
+    if args.attention:
+        atomic_write_text(Path(args.attention), "".join(
+            json.dumps({"line": i, **translator.attention_record(line, hyps[0])},
+                       ensure_ascii=False) + "\n" for i, (line, hyps) in enumerate(zip(lines, results))))
     if args.ref:
         from nmt.evaluate import score
 

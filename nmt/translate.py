@@ -98,9 +98,37 @@ class Translator:
                                                    keep_attention, generator)):
                 for hyp in hyps:
                     hyp.text = self.tokenizer.decode_target(hyp.tokens)
+                    if hyp.attention is not None:  # drop the batch's padding columns
+                        hyp.attention = hyp.attention[:, :len(encoded[i]) + 1]
                 results[i] = hyps
         bar.close()
         return results
+
+    def attention_record(self, line: str, hyp: Hypothesis) -> dict:
+        """A hypothesis' attention with the subword pieces on both axes (for plots)."""
+        source = self.tokenizer.source_pieces(self.tokenizer.encode_source([line])[0])
+        target = self.tokenizer.target_pieces(hyp.tokens)
+        weights = [] if hyp.attention is None else \
+            [[round(w, 4) for w in row] for row in hyp.attention.tolist()]
+        return {"source": [*source, "</s>"], "target": [*target, "</s>"], "attention": weights}
+
+    def self_check(self, lines: list[str], tolerance: float = 1e-5, **options) -> list[str]:
+        """Differences between translating `lines` one at a time and in batches.
+
+        Padding and batching must never change a translation; a difference is a bug.
+        """
+        alone = self.nbest(lines, **{**options, "batch_size": 1})
+        together = self.nbest(lines, **options)
+        problems = []
+        for number, (a, b) in enumerate(zip(alone, together), start=1):
+            for rank, (x, y) in enumerate(zip(a, b), start=1):
+                if x.tokens != y.tokens:
+                    problems.append(f"line {number}, hypothesis {rank}: {x.text!r} alone but "
+                                    f"{y.text!r} in a batch")
+                elif abs(x.score - y.score) > tolerance:
+                    problems.append(f"line {number}, hypothesis {rank}: score {x.score:.6f} "
+                                    f"alone but {y.score:.6f} in a batch")
+        return problems
 
     @torch.no_grad()
     def _search(self, sources: list[list[int]], settings: DecodeConfig, nbest: int,

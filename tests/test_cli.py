@@ -70,6 +70,22 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
                        capsys)
     assert code == 2 and "decode.beam must be at least 1" in err
 
+    attention = tmp_path / "attention.jsonl"
+    code, out, err = run(translate_main, ["-m", run_dir, "-i", tmp_path / "in.de", "-o",
+                                          tmp_path / "again.en", "--attention", attention], capsys)
+    assert code == 0, err
+    records = [json.loads(line) for line in attention.read_text().splitlines()]
+    assert len(records) == 7 and records[3]["attention"] == []
+    first = records[0]
+    assert len(first["attention"]) == len(first["target"])
+    assert all(len(row) == len(first["source"]) for row in first["attention"])
+    assert abs(sum(first["attention"][0]) - 1) < 1e-3
+
+    code, out, err = run(translate_main, ["-m", run_dir, "--self-check", "--beam", 3,
+                                          "--batch-size", 4, "-i", tmp_path / "in.de"], capsys)
+    assert code == 0, err
+    assert "7 lines, 0 differences between batch size 1 and 4" in out
+
     reference = tmp_path / "ref.en"
     reference.write_text("\n".join(lines[:3] + ["", "x", "y", "z"]) + "\n")
     report = tmp_path / "report.json"
