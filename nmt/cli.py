@@ -95,8 +95,9 @@ def translate_main(argv: list[str] | None = None) -> int:
         prog="nmt-translate", description="Translate plain text with a trained run. Reads "
         "stdin and writes stdout unless -i/-o are given; unset search options use the run's "
         "recipe (its decode section).")
-    parser.add_argument("-m", "--model", required=True, metavar="RUN_DIR",
-                        help="run directory written by nmt-train")
+    parser.add_argument("-m", "--model", required=True, metavar="RUN_DIR", action="append",
+                        help="run directory written by nmt-train; repeat for an ensemble of "
+                             "runs that share a vocabulary")
     parser.add_argument("--checkpoint", default="best", help="checkpoint name (best or last)")
     parser.add_argument("-i", "--input", help="file to translate, one sentence a line")
     parser.add_argument("-o", "--output", help="file to write (written whole, atomically)")
@@ -135,7 +136,7 @@ def translate_main(argv: list[str] | None = None) -> int:
         raise NmtError("--nbest must be at least 1")
     from nmt.translate import Translator
 
-    translator = Translator.from_run(args.model, args.checkpoint, args.device)
+    translator = Translator.from_runs(args.model, args.checkpoint, args.device)
     options = {key: getattr(args, key) for key in (
         "beam", "length_norm", "alpha", "max_len_a", "max_len_b", "batch_size", "min_len",
         "no_repeat_ngram", "sample", "temperature", "top_k", "top_p", "seed")}

@@ -17,6 +17,7 @@ from nmt.data.batching import pad_sources
 from nmt.data.subwords import Tokenizer, looks_segmented
 from nmt.device import pick_device
 from nmt.errors import NmtError
+from nmt.model.ensemble import Ensemble
 from nmt.model.seq2seq import Seq2Seq
 from nmt.recipe import DecodeConfig, Recipe, with_changes
 from nmt.search import Hypothesis, beam_search, greedy_search
@@ -27,9 +28,9 @@ log = logging.getLogger("nmt")
 
 
 class Translator:
-    """A trained model with its tokenizer and decoding defaults."""
+    """A trained model (or an ensemble) with its tokenizer and decoding defaults."""
 
-    def __init__(self, model: Seq2Seq, tokenizer: Tokenizer, decode: DecodeConfig | None = None,
+    def __init__(self, model: Seq2Seq | Ensemble, tokenizer: Tokenizer, decode: DecodeConfig | None = None,
                  device: torch.device | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
@@ -40,22 +41,21 @@ class Translator:
     def from_run(cls, run_dir: str | Path, checkpoint: str = "best",
                  device: str = "auto") -> "Translator":
         """Load `checkpoints/<checkpoint>` of a run directory made by `nmt-train`."""
-        run_dir = Path(run_dir)
-        if not (run_dir / "recipe.yaml").is_file():
-            raise NmtError(f"{run_dir}: not an nmt run directory (no recipe.yaml); "
-                           f"give the directory nmt-train wrote")
-        recipe = Recipe.load(run_dir / "recipe.yaml")
-        tokenizer = Tokenizer.load(run_dir)
-        tensors, meta = load_checkpoint(run_dir / "checkpoints" / checkpoint)
-        if meta.get("spm_sha256") != tokenizer.sha256:
-            raise NmtError(f"{run_dir}: the SentencePiece model does not match the one checkpoint "
-                           f"{checkpoint!r} was trained with (SHA-256 differs)")
-        model = Seq2Seq(recipe.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
-        try:
-            restore(tensors, meta, model)
-        except RuntimeError as error:
-            raise NmtError(f"{run_dir}: checkpoint {checkpoint!r} does not fit its recipe and "
-                           f"vocabulary: {str(error).splitlines()[0]}") from None
+        return cls.from_runs([run_dir], checkpoint, device)
+
+    @classmethod
+    def from_runs(cls, run_dirs: list[str | Path], checkpoint: str = "best",
+                  device: str = "auto") -> "Translator":
+        """One run, or an ensemble of runs that share their SentencePiece model(s); decoding
+        defaults come from the first run."""
+        loaded = [_load_run(Path(run_dir), checkpoint) for run_dir in run_dirs]
+        model, tokenizer, recipe = loaded[0]
+        for other_dir, (_, other, _) in zip(run_dirs[1:], loaded[1:]):
+            if other.sha256 != tokenizer.sha256:
+                raise NmtError(f"{other_dir}: its SentencePiece model differs from "
+                               f"{run_dirs[0]}'s; an ensemble needs one shared vocabulary")
+        if len(loaded) > 1:
+            model = Ensemble([member for member, _, _ in loaded])
         target = pick_device(device)
         return cls(model.to(target), tokenizer, recipe.decode, target)
 
@@ -145,3 +145,22 @@ class Translator:
         if settings.beam == 1:
             return greedy_search(self.model, encoded, max_lengths, **common)
         return beam_search(self.model, encoded, max_lengths, settings.beam, nbest, **common)
+
+
+def _load_run(run_dir: Path, checkpoint: str) -> tuple[Seq2Seq, Tokenizer, Recipe]:
+    if not (run_dir / "recipe.yaml").is_file():
+        raise NmtError(f"{run_dir}: not an nmt run directory (no recipe.yaml); "
+                       f"give the directory nmt-train wrote")
+    recipe = Recipe.load(run_dir / "recipe.yaml")
+    tokenizer = Tokenizer.load(run_dir)
+    tensors, meta = load_checkpoint(run_dir / "checkpoints" / checkpoint)
+    if meta.get("spm_sha256") != tokenizer.sha256:
+        raise NmtError(f"{run_dir}: the SentencePiece model does not match the one checkpoint "
+                       f"{checkpoint!r} was trained with (SHA-256 differs)")
+    model = Seq2Seq(recipe.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
+    try:
+        restore(tensors, meta, model)
+    except RuntimeError as error:
+        raise NmtError(f"{run_dir}: checkpoint {checkpoint!r} does not fit its recipe and "
+                       f"vocabulary: {str(error).splitlines()[0]}") from None
+    return model, tokenizer, recipe

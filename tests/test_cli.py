@@ -55,6 +55,10 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     translator = Translator.from_run(run_dir)
     assert [h.text for h in translator.translate(source[:3], beam=3)] == lines[:3]
 
+    code, out, err = run(translate_main, ["-m", run_dir, "-m", run_dir, "--beam", 3, "-i",
+                                          tmp_path / "in.de"], capsys)
+    assert code == 0 and out.split("\n") == lines  # an ensemble of a model with itself
+
     code, out, err = run(translate_main, ["-m", run_dir, "--beam", 3, "--nbest", 2, "-i",
                                           tmp_path / "in.de"], capsys)
     assert code == 0, err

@@ -164,3 +164,22 @@ def test_nucleus_keeps_the_smallest_set_reaching_p():
     assert kept.tolist() == [[True, True, False, False]]
     kept = torch.isfinite(truncate(log_probs, 1.0, 3, 0.95))
     assert kept.tolist() == [[True, True, True, False]]
+
+
+def test_an_ensemble_of_one_equals_the_model_and_averages_log_probs():
+    from nmt.model.ensemble import Ensemble
+
+    model, other = tiny_model(vocab=30, seed=10), tiny_model(vocab=30, seed=11)
+    sources, limits = [[5, 6, 7], [8]], torch.tensor([6, 6])
+    single = beam_search(model, encode(model, sources), limits, beam=3, nbest=2)
+    alone = Ensemble([model])
+    for a, b in zip(single, beam_search(alone, encode(alone, sources), limits, beam=3, nbest=2)):
+        assert [h.tokens for h in a] == [h.tokens for h in b]
+        assert [h.score for h in a] == pytest.approx([h.score for h in b], abs=1e-6)
+    pair = Ensemble([model, other])
+    encoded = encode(pair, sources)
+    previous = torch.tensor([2, 2])
+    log_probs, _, _ = pair.decode_step(encoded, pair.initial_state(encoded), previous)
+    expected = [m.decode_step(e, m.initial_state(e), previous)[0]
+                for m, e in zip((model, other), encoded.members)]
+    assert torch.allclose(log_probs, (expected[0] + expected[1]) / 2)

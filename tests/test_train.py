@@ -71,6 +71,8 @@ def test_translator_refuses_a_foreign_sentencepiece_model(tiny_recipe, tmp_path)
     first, second = tmp_path / "first", tmp_path / "second"
     train(Recipe.load(tiny_recipe, ["train.max_steps=2"]), first)
     train(Recipe.load(tiny_recipe, ["train.max_steps=2", "tokenizer.vocab_size=100"]), second)
+    with pytest.raises(NmtError, match="an ensemble needs one shared vocabulary"):
+        Translator.from_runs([first, second])
     shutil.copy(second / "spm.model", first / "spm.model")
     with pytest.raises(NmtError, match="SentencePiece model does not match"):
         Translator.from_run(first)

@@ -26,6 +26,10 @@ class EncoderState:
     mask: torch.Tensor    # (N, S), True on real tokens
     final: torch.Tensor   # (N, M), the encoder's final state for the bridge
 
+    @property
+    def device(self) -> torch.device:
+        return self.memory.device
+
     def index_select(self, index: torch.Tensor) -> "EncoderState":
         """Keep (and repeat) sentences, e.g. to expand a batch to its beams."""
         return EncoderState(*(t.index_select(0, index) for t in

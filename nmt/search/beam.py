@@ -24,7 +24,7 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
     """The `nbest` best hypotheses per sentence, best first by normalized score."""
     if nbest > beam:
         raise ValueError(f"nbest ({nbest}) cannot exceed the beam size ({beam})")
-    batch, device = max_lengths.size(0), encoded.memory.device
+    batch, device = max_lengths.size(0), encoded.device
     max_lengths = max_lengths.to(device)
     sentence_ids = torch.arange(batch, device=device)  # original index of each sentence still searched
     beams = torch.arange(beam, device=device)

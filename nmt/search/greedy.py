@@ -30,7 +30,7 @@ def follow_path(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
     """Decode each row of `encoded` along the tokens `pick` chooses; the score is always the
     model's own log-probability of the chosen tokens."""
     batch = max_lengths.size(0)
-    device = encoded.memory.device
+    device = encoded.device
     max_lengths = max_lengths.to(device)
     state = model.initial_state(encoded)
     previous = torch.full((batch,), BOS, dtype=torch.long, device=device)

@@ -38,7 +38,7 @@ def sample(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor, sam
            ) -> list[list[Hypothesis]]:
     """`samples` draws per sentence, best first by normalized score."""
     batch = max_lengths.size(0)
-    rows = torch.arange(batch, device=encoded.memory.device).repeat_interleave(samples)
+    rows = torch.arange(batch, device=encoded.device).repeat_interleave(samples)
 
     def pick(log_probs: torch.Tensor) -> torch.Tensor:
         weights = truncate(log_probs, temperature, top_k, top_p).softmax(-1)

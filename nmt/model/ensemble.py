@@ -1,0 +1,50 @@
+"""An ensemble: several models sharing a target vocabulary, searched as one.
+
+It offers search the same interface as a single model (`encode`, `initial_state`,
+`decode_step`); each step's log-probabilities are the members' average.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from nmt.model.seq2seq import Seq2Seq
+
+
+@dataclass
+class MemberStates:
+    """One state per member, reordered together."""
+
+    members: list
+
+    @property
+    def device(self) -> torch.device:
+        return self.members[0].device
+
+    def index_select(self, index: torch.Tensor) -> "MemberStates":
+        return MemberStates([state.index_select(index) for state in self.members])
+
+
+class Ensemble(nn.Module):
+    def __init__(self, models: list[Seq2Seq]):
+        super().__init__()
+        self.members = nn.ModuleList(models)
+
+    def encode(self, source: torch.Tensor, source_lengths: torch.Tensor) -> MemberStates:
+        return MemberStates([model.encode(source, source_lengths) for model in self.members])
+
+    def initial_state(self, encoded: MemberStates) -> MemberStates:
+        return MemberStates([model.initial_state(member) for model, member in
+                             zip(self.members, encoded.members)])
+
+    def decode_step(self, encoded: MemberStates, state: MemberStates, previous: torch.Tensor
+                    ) -> tuple[torch.Tensor, MemberStates, torch.Tensor]:
+        """The average of the members' log-probabilities (and of their attention)."""
+        steps = [model.decode_step(e, s, previous) for model, e, s in
+                 zip(self.members, encoded.members, state.members)]
+        log_probs = torch.stack([step[0] for step in steps]).mean(0)
+        attention = torch.stack([step[2] for step in steps]).mean(0)
+        return log_probs, MemberStates([step[1] for step in steps]), attention
