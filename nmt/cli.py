@@ -111,6 +111,10 @@ def translate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-len-a", type=float, help="output length limit a·|x|+b: a")
     parser.add_argument("--max-len-b", type=int, help="output length limit a·|x|+b: b")
     parser.add_argument("--batch-size", type=int, help="sentences per batch")
+    parser.add_argument("--beta", type=float, dest="coverage_penalty",
+                        help="GNMT coverage penalty of beam search (0: off)")
+    parser.add_argument("--prefix-file", metavar="FILE",
+                        help="one target prefix per input line: each output begins with it")
     parser.add_argument("--min-len", type=int, help="outputs have at least N subword tokens")
     parser.add_argument("--no-repeat-ngram", type=int, metavar="N",
                         help="no n-gram of size N occurs twice in an output")
@@ -138,7 +142,8 @@ def translate_main(argv: list[str] | None = None) -> int:
 
     translator = Translator.from_runs(args.model, args.checkpoint, args.device)
     options = {key: getattr(args, key) for key in (
-        "beam", "length_norm", "alpha", "max_len_a", "max_len_b", "batch_size", "min_len",
+        "beam", "length_norm", "alpha", "max_len_a", "max_len_b", "batch_size",
+        "coverage_penalty", "min_len",
         "no_repeat_ngram", "sample", "temperature", "top_k", "top_p", "seed")}
 
     def render(index: int, hyps: list) -> list[str]:
@@ -155,7 +160,9 @@ def translate_main(argv: list[str] | None = None) -> int:
         print(f"self-check: {min(len(lines), 200)} lines, {len(problems)} differences between "
               f"batch size 1 and {options['batch_size'] or translator.decode.batch_size}")
         return 1 if problems else 0
-    if args.input is None and args.output is None and args.ref is None and not args.attention:
+    prefixes = read_lines(Path(args.prefix_file)) if args.prefix_file else None
+    if args.input is None and args.output is None and args.ref is None and not args.attention \
+            and prefixes is None:
         count = 0  # stdin → stdout: streamed in chunks, so memory stays bounded in a pipe
         for chunk in _stdin_chunks(sys.stdin, translator.decode.batch_size * 16):
             for hyps in translator.nbest(chunk, nbest=args.nbest, **options):
@@ -164,7 +171,7 @@ def translate_main(argv: list[str] | None = None) -> int:
         return 0
     lines = read_lines(Path(args.input)) if args.input else \
         [line.rstrip("\r\n") for line in sys.stdin]
-    results = translator.nbest(lines, nbest=args.nbest, progress=True,
+    results = translator.nbest(lines, nbest=args.nbest, progress=True, prefixes=prefixes,
                                keep_attention=bool(args.attention), **options)
     text = "".join(out + "\n" for i, hyps in enumerate(results) for out in render(i, hyps))
     if args.output:

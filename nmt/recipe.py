@@ -192,6 +192,10 @@ class DecodeConfig:
                               min=0.0)
     max_len_b: int = option(10, "See `max_len_a`.", min=1)
     batch_size: int = option(64, "Sentences translated together.", min=1)
+    coverage_penalty: float = option(0.0, "GNMT coverage penalty β: adds β·Σ_i log(min(total "
+                                           "attention on source token i, 1)) to beam scores, "
+                                           "favouring outputs that cover the whole source.",
+                                     min=0.0)
     min_len: int = option(0, "Outputs have at least this many subword tokens.", min=0)
     no_repeat_ngram: int = option(0, "No n-gram of this size occurs twice in an output "
                                       "(0: off).", min=0)

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from nmt.checkpoint import load_checkpoint, restore
 from nmt.data.batching import pad_sources
-from nmt.data.subwords import Tokenizer, looks_segmented
+from nmt.data.subwords import PAD, Tokenizer, looks_segmented
 from nmt.device import pick_device
 from nmt.errors import NmtError
 from nmt.model.ensemble import Ensemble
@@ -64,11 +64,14 @@ class Translator:
         return [hyps[0] for hyps in self.nbest(lines, nbest=1, **options)]
 
     def nbest(self, lines: list[str], nbest: int = 1, keep_attention: bool = False,
-              progress: bool = False, **options) -> list[list[Hypothesis]]:
+              progress: bool = False, prefixes: list[str] | None = None,
+              **options) -> list[list[Hypothesis]]:
         """The `nbest` best translations (or samples) of each line.
 
+        `prefixes` (plain text, one per line, "" for none) force how each translation begins.
         `options` are keys of the recipe's decode section (beam, length_norm, alpha, max_len_a,
-        max_len_b, batch_size, min_len, no_repeat_ngram, sample, temperature, top_k, top_p, seed);
+        max_len_b, batch_size, coverage_penalty, min_len, no_repeat_ngram, sample, temperature,
+        top_k, top_p, seed);
         unset ones (None) keep the run's defaults. Lines are sorted by length into batches (less
         padding) and results come back in input order; an empty line gives an empty translation.
         `progress` draws a bar on stderr.
@@ -83,6 +86,9 @@ class Translator:
             log.warning("the input looks already segmented into subwords (many '\u2581' or '@@'); "
                         "nmt segments plain text itself, so give it untokenized text")
         encoded = self.tokenizer.encode_source(list(lines))
+        if prefixes is not None and len(prefixes) != len(lines):
+            raise NmtError(f"{len(prefixes)} prefixes for {len(lines)} lines; give one per line")
+        forced = self.tokenizer.encode_target(list(prefixes)) if prefixes else None
         results: list[list[Hypothesis]] = [[] for _ in lines]
         order = sorted((i for i, ids in enumerate(encoded) if lines[i].strip()),
                        key=lambda i: len(encoded[i]))
@@ -94,8 +100,9 @@ class Translator:
         for start in range(0, len(order), settings.batch_size):
             chunk = order[start:start + settings.batch_size]
             bar.update(len(chunk))
+            chunk_prefixes = [forced[i] for i in chunk] if forced else None
             for i, hyps in zip(chunk, self._search([encoded[i] for i in chunk], settings, nbest,
-                                                   keep_attention, generator)):
+                                                   keep_attention, generator, chunk_prefixes)):
                 for hyp in hyps:
                     hyp.text = self.tokenizer.decode_target(hyp.tokens)
                     if hyp.attention is not None:  # drop the batch's padding columns
@@ -132,19 +139,27 @@ class Translator:
 
     @torch.no_grad()
     def _search(self, sources: list[list[int]], settings: DecodeConfig, nbest: int,
-                keep_attention: bool, generator: torch.Generator) -> list[list[Hypothesis]]:
+                keep_attention: bool, generator: torch.Generator,
+                prefixes: list[list[int]] | None) -> list[list[Hypothesis]]:
         source, lengths = pad_sources(sources)
         encoded = self.model.encode(source.to(self.device), lengths)
         max_lengths = (settings.max_len_a * (lengths - 1) + settings.max_len_b).long()
+        prefix = None
+        if prefixes and any(prefixes):
+            prefix = torch.full((len(prefixes), max(map(len, prefixes))), PAD, dtype=torch.long)
+            for row, ids in enumerate(prefixes):
+                prefix[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+            max_lengths = torch.maximum(max_lengths, (prefix != PAD).sum(1))
         rules = StepRules(settings.min_len, settings.no_repeat_ngram)
         common = dict(length_norm=settings.length_norm, alpha=settings.alpha,
-                      keep_attention=keep_attention, rules=rules)
+                      keep_attention=keep_attention, rules=rules, prefix=prefix)
         if settings.sample:
             return sample(self.model, encoded, max_lengths, nbest, generator,
                           settings.temperature, settings.top_k, settings.top_p, **common)
         if settings.beam == 1:
             return greedy_search(self.model, encoded, max_lengths, **common)
-        return beam_search(self.model, encoded, max_lengths, settings.beam, nbest, **common)
+        return beam_search(self.model, encoded, max_lengths, settings.beam, nbest,
+                           coverage_penalty=settings.coverage_penalty, **common)
 
 
 def _load_run(run_dir: Path, checkpoint: str) -> tuple[Seq2Seq, Tokenizer, Recipe]:

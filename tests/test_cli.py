@@ -74,6 +74,13 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
                        capsys)
     assert code == 2 and "decode.beam must be at least 1" in err
 
+    (tmp_path / "prefix.en").write_text("the\n\nthe\n\n\n\nthe\n")
+    code, out, err = run(translate_main, ["-m", run_dir, "-i", tmp_path / "in.de", "--beta", 0.2,
+                                          "--prefix-file", tmp_path / "prefix.en"], capsys)
+    assert code == 0, err
+    forced = out.split("\n")
+    assert forced[0].startswith("the") and forced[2].startswith("the") and forced[3] == ""
+
     attention = tmp_path / "attention.jsonl"
     code, out, err = run(translate_main, ["-m", run_dir, "-i", tmp_path / "in.de", "-o",
                                           tmp_path / "again.en", "--attention", attention], capsys)

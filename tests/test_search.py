@@ -183,3 +183,50 @@ def test_an_ensemble_of_one_equals_the_model_and_averages_log_probs():
     expected = [m.decode_step(e, m.initial_state(e), previous)[0]
                 for m, e in zip((model, other), encoded.members)]
     assert torch.allclose(log_probs, (expected[0] + expected[1]) / 2)
+
+
+@torch.no_grad()
+def sequence_coverage_bonus(model, source, tokens, beta):
+    encoded = encode(model, [source])
+    state = model.initial_state(encoded)
+    previous, coverage = torch.tensor([2]), torch.zeros(len(source) + 1)
+    for token in [*tokens, EOS]:
+        _, state, weights = model.decode_step(encoded, state, previous)
+        coverage += weights[0]
+        previous = torch.tensor([token])
+    return beta * float(coverage.clamp(max=1.0).log().sum())
+
+
+def test_coverage_penalty_equals_exhaustive_search():
+    model = tiny_model(vocab=VOCAB, seed=12)
+    source, max_len, words, beta = [4, 5, 4, 5], 3, [1, 4, 5], 0.4
+    every = [list(seq) for n in range(max_len + 1) for seq in itertools.product(words, repeat=n)]
+    scored = sorted(((sequence_log_prob(model, source, seq) / length_penalty(len(seq) + 1, "gnmt",
+                                                                             0.6)
+                      + sequence_coverage_bonus(model, source, seq, beta), seq)
+                     for seq in every), key=lambda item: item[0], reverse=True)
+    found = beam_search(model, encode(model, [source]), torch.tensor([max_len]), 27, nbest=3,
+                        coverage_penalty=beta)[0]
+    assert [h.tokens for h in found] == [seq for _, seq in scored[:3]]
+    assert [h.score for h in found] == pytest.approx([s for s, _ in scored[:3]], abs=1e-4)
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam", "sample"])
+def test_forced_prefix_starts_every_output(search):
+    from nmt.search.sampling import sample
+
+    model = tiny_model(vocab=30, seed=13)
+    sources = [[5, 6, 7], [8, 9], [10]]
+    prefix = torch.tensor([[20, 21], [22, 0], [0, 0]])  # 0 = PAD: no (further) prefix
+    encoded, limits = encode(model, sources), torch.tensor([6, 6, 6])
+    if search == "greedy":
+        results = greedy_search(model, encoded, limits, prefix=prefix)
+    elif search == "beam":
+        results = beam_search(model, encoded, limits, beam=3, nbest=3, prefix=prefix)
+    else:
+        results = sample(model, encoded, limits, 3, torch.Generator().manual_seed(1), prefix=prefix)
+    for hyps, wanted, source in zip(results, ([20, 21], [22], []), sources):
+        for hyp in hyps:
+            assert hyp.tokens[:len(wanted)] == wanted
+            assert hyp.log_prob == pytest.approx(sequence_log_prob(model, source, hyp.tokens),
+                                                 abs=1e-4)

@@ -19,9 +19,15 @@ from nmt.search.steps import StepRules
 @torch.no_grad()
 def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor, beam: int,
                 nbest: int = 1, length_norm: str = "gnmt", alpha: float = 0.6,
-                keep_attention: bool = False, rules: StepRules = StepRules()
+                keep_attention: bool = False, rules: StepRules = StepRules(),
+                prefix: torch.Tensor | None = None, coverage_penalty: float = 0.0
                 ) -> list[list[Hypothesis]]:
-    """The `nbest` best hypotheses per sentence, best first by normalized score."""
+    """The `nbest` best hypotheses per sentence, best first by normalized score.
+
+    `prefix` (B, P), PAD-padded, forces each output's first tokens. `coverage_penalty` β adds
+    GNMT's β·Σ_i log(min(Σ_t attention_ti, 1)) over source tokens i to finished scores, which
+    favours outputs that attend to every source token.
+    """
     if nbest > beam:
         raise ValueError(f"nbest ({nbest}) cannot exceed the beam size ({beam})")
     batch, device = max_lengths.size(0), encoded.device
@@ -35,12 +41,16 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
     scores[:, 0] = 0.0
     tokens = torch.full((batch * beam, 1), BOS, dtype=torch.long, device=device)
     history = None  # attention so far, (n * beam, t, S), kept only when asked for
+    coverage = None  # attention summed over steps, (n * beam, S), for the coverage penalty
+    if prefix is not None:
+        prefix = prefix.to(device)
     results: list[list[Hypothesis]] = [[] for _ in range(batch)]
 
     for t in range(int(max_lengths.max()) + 1):
         n = sentence_ids.size(0)
         log_probs, state, weights = model.decode_step(encoded, state, tokens[:, -1])
-        log_probs = rules.apply(log_probs, t, max_lengths.repeat_interleave(beam), tokens[:, 1:])
+        log_probs = rules.apply(log_probs, t, max_lengths.repeat_interleave(beam), tokens[:, 1:],
+                                None if prefix is None else prefix.repeat_interleave(beam, 0))
         vocab = log_probs.size(-1)
         candidates = (scores.view(-1, 1) + log_probs).view(n, beam * vocab)
         top_scores, top_ids = candidates.topk(min(2 * beam, beam * vocab), dim=1)
@@ -50,6 +60,11 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
         if keep_attention:
             step = weights.unsqueeze(1)
             history = step if history is None else torch.cat([history, step], 1)
+        if coverage_penalty:
+            coverage = weights if coverage is None else coverage + weights
+            # Padding gets exactly zero attention, so real source tokens are those with any.
+            bonus = coverage_penalty * torch.where(
+                coverage > 0, coverage.clamp(max=1.0).log(), torch.zeros_like(coverage)).sum(-1)
 
         # Hypotheses ending here: EOS candidates ranked within the beam, with a finite score.
         ends = (token == EOS) & torch.isfinite(top_scores)
@@ -59,7 +74,8 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
                 row = int(rows[s, c])
                 results[int(sentence_ids[s])].append(finished(
                     tokens[row, 1:].tolist(), float(top_scores[s, c]), length_norm, alpha,
-                    history[row].cpu() if keep_attention else None))
+                    history[row].cpu() if keep_attention else None,
+                    float(bonus[row]) if coverage_penalty else 0.0))
 
         # The beam continues with the best candidates that did not end.
         alive_scores, picks = top_scores.masked_fill(token == EOS, float("-inf")).topk(beam, dim=1)
@@ -77,9 +93,13 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
         state = state.index_select(row_index)
         if keep_attention:
             history = history[row_index]
+        if coverage_penalty:
+            coverage = coverage[row_index]
         if keep.size(0) < n:  # sentences left the batch: shrink what is fixed per sentence
             sentence_rows = (keep[:, None] * beam + beams).view(-1)
             encoded = encoded.index_select(sentence_rows)
             sentence_ids, max_lengths = sentence_ids[keep], max_lengths[keep]
+            if prefix is not None:
+                prefix = prefix[keep]
 
     return [sorted(found, key=lambda h: h.score, reverse=True)[:nbest] for found in results]

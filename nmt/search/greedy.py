@@ -18,15 +18,17 @@ Pick = Callable[[torch.Tensor], torch.Tensor]  # (N, V) log-probabilities → (N
 @torch.no_grad()
 def greedy_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor,
                   length_norm: str = "none", alpha: float = 0.0, keep_attention: bool = False,
-                  rules: StepRules = StepRules()) -> list[list[Hypothesis]]:
-    """One hypothesis per sentence; `max_lengths` (B,) caps each output (EOS not counted)."""
+                  rules: StepRules = StepRules(), prefix: torch.Tensor | None = None
+                  ) -> list[list[Hypothesis]]:
+    """One hypothesis per sentence; `max_lengths` (B,) caps each output (EOS not counted);
+    `prefix` (B, P), PAD-padded, forces each output's first tokens."""
     return [[hyp] for hyp in follow_path(model, encoded, max_lengths, lambda lp: lp.argmax(-1),
-                                         length_norm, alpha, keep_attention, rules)]
+                                         length_norm, alpha, keep_attention, rules, prefix)]
 
 
 def follow_path(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor, pick: Pick,
                 length_norm: str, alpha: float, keep_attention: bool,
-                rules: StepRules) -> list[Hypothesis]:
+                rules: StepRules, prefix: torch.Tensor | None = None) -> list[Hypothesis]:
     """Decode each row of `encoded` along the tokens `pick` chooses; the score is always the
     model's own log-probability of the chosen tokens."""
     batch = max_lengths.size(0)
@@ -40,7 +42,7 @@ def follow_path(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
     for t in range(int(max_lengths.max()) + 1):
         log_probs, state, weights = model.decode_step(encoded, state, previous)
         history = torch.stack(steps, 1) if steps else None
-        log_probs = rules.apply(log_probs, t, max_lengths, history)
+        log_probs = rules.apply(log_probs, t, max_lengths, history, prefix)
         previous = pick(log_probs).masked_fill(done, EOS)
         log_prob += log_probs.gather(1, previous[:, None]).squeeze(1).masked_fill(done, 0.0)
         steps.append(previous)

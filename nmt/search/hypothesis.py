@@ -38,6 +38,7 @@ def length_penalty(length: int, form: str, alpha: float) -> float:
 
 
 def finished(tokens: list[int], log_prob: float, form: str, alpha: float,
-             attention: torch.Tensor | None = None) -> Hypothesis:
-    return Hypothesis(tokens, log_prob, log_prob / length_penalty(len(tokens) + 1, form, alpha),
-                      attention)
+             attention: torch.Tensor | None = None, bonus: float = 0.0) -> Hypothesis:
+    """A complete hypothesis, scored log P / length penalty (+ a coverage term)."""
+    score = log_prob / length_penalty(len(tokens) + 1, form, alpha) + bonus
+    return Hypothesis(tokens, log_prob, score, attention)

@@ -34,8 +34,8 @@ def truncate(log_probs: torch.Tensor, temperature: float, top_k: int, top_p: flo
 def sample(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor, samples: int,
            generator: torch.Generator, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, length_norm: str = "none", alpha: float = 0.0,
-           keep_attention: bool = False, rules: StepRules = StepRules()
-           ) -> list[list[Hypothesis]]:
+           keep_attention: bool = False, rules: StepRules = StepRules(),
+           prefix: torch.Tensor | None = None) -> list[list[Hypothesis]]:
     """`samples` draws per sentence, best first by normalized score."""
     batch = max_lengths.size(0)
     rows = torch.arange(batch, device=encoded.device).repeat_interleave(samples)
@@ -45,6 +45,7 @@ def sample(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor, sam
         return torch.multinomial(weights, 1, generator=generator).squeeze(1)
 
     drawn = follow_path(model, encoded.index_select(rows), max_lengths.repeat_interleave(samples),
-                        pick, length_norm, alpha, keep_attention, rules)
+                        pick, length_norm, alpha, keep_attention, rules,
+                        None if prefix is None else prefix.to(rows.device).index_select(0, rows))
     return [sorted(drawn[i * samples:(i + 1) * samples], key=lambda h: h.score, reverse=True)
             for i in range(batch)]

@@ -17,9 +17,15 @@ class StepRules:
     no_repeat_ngram: int = 0  # no n-gram of this size may occur twice in an output (0: off)
 
     def apply(self, log_probs: torch.Tensor, step: int, max_lengths: torch.Tensor,
-              history: torch.Tensor | None) -> torch.Tensor:
+              history: torch.Tensor | None, prefix: torch.Tensor | None = None
+              ) -> torch.Tensor:
         """`log_probs` (N, V) for output position `step` (0-based); `max_lengths` (N,);
-        `history` (N, step) holds the tokens already produced (needed for n-gram blocking)."""
+        `history` (N, step) holds the tokens already produced (needed for n-gram blocking);
+        `prefix` (N, P), PAD-padded, forces each row's output to begin with its tokens."""
+        forced = None
+        if prefix is not None and step < prefix.size(1):
+            forced = prefix[:, step]
+            forced_scores = log_probs.gather(1, forced[:, None]).squeeze(1)
         log_probs[:, PAD] = float("-inf")
         log_probs[:, BOS] = float("-inf")
         if step < self.min_len:
@@ -38,4 +44,8 @@ class StepRules:
             eos = log_probs[:, EOS].clone()
             log_probs[at_limit] = float("-inf")
             log_probs[:, EOS] = torch.where(at_limit, eos, log_probs[:, EOS])
+        if forced is not None and bool((forced != PAD).any()):  # a prefix overrules the rest
+            rows = (forced != PAD).nonzero().squeeze(1)
+            log_probs[rows] = float("-inf")
+            log_probs[rows, forced[rows]] = forced_scores[rows]
         return log_probs
