@@ -134,6 +134,16 @@ def translate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--self-check", action="store_true",
                         help="translate the input (its first 200 lines) one sentence at a time "
                              "and in batches, and report any difference (exit code 1)")
+    parser.add_argument("--tune", action="store_true",
+                        help="grid-search beam size, length normalization and alpha on "
+                             "--dev-src/--dev-ref and save the best as the run's decoding "
+                             "defaults (RUN_DIR/decode.yaml)")
+    parser.add_argument("--dev-src", help="with --tune: source side of the dev set")
+    parser.add_argument("--dev-ref", help="with --tune: reference side of the dev set")
+    parser.add_argument("--beams", type=int, nargs="+", default=[1, 5, 10],
+                        help="with --tune: beam sizes to try")
+    parser.add_argument("--alphas", type=float, nargs="+", default=[0.6, 1.0],
+                        help="with --tune: alphas to try for avg and gnmt")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     args = parser.parse_args(argv)
     if args.nbest < 1:
@@ -151,6 +161,8 @@ def translate_main(argv: list[str] | None = None) -> int:
             return [f"{index} ||| {h.text} ||| {h.score:.4f}" for h in hyps]
         return [f"{hyps[0].score:.4f}\t{hyps[0].text}" if args.scores else hyps[0].text]
 
+    if args.tune:
+        return _tune(translator, args)
     if args.self_check:
         lines = read_lines(Path(args.input)) if args.input else \
             [line.rstrip("\r\n") for line in sys.stdin]
@@ -187,6 +199,27 @@ def translate_main(argv: list[str] | None = None) -> int:
 
         report = score([hyps[0].text for hyps in results], [read_lines(Path(args.ref))])
         print(report.format(), file=sys.stderr if not args.output else sys.stdout)
+    return 0
+
+
+def _tune(translator, args: argparse.Namespace) -> int:
+    from nmt.translate import save_tuned_decoding
+
+    if not (args.dev_src and args.dev_ref) or len(args.model) != 1:
+        raise NmtError("--tune needs one -m RUN_DIR, --dev-src and --dev-ref")
+    sources, references = read_lines(Path(args.dev_src)), read_lines(Path(args.dev_ref))
+    if len(sources) != len(references):
+        raise NmtError(f"{args.dev_src} has {len(sources)} lines but {args.dev_ref} has "
+                       f"{len(references)}")
+    rows = translator.tune(sources, references, tuple(args.beams), tuple(args.alphas))
+    print(f"{'beam':>4} {'norm':>5} {'alpha':>5} {'BLEU':>6} {'chrF':>6}")
+    for row in rows:
+        print(f"{row['beam']:>4} {row['length_norm']:>5} {row['alpha']:>5.2f} "
+              f"{row['bleu']:>6.2f} {row['chrf']:>6.2f}")
+    best = {key: rows[0][key] for key in ("beam", "length_norm", "alpha")}
+    path = save_tuned_decoding(Path(args.model[0]), best)
+    print(f"saved {best} to {path}; nmt-translate -m {args.model[0]} now uses it "
+          f"(flags still override)")
     return 0
 
 

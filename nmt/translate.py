@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 import torch
+import yaml
 from tqdm import tqdm
 
-from nmt.checkpoint import load_checkpoint, restore
+from nmt.checkpoint import atomic_write_text, load_checkpoint, restore
 from nmt.data.batching import pad_sources
 from nmt.data.subwords import PAD, Tokenizer, looks_segmented
 from nmt.device import pick_device
 from nmt.errors import NmtError
+from nmt.evaluate import corpus_bleu, corpus_chrf
 from nmt.model.ensemble import Ensemble
 from nmt.model.seq2seq import Seq2Seq
 from nmt.recipe import DecodeConfig, Recipe, with_changes
@@ -57,7 +59,8 @@ class Translator:
         if len(loaded) > 1:
             model = Ensemble([member for member, _, _ in loaded])
         target = pick_device(device)
-        return cls(model.to(target), tokenizer, recipe.decode, target)
+        return cls(model.to(target), tokenizer, tuned_decoding(Path(run_dirs[0]), recipe.decode),
+                   target)
 
     def translate(self, lines: list[str], **options) -> list[Hypothesis]:
         """The best translation of each line, in input order. Options as in `nbest`."""
@@ -110,6 +113,26 @@ class Translator:
                 results[i] = hyps
         bar.close()
         return results
+
+    def tune(self, sources: list[str], references: list[str], beams: tuple[int, ...] = (1, 5, 10),
+             alphas: tuple[float, ...] = (0.6, 1.0)) -> list[dict]:
+        """Dev-set BLEU and chrF for each beam size × length normalization × alpha, best first.
+
+        Greedy search (beam 1) has no length normalization to tune, nor does `none` an alpha.
+        """
+        grid = []
+        for beam in beams:
+            forms = [("none", 0.0)] if beam == 1 else \
+                [("none", 0.0)] + [(form, a) for form in ("avg", "gnmt") for a in alphas]
+            grid.extend((beam, form, alpha) for form, alpha in forms)
+        rows = []
+        for beam, form, alpha in tqdm(grid, desc="tuning", unit="setting", leave=False):
+            hypotheses = [h.text for h in self.translate(sources, beam=beam, length_norm=form,
+                                                         alpha=alpha)]
+            rows.append({"beam": beam, "length_norm": form, "alpha": alpha,
+                         "bleu": round(corpus_bleu(hypotheses, references), 2),
+                         "chrf": round(corpus_chrf(hypotheses, references), 2)})
+        return sorted(rows, key=lambda row: (row["bleu"], row["chrf"]), reverse=True)
 
     def attention_record(self, line: str, hyp: Hypothesis) -> dict:
         """A hypothesis' attention with the subword pieces on both axes (for plots)."""
@@ -179,3 +202,25 @@ def _load_run(run_dir: Path, checkpoint: str) -> tuple[Seq2Seq, Tokenizer, Recip
         raise NmtError(f"{run_dir}: checkpoint {checkpoint!r} does not fit its recipe and "
                        f"vocabulary: {str(error).splitlines()[0]}") from None
     return model, tokenizer, recipe
+
+
+TUNED = "decode.yaml"  # decoding defaults chosen by `nmt-translate --tune`, over the recipe's
+
+
+def tuned_decoding(run_dir: Path, decode: DecodeConfig) -> DecodeConfig:
+    path = run_dir / TUNED
+    if not path.is_file():
+        return decode
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise NmtError(f"{path}: YAML syntax error: {error}") from None
+    if not isinstance(values, dict):
+        raise NmtError(f"{path}: expected a mapping of decode keys")
+    return with_changes(decode, values, "decode")
+
+
+def save_tuned_decoding(run_dir: Path, values: dict) -> Path:
+    path = run_dir / TUNED
+    atomic_write_text(path, yaml.safe_dump(values, sort_keys=False))
+    return path

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from nmt.cli import score_main, train_main, translate_main
 from nmt.translate import Translator
@@ -96,6 +97,21 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
                                           "--batch-size", 4, "-i", tmp_path / "in.de"], capsys)
     assert code == 0, err
     assert "7 lines, 0 differences between batch size 1 and 4" in out
+
+    dev = tiny_recipe.parent / "corpus"
+    code, out, err = run(translate_main, ["-m", run_dir, "--tune", "--dev-src", dev / "dev.de",
+                                          "--dev-ref", dev / "dev.en", "--beams", 1, 2,
+                                          "--alphas", 0.5], capsys)
+    assert code == 0, err
+    table = [row for row in out.splitlines()[1:] if not row.startswith("saved")]
+    assert len(table) == 4  # greedy, then beam 2 with none, avg 0.5, gnmt 0.5
+    bleus = [float(row.split()[3]) for row in table]
+    assert bleus == sorted(bleus, reverse=True)
+    best = table[0].split()
+    saved = yaml.safe_load((run_dir / "decode.yaml").read_text())
+    assert saved == {"beam": int(best[0]), "length_norm": best[1], "alpha": float(best[2])}
+    assert Translator.from_run(run_dir).decode.beam == int(best[0])
+    (run_dir / "decode.yaml").unlink()
 
     reference = tmp_path / "ref.en"
     reference.write_text("\n".join(lines[:3] + ["", "x", "y", "z"]) + "\n")
