@@ -230,3 +230,42 @@ def test_forced_prefix_starts_every_output(search):
             assert hyp.tokens[:len(wanted)] == wanted
             assert hyp.log_prob == pytest.approx(sequence_log_prob(model, source, hyp.tokens),
                                                  abs=1e-4)
+
+
+class FixedTable:
+    """A stand-in model whose next-token distribution depends only on the previous token:
+    after BOS, 'a' (id 4) has p=0.6 and EOS p=0.4; after 'a', EOS has p=0.6 and 'a' p=0.4."""
+
+    class State:
+        def __init__(self, rows):
+            self.rows = rows
+            self.device = torch.device("cpu")
+
+        def index_select(self, index):
+            return FixedTable.State(self.rows.index_select(0, index))
+
+    def encode(self, rows):
+        return self.State(rows)
+
+    def initial_state(self, encoded):
+        return encoded
+
+    def decode_step(self, encoded, state, previous):
+        log_probs = torch.full((previous.size(0), 6), float("-inf"))
+        after_bos = previous == 2
+        log_probs[:, 4] = torch.where(after_bos, torch.tensor(0.6).log(), torch.tensor(0.4).log())
+        log_probs[:, EOS] = torch.where(after_bos, torch.tensor(0.4).log(),
+                                        torch.tensor(0.6).log())
+        return log_probs, state, torch.ones(previous.size(0), 1)
+
+
+def test_length_normalization_changes_the_winner():
+    """Unnormalized, the empty output wins (log 0.4 > log 0.6 + log 0.6); per token, 'a' wins."""
+    model = FixedTable()
+    encoded, limits = model.encode(torch.zeros(1)), torch.tensor([3])
+    plain = beam_search(model, encoded, limits, beam=2, length_norm="none")[0][0]
+    average = beam_search(model, encoded, limits, beam=2, length_norm="avg", alpha=1.0)[0][0]
+    assert plain.tokens == [] and plain.log_prob == pytest.approx(float(torch.tensor(0.4).log()))
+    assert average.tokens == [4]
+    assert average.score == pytest.approx(float(torch.tensor(0.36).log()) / 2)
+    assert greedy_search(model, encoded, limits)[0][0].tokens == [4]  # greedy takes 'a' first
