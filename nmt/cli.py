@@ -254,14 +254,48 @@ def score_main(argv: list[str] | None = None) -> int:
                         help="reference file (repeat for several references)")
     parser.add_argument("-i", "--input", required=True, help="hypothesis file")
     parser.add_argument("--json", help="also write the report as JSON to this file")
+    parser.add_argument("--analyze", action="store_true",
+                        help="search error or model error? Needs -m RUN_DIR and -s SOURCE: the "
+                             "model scores each reference against its own output")
+    parser.add_argument("-m", "--model", metavar="RUN_DIR", help="with --analyze: the run")
+    parser.add_argument("-s", "--source", help="with --analyze: the source file")
+    parser.add_argument("--beams", type=int, nargs="+",
+                        help="with --analyze: also translate the source with these beam sizes "
+                             "and show how the shares change")
     args = parser.parse_args(argv)
     from nmt.evaluate import score
 
-    report = score(read_lines(Path(args.input)), [read_lines(Path(ref)) for ref in args.ref])
+    hypotheses = read_lines(Path(args.input))
+    references = [read_lines(Path(ref)) for ref in args.ref]
+    report = score(hypotheses, references)
     print(report.format())
     if args.json:
         atomic_write_text(Path(args.json), report.to_json())
+    if args.analyze:
+        _analyze(args, hypotheses, references[0])
     return 0
+
+
+def _analyze(args: argparse.Namespace, hypotheses: list[str], references: list[str]) -> None:
+    from nmt.analysis import analyze
+    from nmt.translate import Translator
+
+    if not (args.model and args.source):
+        raise NmtError("--analyze needs -m RUN_DIR and -s SOURCE")
+    translator = Translator.from_run(args.model)
+    sources = read_lines(Path(args.source))
+    print(f"\nerror analysis of {args.input} (length normalization "
+          f"{translator.decode.length_norm}, alpha {translator.decode.alpha}):")
+    print(analyze(translator, sources, hypotheses, references).format())
+    if args.beams:
+        print(f"\n{'beam':>4} {'BLEU':>6} {'differ':>6} {'search':>7} {'model':>7}")
+        from nmt.evaluate import corpus_bleu
+        for beam in args.beams:
+            outputs = [h.text for h in translator.translate(sources, beam=beam)]
+            result = analyze(translator, sources, outputs, references)
+            print(f"{beam:>4} {corpus_bleu(outputs, references):6.2f} "
+                  f"{len(result.verdicts):>6} {result.share('search'):6.1f}% "
+                  f"{result.share('model'):6.1f}%")
 
 
 # ---------------------------------------------------------------------- nmt-average

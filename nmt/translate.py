@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from nmt.checkpoint import atomic_write_text, load_checkpoint, restore
 from nmt.data.batching import pad_sources
-from nmt.data.subwords import PAD, Tokenizer, looks_segmented
+from nmt.data.subwords import BOS, EOS, PAD, Tokenizer, looks_segmented
 from nmt.device import pick_device
 from nmt.errors import NmtError
 from nmt.evaluate import corpus_bleu, corpus_chrf
@@ -23,6 +23,7 @@ from nmt.model.ensemble import Ensemble
 from nmt.model.seq2seq import Seq2Seq
 from nmt.recipe import DecodeConfig, Recipe, with_changes
 from nmt.search import Hypothesis, beam_search, greedy_search
+from nmt.search.hypothesis import finished
 from nmt.search.sampling import sample
 from nmt.search.steps import StepRules
 
@@ -133,6 +134,43 @@ class Translator:
                          "bleu": round(corpus_bleu(hypotheses, references), 2),
                          "chrf": round(corpus_chrf(hypotheses, references), 2)})
         return sorted(rows, key=lambda row: (row["bleu"], row["chrf"]), reverse=True)
+
+    @torch.no_grad()
+    def force(self, sources: list[str], targets: list[str], length_norm: str | None = None,
+              alpha: float | None = None) -> list[Hypothesis]:
+        """Score given translations: the model's log-probability of each target (EOS included),
+        normalized as search would normalize it. Runs the decoder step by step, exactly as
+        search does, so a forced score and a search score of the same output agree."""
+        settings = with_changes(self.decode, {k: v for k, v in
+                                              dict(length_norm=length_norm, alpha=alpha).items()
+                                              if v is not None}, "decode")
+        source_ids = self.tokenizer.encode_source(list(sources))
+        target_ids = self.tokenizer.encode_target(list(targets))
+        results: list[Hypothesis] = []
+        for start in range(0, len(sources), settings.batch_size):
+            chunk_targets = target_ids[start:start + settings.batch_size]
+            source, lengths = pad_sources(source_ids[start:start + settings.batch_size])
+            encoded = self.model.encode(source.to(self.device), lengths)
+            state = self.model.initial_state(encoded)
+            steps = max(len(t) for t in chunk_targets) + 1
+            target = torch.full((len(chunk_targets), steps), PAD, dtype=torch.long)
+            for row, ids in enumerate(chunk_targets):
+                target[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+                target[row, len(ids)] = EOS
+            target = target.to(self.device)
+            previous = torch.full((len(chunk_targets),), BOS, dtype=torch.long,
+                                  device=self.device)
+            total = torch.zeros(len(chunk_targets), device=self.device)
+            for t in range(steps):
+                log_probs, state, _ = self.model.decode_step(encoded, state, previous)
+                picked = log_probs.gather(1, target[:, t:t + 1]).squeeze(1)
+                total += picked.masked_fill(target[:, t] == PAD, 0.0)
+                previous = target[:, t]
+            for ids, log_prob in zip(chunk_targets, total.tolist()):
+                hyp = finished(ids, log_prob, settings.length_norm, settings.alpha)
+                hyp.text = self.tokenizer.decode_target(ids)
+                results.append(hyp)
+        return results
 
     def attention_record(self, line: str, hyp: Hypothesis) -> dict:
         """A hypothesis' attention with the subword pieces on both axes (for plots)."""

@@ -1,0 +1,52 @@
+"""Search error or model error: constructed cases with known answers."""
+
+import pytest
+
+from nmt.analysis import analyze
+from nmt.recipe import Recipe
+from nmt.train import train
+from nmt.translate import Translator
+
+
+@pytest.fixture(scope="module")
+def translator(tmp_path_factory):
+    from conftest import TINY_RECIPE, write_slice
+
+    root = tmp_path_factory.mktemp("analysis")
+    write_slice(root / "corpus")
+    (root / "tiny.yaml").write_text(TINY_RECIPE)
+    train(Recipe.load(root / "tiny.yaml", ["train.max_steps=150", "train.valid_every=150",
+                                           "train.lr=0.01"]),
+          root / "run")
+    return Translator.from_run(root / "run")
+
+
+def test_forced_scores_equal_search_scores(translator):
+    sources = (translator.tokenizer.target_path.parent.parent / "corpus" / "dev.de").read_text()
+    sources = sources.splitlines()[:30]
+    found = translator.translate(sources, beam=3)
+    forced = translator.force(sources, [h.text for h in found])
+    # An undertrained model may emit a segmentation SentencePiece would not produce from the
+    # text; compare where re-encoding the text gives back the searched tokens.
+    same = [(h, f) for h, f in zip(found, forced) if h.tokens == f.tokens]
+    assert len(same) >= 3
+    assert [f.score for _, f in same] == pytest.approx([h.score for h, _ in same], abs=1e-5)
+
+
+def test_search_error_and_model_error_are_told_apart(translator):
+    source = "zwei Katzen"
+    output = translator.translate([source], beam=3)[0]
+    candidates = ["two cats", "cats", "two two two", "one hundred and two cats", "x " * 40]
+    scores = {c: h.score for c, h in zip(candidates, translator.force([source] * 5, candidates))}
+    worse = min(scores, key=scores.get)
+    assert scores[worse] < output.score
+    # The reference scores above the output the search produced: a search error.
+    search_case = analyze(translator, [source], [worse], [output.text])
+    # The output scores above the reference: a model error.
+    model_case = analyze(translator, [source], [output.text], [worse])
+    assert [v.kind for v in search_case.verdicts] == ["search"]
+    assert [v.kind for v in model_case.verdicts] == ["model"]
+    assert search_case.share("search") == 100.0 and model_case.count("search") == 0
+    # Identical output and reference are neither.
+    assert analyze(translator, [source], [output.text], [output.text]).verdicts == []
+    assert "1 search errors (100.0%)" in search_case.format()
