@@ -131,6 +131,10 @@ def translate_main(argv: list[str] | None = None) -> int:
                                       "translating")
     parser.add_argument("--attention", metavar="FILE",
                         help="write each best output's attention matrix as JSON lines")
+    parser.add_argument("--plot-attention", metavar="DIR",
+                        help="write an attention heatmap per sentence as DIR/line-N.png")
+    parser.add_argument("--plot-lines", type=int, nargs="+", metavar="N",
+                        help="with --plot-attention: only these line numbers (from 1)")
     parser.add_argument("--self-check", action="store_true",
                         help="translate the input (its first 200 lines) one sentence at a time "
                              "and in batches, and report any difference (exit code 1)")
@@ -173,7 +177,8 @@ def translate_main(argv: list[str] | None = None) -> int:
               f"batch size 1 and {options['batch_size'] or translator.decode.batch_size}")
         return 1 if problems else 0
     prefixes = read_lines(Path(args.prefix_file)) if args.prefix_file else None
-    if args.input is None and args.output is None and args.ref is None and not args.attention \
+    wants_attention = bool(args.attention or args.plot_attention)
+    if args.input is None and args.output is None and args.ref is None and not wants_attention \
             and prefixes is None:
         count = 0  # stdin → stdout: streamed in chunks, so memory stays bounded in a pipe
         for chunk in _stdin_chunks(sys.stdin, translator.decode.batch_size * 16):
@@ -184,7 +189,7 @@ def translate_main(argv: list[str] | None = None) -> int:
     lines = read_lines(Path(args.input)) if args.input else \
         [line.rstrip("\r\n") for line in sys.stdin]
     results = translator.nbest(lines, nbest=args.nbest, progress=True, prefixes=prefixes,
-                               keep_attention=bool(args.attention), **options)
+                               keep_attention=wants_attention, **options)
     text = "".join(out + "\n" for i, hyps in enumerate(results) for out in render(i, hyps))
     if args.output:
         atomic_write_text(Path(args.output), text)
@@ -194,6 +199,14 @@ def translate_main(argv: list[str] | None = None) -> int:
         atomic_write_text(Path(args.attention), "".join(
             json.dumps({"line": i, **translator.attention_record(line, hyps[0])},
                        ensure_ascii=False) + "\n" for i, (line, hyps) in enumerate(zip(lines, results))))
+    if args.plot_attention:
+        from nmt.plots import plot_attention
+
+        for number in args.plot_lines or range(1, len(lines) + 1):
+            if 1 <= number <= len(lines) and lines[number - 1].strip():
+                record = translator.attention_record(lines[number - 1], results[number - 1][0])
+                plot_attention(record, Path(args.plot_attention) / f"line-{number}.png",
+                               f"line {number}")
     if args.ref:
         from nmt.evaluate import score
 
@@ -250,9 +263,11 @@ def score_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="nmt-score", description="Score detokenized translations with sacreBLEU "
                                       "(BLEU, chrF, TER), printing each metric's signature.")
-    parser.add_argument("-r", "--ref", action="append", required=True,
+    parser.add_argument("-r", "--ref", action="append",
                         help="reference file (repeat for several references)")
-    parser.add_argument("-i", "--input", required=True, help="hypothesis file")
+    parser.add_argument("-i", "--input", help="hypothesis file")
+    parser.add_argument("--curves", metavar="RUN_DIR",
+                        help="draw RUN_DIR's learning curves into RUN_DIR/curves.png and stop")
     parser.add_argument("--json", help="also write the report as JSON to this file")
     parser.add_argument("--analyze", action="store_true",
                         help="search error or model error? Needs -m RUN_DIR and -s SOURCE: the "
@@ -263,6 +278,17 @@ def score_main(argv: list[str] | None = None) -> int:
                         help="with --analyze: also translate the source with these beam sizes "
                              "and show how the shares change")
     args = parser.parse_args(argv)
+    if args.curves:
+        from nmt.plots import plot_learning_curves
+
+        metrics = Path(args.curves) / "metrics.csv"
+        if not metrics.is_file():
+            raise NmtError(f"{args.curves}: no metrics.csv; give a run directory of nmt-train")
+        plot_learning_curves(metrics, Path(args.curves) / "curves.png")
+        print(f"wrote {Path(args.curves) / 'curves.png'}")
+        return 0
+    if not (args.ref and args.input):
+        raise NmtError("give -r REFERENCE and -i HYPOTHESES (or --curves RUN_DIR)")
     from nmt.evaluate import score
 
     hypotheses = read_lines(Path(args.input))

@@ -42,3 +42,26 @@ def plot_learning_curves(metrics_csv: Path, png: Path) -> None:
     figure.savefig(image, format="png")
     plt.close(figure)
     atomic_write_bytes(png, image.getvalue())
+
+
+def plot_attention(record: dict, png: Path, title: str = "") -> None:
+    """A heatmap of one translation's attention: target pieces down, source pieces across.
+
+    The figure grows with the sentence, so a 40-token sentence stays readable.
+    """
+    source, target = record["source"], record["target"]
+    width = max(4.0, 0.32 * len(source) + 1.5)
+    height = max(3.0, 0.32 * len(target) + 1.2)
+    figure, axis = plt.subplots(figsize=(width, height), dpi=100)
+    axis.imshow(record["attention"], cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto")
+    axis.set_xticks(range(len(source)), source, rotation=90, fontsize=9)
+    axis.set_yticks(range(len(target)), target, fontsize=9)
+    axis.set_xlabel("source")
+    axis.set_ylabel("output")
+    if title:
+        axis.set_title(title, fontsize=10)
+    figure.tight_layout()
+    image = io.BytesIO()
+    figure.savefig(image, format="png")
+    plt.close(figure)
+    atomic_write_bytes(png, image.getvalue())

@@ -93,6 +93,15 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     assert all(len(row) == len(first["source"]) for row in first["attention"])
     assert abs(sum(first["attention"][0]) - 1) < 1e-3
 
+    code, out, err = run(translate_main, ["-m", run_dir, "-i", tmp_path / "in.de", "-o",
+                                          tmp_path / "again.en", "--plot-attention",
+                                          tmp_path / "plots", "--plot-lines", 1, 4, 5], capsys)
+    assert code == 0, err  # line 4 is empty: nothing to draw
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["line-1.png", "line-5.png"]
+    (run_dir / "curves.png").unlink()
+    code, out, err = run(score_main, ["--curves", run_dir], capsys)
+    assert code == 0 and (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
+
     code, out, err = run(translate_main, ["-m", run_dir, "--self-check", "--beam", 3,
                                           "--batch-size", 4, "-i", tmp_path / "in.de"], capsys)
     assert code == 0, err
