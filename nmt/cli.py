@@ -7,6 +7,7 @@ exit code 130; only bugs show a traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import logging
@@ -265,7 +266,18 @@ def score_main(argv: list[str] | None = None) -> int:
                                       "(BLEU, chrF, TER), printing each metric's signature.")
     parser.add_argument("-r", "--ref", action="append",
                         help="reference file (repeat for several references)")
-    parser.add_argument("-i", "--input", help="hypothesis file")
+    parser.add_argument("-i", "--input", nargs="+", metavar="HYP",
+                        help="hypothesis file(s); with several, the first is the baseline "
+                             "that the others are tested against")
+    parser.add_argument("-s", "--source", help="source file: adds BLEU by source length (and "
+                                               "is needed by --analyze)")
+    parser.add_argument("--paired", choices=("bs", "ar"), default="bs",
+                        help="significance test: paired bootstrap (bs) or approximate "
+                             "randomization (ar)")
+    parser.add_argument("--samples", type=int, default=1000,
+                        help="bootstrap resamples (and randomization trials)")
+    parser.add_argument("--worst", type=int, default=5,
+                        help="show the N sentences with the lowest chrF (0: none)")
     parser.add_argument("--curves", metavar="RUN_DIR",
                         help="draw RUN_DIR's learning curves into RUN_DIR/curves.png and stop")
     parser.add_argument("--json", help="also write the report as JSON to this file")
@@ -273,7 +285,6 @@ def score_main(argv: list[str] | None = None) -> int:
                         help="search error or model error? Needs -m RUN_DIR and -s SOURCE: the "
                              "model scores each reference against its own output")
     parser.add_argument("-m", "--model", metavar="RUN_DIR", help="with --analyze: the run")
-    parser.add_argument("-s", "--source", help="with --analyze: the source file")
     parser.add_argument("--beams", type=int, nargs="+",
                         help="with --analyze: also translate the source with these beam sizes "
                              "and show how the shares change")
@@ -289,16 +300,38 @@ def score_main(argv: list[str] | None = None) -> int:
         return 0
     if not (args.ref and args.input):
         raise NmtError("give -r REFERENCE and -i HYPOTHESES (or --curves RUN_DIR)")
+    from nmt import report as reports
     from nmt.evaluate import score
 
-    hypotheses = read_lines(Path(args.input))
     references = [read_lines(Path(ref)) for ref in args.ref]
-    report = score(hypotheses, references)
-    print(report.format())
+    systems = [(path, read_lines(Path(path))) for path in args.input]
+    sources = read_lines(Path(args.source)) if args.source else None
+    if sources is not None and len(sources) != len(references[0]):
+        raise NmtError(f"{args.source} has {len(sources)} lines but the reference has "
+                       f"{len(references[0])}")
+    document: dict = {"systems": {}}
+    for path, hypotheses in systems:
+        report = score(hypotheses, references)
+        print(f"== {path}\n{report.format()}\n")
+        entry = json.loads(report.to_json())
+        if sources is not None:
+            entry["by_source_length"] = reports.length_breakdown(sources, hypotheses,
+                                                                 references[0])
+            print(reports.format_breakdown(entry["by_source_length"]) + "\n")
+        if args.worst:
+            entry["worst"] = reports.worst_sentences(sources, hypotheses, references[0],
+                                                     args.worst)
+            print(f"lowest chrF:\n{reports.format_worst(entry['worst'])}\n")
+        document["systems"][path] = entry
+    if args.samples > 0:
+        comparison = reports.compare_systems(systems, references, args.paired, args.samples)
+        print(comparison.format())
+        document["comparison"] = dataclasses.asdict(comparison)
     if args.json:
-        atomic_write_text(Path(args.json), report.to_json())
+        atomic_write_text(Path(args.json), json.dumps(document, indent=2, ensure_ascii=False)
+                          + "\n")
     if args.analyze:
-        _analyze(args, hypotheses, references[0])
+        _analyze(args, systems[0][1], references[0])
     return 0
 
 
@@ -310,7 +343,7 @@ def _analyze(args: argparse.Namespace, hypotheses: list[str], references: list[s
         raise NmtError("--analyze needs -m RUN_DIR and -s SOURCE")
     translator = Translator.from_run(args.model)
     sources = read_lines(Path(args.source))
-    print(f"\nerror analysis of {args.input} (length normalization "
+    print(f"\nerror analysis of {args.input[0]} (length normalization "
           f"{translator.decode.length_norm}, alpha {translator.decode.alpha}):")
     print(analyze(translator, sources, hypotheses, references).format())
     if args.beams:

@@ -128,7 +128,7 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     code, out, err = run(score_main, ["-r", reference, "-i", output, "--json", report], capsys)
     assert code == 0, err
     assert "BLEU" in out and "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp" in out
-    assert json.loads(report.read_text())["metrics"][0]["name"] == "BLEU"
+    assert json.loads(report.read_text())["systems"][str(output)]["metrics"][0]["name"] == "BLEU"
 
     # stdin → stdout, as in a shell pipe.
     monkeypatch.setattr(sys, "stdin", iter([s + "\n" for s in source[:2]]))

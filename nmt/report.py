@@ -1,0 +1,126 @@
+"""Reports beyond one number: confidence intervals, paired significance between systems,
+scores by sentence length, and the sentences that went worst. All through sacreBLEU."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sacrebleu.metrics import BLEU, CHRF
+from sacrebleu.significance import PairedTest
+
+from nmt.errors import NmtError
+
+
+@dataclass
+class SystemScore:
+    system: str
+    metric: str
+    score: float
+    mean: float      # of the resampled scores
+    interval: float  # half-width of the 95% confidence interval
+    p_value: float | None  # against the baseline (None for the baseline itself)
+
+
+@dataclass
+class Comparison:
+    """Scores of several systems with 95% confidence intervals, each tested against the first."""
+
+    test: str  # "bs" (paired bootstrap resampling) or "ar" (approximate randomization)
+    samples: int
+    scores: list[SystemScore]
+    signatures: dict[str, str]
+
+    def format(self) -> str:
+        metrics = list(self.signatures)
+        systems = list(dict.fromkeys(s.system for s in self.scores))
+        by_key = {(s.system, s.metric): s for s in self.scores}
+        width = max(len(name) for name in systems) + 2
+        header = f"{'system':<{width}}" + "".join(f"{m + ' (95% CI)':>22}{'p':>8}" for m in metrics)
+        lines = [header]
+        for system in systems:
+            row = f"{system:<{width}}"
+            for metric in metrics:
+                s = by_key[(system, metric)]
+                p = "-" if s.p_value is None else f"{s.p_value:.4f}{'*' if s.p_value < 0.05 else ''}"
+                row += f"{s.score:>7.2f} ({s.mean:5.2f} ± {s.interval:4.2f}){p:>8}"
+            lines.append(row)
+        name = "paired bootstrap resampling" if self.test == "bs" else "approximate randomization"
+        lines.append(f"\n95% CI: mean ± half-width over {self.samples} bootstrap resamples"
+                     + (f"; p: {name} against the baseline {systems[0]!r}, * p < 0.05"
+                        if len(systems) > 1 else ""))
+        lines.extend(f"{metric}: {signature}" for metric, signature in self.signatures.items())
+        return "\n".join(lines)
+
+
+def compare_systems(named: list[tuple[str, list[str]]], references: list[list[str]],
+                    test: str = "bs", samples: int = 1000) -> Comparison:
+    """BLEU and chrF of each system with 95% CIs, and paired significance against the first."""
+    for name, hypotheses in named:
+        if len(hypotheses) != len(references[0]):
+            raise NmtError(f"{name} has {len(hypotheses)} lines but the reference has "
+                           f"{len(references[0])}")
+    paired = PairedTest(named, {"BLEU": BLEU(), "chrF": CHRF()}, references, test_type=test,
+                        n_samples=samples, n_ar_confidence=samples if test == "ar" else -1)
+    signatures, results = paired()
+    scores = []
+    for metric, key in (("BLEU", "BLEU"), ("chrF", "chrF2")):
+        for (name, _), result in zip(named, results[key]):
+            scores.append(SystemScore(name, metric, round(float(result.score), 2),
+                                      round(float(result.mean), 2), round(float(result.ci), 2),
+                                      None if result.p_value is None else float(result.p_value)))
+    return Comparison(test, samples, scores,
+                      {"BLEU": str(signatures["BLEU"]), "chrF": str(signatures["chrF2"])})
+
+
+def length_breakdown(sources: list[str], hypotheses: list[str], references: list[str],
+                     edges: tuple[int, ...] = (10, 20, 30)) -> list[dict]:
+    """BLEU, length ratio and brevity penalty per bucket of source length (in words)."""
+    buckets: dict[str, list[int]] = {}
+    bounds = [0, *edges]
+    for i, source in enumerate(sources):
+        words = len(source.split())
+        for low, high in zip(bounds, [*edges, None]):
+            if high is None or words <= high:
+                label = f"{low + 1}-{high}" if high is not None else f"{low + 1}+"
+                buckets.setdefault(label, []).append(i)
+                break
+    order = [f"{low + 1}-{high}" for low, high in zip(bounds, edges)] + [f"{edges[-1] + 1}+"]
+    rows = []
+    for label in order:
+        if label in buckets:
+            chosen = buckets[label]
+            result = BLEU().corpus_score([hypotheses[i] for i in chosen],
+                                         [[references[i] for i in chosen]])
+            rows.append({"source_words": label, "sentences": len(chosen),
+                         "bleu": round(result.score, 2), "length_ratio": round(result.ratio, 3),
+                         "brevity_penalty": round(result.bp, 3)})
+    return rows
+
+
+def worst_sentences(sources: list[str] | None, hypotheses: list[str], references: list[str],
+                    count: int = 5) -> list[dict]:
+    """The sentences with the lowest sentence-level chrF (perfect ones are never listed)."""
+    metric = CHRF()
+    scored = [(metric.sentence_score(h, [r]).score, i) for i, (h, r) in
+              enumerate(zip(hypotheses, references))]
+    return [{"line": i + 1, "chrf": round(chrf, 2),
+             "source": sources[i] if sources else None,
+             "hypothesis": hypotheses[i], "reference": references[i]}
+            for chrf, i in sorted(scored)[:count] if chrf < 100.0]
+
+
+def format_breakdown(rows: list[dict]) -> str:
+    lines = [f"{'source words':>12} {'sentences':>9} {'BLEU':>6} {'hyp/ref':>7} {'BP':>5}"]
+    lines.extend(f"{r['source_words']:>12} {r['sentences']:>9} {r['bleu']:>6.2f} "
+                 f"{r['length_ratio']:>7.3f} {r['brevity_penalty']:>5.3f}" for r in rows)
+    return "\n".join(lines)
+
+
+def format_worst(rows: list[dict]) -> str:
+    lines = []
+    for r in rows:
+        lines.append(f"line {r['line']} (chrF {r['chrf']:.1f})")
+        if r["source"] is not None:
+            lines.append(f"  source     {r['source']}")
+        lines.append(f"  output     {r['hypothesis']}\n  reference  {r['reference']}")
+    return "\n".join(lines)

@@ -1,0 +1,59 @@
+"""Scoring reports: numbers checked against the sacreBLEU command line and constructed cases."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from nmt.cli import score_main
+from nmt.report import compare_systems, length_breakdown, worst_sentences
+
+REFERENCES = ["A man is riding a bicycle down the street.", "Two dogs play in the snow.",
+              "A woman sings on a stage.", "Children are playing football in a park.",
+              "An old man reads a newspaper on a bench."] * 8
+SYSTEM_A = ["A man rides a bike on the street.", "Two dogs are playing in snow.",
+            "A woman is singing on stage.", "Kids play soccer in a park.",
+            "An old man is reading the paper on a bench."] * 8
+SYSTEM_B = list(REFERENCES[:35]) + SYSTEM_A[35:]
+SOURCES = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee und laufen sehr schnell "
+           "herum, weil es ihnen großen Spaß macht.", "Eine Frau singt.", "Kinder spielen.",
+           "Ein alter Mann liest."] * 8
+
+
+def test_bleu_chrf_ter_equal_the_sacrebleu_command_line(tmp_path, capsys):
+    (tmp_path / "ref").write_text("\n".join(REFERENCES) + "\n")
+    (tmp_path / "hyp").write_text("\n".join(SYSTEM_A) + "\n")
+    expected = {}
+    for metric in ("bleu", "chrf", "ter"):
+        result = subprocess.run([sys.executable, "-m", "sacrebleu", str(tmp_path / "ref"), "-i",
+                                 str(tmp_path / "hyp"), "-m", metric, "-b", "-w", "4"],
+                                capture_output=True, text=True, check=True)
+        expected[metric] = float(result.stdout.strip())
+    with pytest.raises(SystemExit):
+        score_main(["-r", str(tmp_path / "ref"), "-i", str(tmp_path / "hyp"), "--samples", "0",
+                    "--json", str(tmp_path / "report.json")])
+    capsys.readouterr()
+    metrics = json.loads((tmp_path / "report.json").read_text())["systems"][str(tmp_path / "hyp")]
+    got = {m["name"].lower(): m["score"] for m in metrics["metrics"]}
+    assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_paired_significance_finds_the_clearly_better_system():
+    comparison = compare_systems([("a", SYSTEM_A), ("b", SYSTEM_B)], [REFERENCES], "bs", 300)
+    by = {(s.system, s.metric): s for s in comparison.scores}
+    assert by[("a", "BLEU")].p_value is None
+    assert by[("b", "BLEU")].score > by[("a", "BLEU")].score
+    assert by[("b", "BLEU")].p_value < 0.05 and by[("b", "chrF")].p_value < 0.05
+    assert by[("a", "BLEU")].interval > 0
+    randomized = compare_systems([("a", SYSTEM_A), ("b", SYSTEM_B)], [REFERENCES], "ar", 300)
+    assert {s.system: s.p_value for s in randomized.scores if s.metric == "BLEU"}["b"] < 0.05
+    assert "approximate randomization against the baseline 'a'" in randomized.format()
+
+
+def test_length_buckets_and_worst_sentences():
+    rows = length_breakdown(SOURCES, SYSTEM_A, REFERENCES, edges=(5, 10))
+    assert [(r["source_words"], r["sentences"]) for r in rows] == [("1-5", 32), ("11+", 8)]
+    worst = worst_sentences(SOURCES, SYSTEM_B, REFERENCES, count=3)
+    assert len(worst) == 3 and all(w["line"] > 35 for w in worst)
+    assert worst[0]["chrf"] <= worst[1]["chrf"] <= worst[2]["chrf"] < 100
