@@ -94,12 +94,13 @@ def translate_main(argv: list[str] | None = None) -> int:
     defaults = DecodeConfig()
     parser = argparse.ArgumentParser(
         prog="nmt-translate", description="Translate plain text with a trained run. Reads "
-        "stdin and writes stdout unless -i/-o are given; unset search options use the run's "
-        "recipe (its decode section).")
+        "stdin and writes stdout unless -i/-o are given; unset search options come from the "
+        "run's decode.yaml (see --tune), then from its recipe's decode section.")
     parser.add_argument("-m", "--model", required=True, metavar="RUN_DIR", action="append",
                         help="run directory written by nmt-train; repeat for an ensemble of "
                              "runs that share a vocabulary")
-    parser.add_argument("--checkpoint", default="best", help="checkpoint name (best or last)")
+    parser.add_argument("--checkpoint", default="best",
+                        help="checkpoint name: best, last, step-N, or one made by nmt-average")
     parser.add_argument("-i", "--input", help="file to translate, one sentence a line")
     parser.add_argument("-o", "--output", help="file to write (written whole, atomically)")
     parser.add_argument("--beam", type=int, help=f"beam size; 1 is greedy (recipe default "
@@ -158,8 +159,8 @@ def translate_main(argv: list[str] | None = None) -> int:
     translator = Translator.from_runs(args.model, args.checkpoint, args.device)
     options = {key: getattr(args, key) for key in (
         "beam", "length_norm", "alpha", "max_len_a", "max_len_b", "batch_size",
-        "coverage_penalty", "min_len",
-        "no_repeat_ngram", "sample", "temperature", "top_k", "top_p", "seed")}
+        "coverage_penalty", "min_len", "no_repeat_ngram", "sample", "temperature", "top_k",
+        "top_p", "seed")}
 
     def render(index: int, hyps: list) -> list[str]:
         if args.nbest > 1:
@@ -169,8 +170,7 @@ def translate_main(argv: list[str] | None = None) -> int:
     if args.tune:
         return _tune(translator, args)
     if args.self_check:
-        lines = read_lines(Path(args.input)) if args.input else \
-            [line.rstrip("\r\n") for line in sys.stdin]
+        lines = _read_input(args.input)
         problems = translator.self_check(lines[:200], nbest=args.nbest, **options)
         for problem in problems:
             print(f"nmt-translate: self-check: {problem}", file=sys.stderr)
@@ -187,8 +187,7 @@ def translate_main(argv: list[str] | None = None) -> int:
                 print("\n".join(render(count, hyps)), flush=True)
                 count += 1
         return 0
-    lines = read_lines(Path(args.input)) if args.input else \
-        [line.rstrip("\r\n") for line in sys.stdin]
+    lines = _read_input(args.input)
     results = translator.nbest(lines, nbest=args.nbest, progress=True, prefixes=prefixes,
                                keep_attention=wants_attention, **options)
     text = "".join(out + "\n" for i, hyps in enumerate(results) for out in render(i, hyps))
@@ -196,24 +195,36 @@ def translate_main(argv: list[str] | None = None) -> int:
         atomic_write_text(Path(args.output), text)
     else:
         sys.stdout.write(text)
-    if args.attention:
-        atomic_write_text(Path(args.attention), "".join(
-            json.dumps({"line": i, **translator.attention_record(line, hyps[0])},
-                       ensure_ascii=False) + "\n" for i, (line, hyps) in enumerate(zip(lines, results))))
-    if args.plot_attention:
-        from nmt.plots import plot_attention
-
-        for number in args.plot_lines or range(1, len(lines) + 1):
-            if 1 <= number <= len(lines) and lines[number - 1].strip():
-                record = translator.attention_record(lines[number - 1], results[number - 1][0])
-                plot_attention(record, Path(args.plot_attention) / f"line-{number}.png",
-                               f"line {number}")
+    if wants_attention:
+        _write_attention(args, translator, lines, results)
     if args.ref:
         from nmt.evaluate import score
 
         report = score([hyps[0].text for hyps in results], [read_lines(Path(args.ref))])
         print(report.format(), file=sys.stderr if not args.output else sys.stdout)
     return 0
+
+
+def _read_input(path: str | None) -> list[str]:
+    """The lines of a file, or of stdin."""
+    return read_lines(Path(path)) if path else [line.rstrip("\r\n") for line in sys.stdin]
+
+
+def _write_attention(args: argparse.Namespace, translator, lines: list[str],
+                     results: list) -> None:
+    """--attention (JSON lines) and --plot-attention (PNG per sentence)."""
+    records = [translator.attention_record(line, hyps[0]) for line, hyps in zip(lines, results)]
+    if args.attention:
+        atomic_write_text(Path(args.attention), "".join(
+            json.dumps({"line": i, **record}, ensure_ascii=False) + "\n"
+            for i, record in enumerate(records)))
+    if args.plot_attention:
+        from nmt.plots import plot_attention
+
+        for number in args.plot_lines or range(1, len(lines) + 1):
+            if 1 <= number <= len(lines) and lines[number - 1].strip():
+                plot_attention(records[number - 1],
+                               Path(args.plot_attention) / f"line-{number}.png", f"line {number}")
 
 
 def _tune(translator, args: argparse.Namespace) -> int:

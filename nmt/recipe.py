@@ -90,8 +90,9 @@ class ModelConfig:
                                   choices=("", "additive", "dot", "general"))
     attention_flow: str = option("", "Overrides the preset's flow (empty: the preset's): "
                                      "`luong` (the current decoder state queries the memory; "
-                                     "the context joins it after the recurrent step) or `bahdanau` (the previous state queries; "
-                                     "the context is an input of the recurrent step).",
+                                     "the context joins it after the recurrent step) or "
+                                     "`bahdanau` (the previous state queries; the context is "
+                                     "an input of the recurrent step).",
                                  choices=("", "luong", "bahdanau"))
     input_feeding: bool = option(True, "Feed the previous attentional vector tanh(W[c; h]) into "
                                        "the next decoder step (Luong et al., 2015).")

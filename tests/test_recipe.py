@@ -94,4 +94,5 @@ def test_every_key_is_documented_in_the_readme():
     from nmt.recipe import reference_markdown
 
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
-    assert reference_markdown() in readme, "regenerate: python -c \"from nmt.recipe import reference_markdown as r; print(r())\""
+    hint = "regenerate it with nmt.recipe.reference_markdown()"
+    assert reference_markdown() in readme, hint
