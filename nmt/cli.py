@@ -137,6 +137,10 @@ def translate_main(argv: list[str] | None = None) -> int:
                         help="write an attention heatmap per sentence as DIR/line-N.png")
     parser.add_argument("--plot-lines", type=int, nargs="+", metavar="N",
                         help="with --plot-attention: only these line numbers (from 1)")
+    parser.add_argument("--diagnose", metavar="FILE",
+                        help="write JSON lines flagging likely under-translation, "
+                             "over-translation, length-ratio outliers and low-confidence "
+                             "outputs (judged against the run's dev set)")
     parser.add_argument("--self-check", action="store_true",
                         help="translate the input (its first 200 lines) one sentence at a time "
                              "and in batches, and report any difference (exit code 1)")
@@ -178,7 +182,7 @@ def translate_main(argv: list[str] | None = None) -> int:
               f"batch size 1 and {options['batch_size'] or translator.decode.batch_size}")
         return 1 if problems else 0
     prefixes = read_lines(Path(args.prefix_file)) if args.prefix_file else None
-    wants_attention = bool(args.attention or args.plot_attention)
+    wants_attention = bool(args.attention or args.plot_attention or args.diagnose)
     if args.input is None and args.output is None and args.ref is None and not wants_attention \
             and prefixes is None:
         count = 0  # stdin → stdout: streamed in chunks, so memory stays bounded in a pipe
@@ -196,7 +200,7 @@ def translate_main(argv: list[str] | None = None) -> int:
     else:
         sys.stdout.write(text)
     if wants_attention:
-        _write_attention(args, translator, lines, results)
+        _write_attention(args, translator, lines, results, options)
     if args.ref:
         from nmt.evaluate import score
 
@@ -211,9 +215,20 @@ def _read_input(path: str | None) -> list[str]:
 
 
 def _write_attention(args: argparse.Namespace, translator, lines: list[str],
-                     results: list) -> None:
-    """--attention (JSON lines) and --plot-attention (PNG per sentence)."""
+                     results: list, options: dict) -> None:
+    """--attention (JSON lines), --plot-attention (PNG per sentence) and --diagnose."""
     records = [translator.attention_record(line, hyps[0]) for line, hyps in zip(lines, results)]
+    if args.diagnose:
+        from nmt.diagnostics import dev_norms, diagnose
+
+        norms = dev_norms(translator, Path(args.model[0]), **options)
+        found = [diagnose(i + 1, line, record, hyps[0], norms) for i, (line, record, hyps)
+                 in enumerate(zip(lines, records, results)) if line.strip()]
+        atomic_write_text(Path(args.diagnose), "".join(
+            json.dumps(entry, ensure_ascii=False) + "\n" for entry in found))
+        flagged = sum(1 for entry in found if entry["flags"])
+        log.info("diagnostics: %d of %d outputs flagged, in %s", flagged, len(found),
+                 args.diagnose)
     if args.attention:
         atomic_write_text(Path(args.attention), "".join(
             json.dumps({"line": i, **record}, ensure_ascii=False) + "\n"

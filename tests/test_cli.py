@@ -98,6 +98,15 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
                                           tmp_path / "plots", "--plot-lines", 1, 4, 5], capsys)
     assert code == 0, err  # line 4 is empty: nothing to draw
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["line-1.png", "line-5.png"]
+    diagnosed = tmp_path / "diagnose.jsonl"
+    code, out, err = run(translate_main, ["-m", run_dir, "-i", tmp_path / "in.de", "-o",
+                                          tmp_path / "again.en", "--diagnose", diagnosed], capsys)
+    assert code == 0, err
+    entries = [json.loads(line) for line in diagnosed.read_text().splitlines()]
+    assert [e["line"] for e in entries] == [1, 2, 3, 5, 6, 7]  # line 4 is empty
+    assert all(set(e["flags"]) <= {"under-translation", "over-translation", "length-ratio",
+                                   "low-confidence"} for e in entries)
+    assert (run_dir / "diagnostics.json").is_file()  # the dev set's norms, computed once
     (run_dir / "curves.png").unlink()
     code, out, err = run(score_main, ["--curves", run_dir], capsys)
     assert code == 0 and (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"

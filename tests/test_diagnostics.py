@@ -1,0 +1,52 @@
+"""Per-sentence diagnostics on constructed attention matrices."""
+
+from nmt.diagnostics import Norms, diagnose, merge_pieces, repeated_ngrams
+from nmt.search import Hypothesis
+
+NORMS = Norms(length_ratio=(0.5, 2.0), mean_log_prob=(-1.0, -0.1))
+SOURCE = ["\u2581zwei", "und", "zwanzig", "\u2581Katzen", "</s>"]
+
+
+def hypothesis(text, tokens, log_prob):
+    hyp = Hypothesis(list(range(tokens)), log_prob, log_prob)
+    hyp.text = text
+    return hyp
+
+
+def record(rows):
+    return {"source": SOURCE, "target": ["x"] * len(rows), "attention": rows}
+
+
+def test_pieces_merge_into_words():
+    assert merge_pieces(SOURCE) == [("zweiundzwanzig", [0, 1, 2]), ("Katzen", [3])]
+
+
+def test_a_clean_translation_has_no_flags():
+    rows = [[0.2, 0.3, 0.4, 0.05, 0.05], [0.05, 0.05, 0.1, 0.7, 0.1], [0.1, 0.1, 0.1, 0.3, 0.4]]
+    found = diagnose(1, "zweiundzwanzig Katzen", record(rows), hypothesis("twenty-two cats", 2,
+                                                                          -0.6), NORMS)
+    assert found["flags"] == []
+
+
+def test_an_ignored_word_is_under_translation():
+    rows = [[0.3, 0.3, 0.3, 0.0, 0.1], [0.3, 0.3, 0.3, 0.01, 0.09], [0.3, 0.3, 0.3, 0.0, 0.1]]
+    found = diagnose(1, "zweiundzwanzig Katzen", record(rows), hypothesis("twenty-two", 2, -0.6),
+                     NORMS)
+    assert "under-translation" in found["flags"]
+    assert [w["word"] for w in found["under_attended"]] == ["Katzen"]
+
+
+def test_repetition_length_and_confidence():
+    rows = [[0.0, 0.0, 0.0, 1.0, 0.0]] * 6
+    text = "cats cats and more cats and more cats"
+    found = diagnose(3, "zweiundzwanzig Katzen", record(rows), hypothesis(text, 5, -9.0), NORMS)
+    assert {"over-translation", "length-ratio", "low-confidence",
+            "under-translation"} <= set(found["flags"])
+    assert found["repeated_ngrams"] == ["cats", "cats and more", "and more cats",
+                                        "cats and more cats"]
+    assert found["length_ratio"] == 4.0 and found["mean_log_prob"] == -1.5
+
+
+def test_repeated_ngrams():
+    assert repeated_ngrams("a b c a b c".split()) == ["a b c"]
+    assert repeated_ngrams("one hundred and two hundred and three".split()) == []
