@@ -307,6 +307,7 @@ def score_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--curves", metavar="RUN_DIR",
                         help="draw RUN_DIR's learning curves into RUN_DIR/curves.png and stop")
     parser.add_argument("--json", help="also write the report as JSON to this file")
+    parser.add_argument("--html", help="also write the report as one self-contained HTML page")
     parser.add_argument("--analyze", action="store_true",
                         help="search error or model error? Needs -m RUN_DIR and -s SOURCE: the "
                              "model scores each reference against its own output")
@@ -356,6 +357,10 @@ def score_main(argv: list[str] | None = None) -> int:
     if args.json:
         atomic_write_text(Path(args.json), json.dumps(document, indent=2, ensure_ascii=False)
                           + "\n")
+    if args.html:
+        from nmt.html import render
+
+        atomic_write_text(Path(args.html), render(document, f"nmt-score: {args.ref[0]}"))
     if args.analyze:
         _analyze(args, systems[0][1], references[0])
     return 0

@@ -59,3 +59,15 @@ def test_a_pickle_is_never_executed(tmp_path):
     with pytest.raises(NmtError, match="not a safetensors file"):
         load_checkpoint(tmp_path / "evil")
     assert not marker.exists()
+
+
+def test_atomic_writes_get_the_usual_file_mode(tmp_path):
+    import os
+
+    from nmt.checkpoint import atomic_write_text
+
+    atomic_write_text(tmp_path / "out.txt", "hello\n")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o666 & ~mask
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]  # no temporary file left

@@ -57,3 +57,32 @@ def test_length_buckets_and_worst_sentences():
     worst = worst_sentences(SOURCES, SYSTEM_B, REFERENCES, count=3)
     assert len(worst) == 3 and all(w["line"] > 35 for w in worst)
     assert worst[0]["chrf"] <= worst[1]["chrf"] <= worst[2]["chrf"] < 100
+
+
+def test_html_report_opens_in_headless_chromium_without_console_errors(tmp_path, capsys):
+    import shutil
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("needs Debian's chromium (.ci/run installs it)")
+    (tmp_path / "ref").write_text("\n".join(REFERENCES) + "\n")
+    (tmp_path / "a").write_text("\n".join(SYSTEM_A) + "\n")
+    (tmp_path / "b").write_text("\n".join(SYSTEM_B) + "\n")
+    (tmp_path / "src").write_text("\n".join(SOURCES) + "\n")
+    page = tmp_path / "report.html"
+    with pytest.raises(SystemExit) as code:
+        score_main(["-r", str(tmp_path / "ref"), "-i", str(tmp_path / "a"), str(tmp_path / "b"),
+                    "-s", str(tmp_path / "src"), "--samples", "100", "--html", str(page)])
+    assert code.value.code == 0
+    capsys.readouterr()
+    assert "http" not in page.read_text().replace("http-equiv", "")  # nothing to fetch
+    result = subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu",
+                             "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = result.stdout
+    assert "Confidence intervals and significance" in dom and "Lowest chrF" in dom
+    bleu_b = compare_systems([("a", SYSTEM_A), ("b", SYSTEM_B)], [REFERENCES], "bs", 100)
+    assert f"{bleu_b.scores[1].score:.2f}" in dom  # system b's BLEU is on the page
+    assert "data:image/png;base64," in dom
+    assert "CONSOLE" not in result.stderr and "Uncaught" not in result.stderr
