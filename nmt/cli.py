@@ -308,6 +308,9 @@ def score_main(argv: list[str] | None = None) -> int:
                         help="draw RUN_DIR's learning curves into RUN_DIR/curves.png and stop")
     parser.add_argument("--json", help="also write the report as JSON to this file")
     parser.add_argument("--html", help="also write the report as one self-contained HTML page")
+    parser.add_argument("--diagnostics", metavar="FILE",
+                        help="JSON lines from nmt-translate --diagnose to include in the report "
+                             "(flagged sentences)")
     parser.add_argument("--analyze", action="store_true",
                         help="search error or model error? Needs -m RUN_DIR and -s SOURCE: the "
                              "model scores each reference against its own output")
@@ -350,6 +353,11 @@ def score_main(argv: list[str] | None = None) -> int:
                                                      args.worst)
             print(f"lowest chrF:\n{reports.format_worst(entry['worst'])}\n")
         document["systems"][path] = entry
+    if args.diagnostics:
+        entries = [json.loads(line) for line in read_lines(Path(args.diagnostics)) if line]
+        document["diagnostics"] = [entry for entry in entries if entry["flags"]]
+        print(f"diagnostics: {len(document['diagnostics'])} of {len(entries)} outputs flagged "
+              f"(see --json or --html)\n")
     if args.samples > 0:
         comparison = reports.compare_systems(systems, references, args.paired, args.samples)
         print(comparison.format())

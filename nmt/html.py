@@ -59,6 +59,22 @@ def render(document: dict, title: str = "nmt-score report") -> str:
                              f"<td class='text'>{_e(row['hypothesis'])}</td>"
                              f"<td class='text'>{_e(row['reference'])}</td></tr>")
             parts.append("</table>")
+    if document.get("diagnostics"):
+        parts.append("<h2>Flagged by nmt-translate --diagnose</h2><table><tr><th>line</th>"
+                     "<th class='text'>flags</th><th class='text'>source</th>"
+                     "<th class='text'>output</th><th class='text'>evidence</th></tr>")
+        for entry in document["diagnostics"]:
+            evidence = [f"{w['word']} ({w['attention']:.2f})" for w in
+                        entry["under_attended"] + entry["over_attended"]]
+            evidence += [f"repeated: {gram}" for gram in entry["repeated_ngrams"]]
+            evidence += [f"length ratio {entry['length_ratio']}",
+                         f"mean log-prob {entry['mean_log_prob']}"]
+            parts.append(f"<tr><td>{entry['line']}</td><td class='text'>"
+                         f"{_e(', '.join(entry['flags']))}</td>"
+                         f"<td class='text'>{_e(entry['source'])}</td>"
+                         f"<td class='text'>{_e(entry['output'])}</td>"
+                         f"<td class='text'>{_e('; '.join(evidence))}</td></tr>")
+        parts.append("</table>")
     parts.append("</body></html>")
     return "\n".join(parts)
 

@@ -70,9 +70,16 @@ def test_html_report_opens_in_headless_chromium_without_console_errors(tmp_path,
     (tmp_path / "b").write_text("\n".join(SYSTEM_B) + "\n")
     (tmp_path / "src").write_text("\n".join(SOURCES) + "\n")
     page = tmp_path / "report.html"
+    flagged = {"line": 2, "flags": ["under-translation"], "source": SOURCES[1],
+               "output": SYSTEM_A[1], "under_attended": [{"word": "Schnee", "attention": 0.01}],
+               "over_attended": [], "repeated_ngrams": [], "length_ratio": 0.4,
+               "mean_log_prob": -0.5}
+    (tmp_path / "diag.jsonl").write_text(json.dumps(flagged) + "\n" + json.dumps(
+        {**flagged, "line": 3, "flags": []}) + "\n")
     with pytest.raises(SystemExit) as code:
         score_main(["-r", str(tmp_path / "ref"), "-i", str(tmp_path / "a"), str(tmp_path / "b"),
-                    "-s", str(tmp_path / "src"), "--samples", "100", "--html", str(page)])
+                    "-s", str(tmp_path / "src"), "--samples", "100", "--html", str(page),
+                    "--diagnostics", str(tmp_path / "diag.jsonl")])
     assert code.value.code == 0
     capsys.readouterr()
     assert "http" not in page.read_text().replace("http-equiv", "")  # nothing to fetch
@@ -85,4 +92,5 @@ def test_html_report_opens_in_headless_chromium_without_console_errors(tmp_path,
     bleu_b = compare_systems([("a", SYSTEM_A), ("b", SYSTEM_B)], [REFERENCES], "bs", 100)
     assert f"{bleu_b.scores[1].score:.2f}" in dom  # system b's BLEU is on the page
     assert "data:image/png;base64," in dom
+    assert "Flagged by nmt-translate --diagnose" in dom and "Schnee (0.01)" in dom
     assert "CONSOLE" not in result.stderr and "Uncaught" not in result.stderr
