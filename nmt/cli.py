@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from nmt.checkpoint import atomic_write_text
 from nmt.data.corpus import read_lines
-from nmt.errors import NmtError
+from nmt.errors import NmtError, Terminated
 from nmt.recipe import DecodeConfig, Recipe
 
 log = logging.getLogger("nmt")
@@ -48,6 +48,9 @@ def _command(name: str) -> Callable:
             except NmtError as error:
                 print(f"{name}: error: {error}", file=sys.stderr)
                 code = 2
+            except Terminated:
+                print(f"{name}: terminated", file=sys.stderr)
+                code = 143
             except KeyboardInterrupt:
                 print(f"{name}: interrupted", file=sys.stderr)
                 code = 130

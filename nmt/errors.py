@@ -7,3 +7,7 @@ anything else is a bug in nmt and keeps its traceback.
 
 class NmtError(Exception):
     """A user-facing error: the message names the file, line or recipe key at fault."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C (a final checkpoint) but reported with exit code 143."""

@@ -161,6 +161,8 @@ class TrainConfig:
     max_steps: int = option(0, "Stop after this many updates (0: no limit).", min=0)
     max_epochs: int = option(20, "Stop after this many passes over the training data (0: no limit).",
                              min=0)
+    max_time: str = option("", "Stop after this much training time, e.g. `75m`, `2h`, `90s` "
+                               "(validating and saving first); empty: no limit.")
     valid_every: int = option(500, "Validate (loss, perplexity, greedy BLEU on dev) every N updates "
                                    "and at the end of training.", min=1)
     valid_max_sentences: int = option(0, "Validate BLEU on at most this many dev sentences "
@@ -295,6 +297,12 @@ class Recipe:
         if self.train.batch_sentences == 0 and self.data.max_len + 1 > self.train.batch_tokens:
             raise NmtError(f"{where}: train.batch_tokens ({self.train.batch_tokens}) must exceed "
                            f"data.max_len ({self.data.max_len}) so every pair fits in a batch")
+        if self.train.max_time:
+            try:
+                parse_duration(self.train.max_time)
+            except ValueError:
+                raise NmtError(f"{where}: train.max_time must be a duration such as 75m, 2h or "
+                               f"90s, not {self.train.max_time!r}") from None
         if self.data.format == "hub" and not self.data.hub_name:
             raise NmtError(f"{where}: data.hub_name is required with data.format: hub")
 
@@ -319,6 +327,16 @@ def with_changes(config: Any, changes: dict[str, Any], section: str) -> Any:
             raise _unknown_key(type(config), key, f"{section}.", "option")
         checked[key] = _coerce(value, hints[key], fields[key], f"{section}.{key}", "option")
     return dataclasses.replace(config, **checked)
+
+
+def parse_duration(text: str) -> float:
+    """`75m` → 4500.0 seconds; units s, m, h (a bare number is minutes)."""
+    text = text.strip().lower()
+    unit = text[-1] if text and text[-1] in "smh" else "m"
+    number = float(text[:-1] if text and text[-1] in "smh" else text)
+    if number < 0:
+        raise ValueError(text)
+    return number * {"s": 1, "m": 60, "h": 3600}[unit]
 
 
 def recipe_fields(cls: type) -> list[dataclasses.Field]:

@@ -14,7 +14,9 @@ import logging
 import math
 import platform
 import shutil
+import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -31,15 +33,16 @@ from nmt.data.batching import Batch, collate, make_batches
 from nmt.data.corpus import EncodedSplit, TextSplit, encode_split, load_split
 from nmt.data.subwords import PAD, Tokenizer
 from nmt.device import pick_device
-from nmt.errors import NmtError
+from nmt.errors import NmtError, Terminated
 from nmt.evaluate import corpus_bleu, corpus_chrf
 from nmt.model.seq2seq import Seq2Seq
 from nmt.optim import build_optimizer, learning_rate, set_learning_rate
 from nmt.plots import plot_learning_curves
-from nmt.recipe import Recipe
+from nmt.recipe import Recipe, parse_duration
 from nmt.translate import Translator
 
 log = logging.getLogger("nmt")
+MAX_NONFINITE = 5  # non-finite losses in a row before training stops
 METRICS_FIELDS = ["step", "epoch", "kind", "loss", "lr", "target_tokens_per_s", "dev_loss",
                   "dev_ppl", "dev_bleu", "dev_chrf", "elapsed_s"]
 
@@ -140,10 +143,12 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
     log.info("model: %s parameters on %s", f"{model.parameter_count:,}", device)
 
     translator = Translator(model, tokenizer, recipe.decode, device)
-    stopper = _Stopper(config.max_steps, config.max_epochs, config.patience)
+    stopper = _Stopper(config.max_steps, config.max_epochs, config.patience,
+                       parse_duration(config.max_time) if config.max_time else 0.0)
     metrics = _MetricsFile(run_dir / "metrics.csv")
     board = _tensorboard(run_dir)
     started = time.perf_counter() - progress.elapsed_s
+    stopper.started = started
 
     def checkpoint(name: str) -> None:
         progress.elapsed_s = time.perf_counter() - started
@@ -184,7 +189,8 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
         plot_learning_curves(run_dir / "metrics.csv", run_dir / "curves.png")
 
     window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
-    stopped_early = False
+    stopped_early, skipped = False, 0
+    previous_handler = _terminate_on_sigterm()
     rate = learning_rate(config, max(progress.step, 1), progress.plateau_decays)
     try:
         while not stopper.done(progress):
@@ -203,11 +209,31 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
                 set_learning_rate(optimizer, rate)
                 model.train()
                 optimizer.zero_grad(set_to_none=True)
+                finite = True
                 for batch in group:
                     with torch.autocast(device.type, dtype=autocast_dtype, enabled=mixed):
                         loss_sum = batch_loss(model, batch, config.label_smoothing)
+                    value = float(loss_sum.detach())
+                    if not math.isfinite(value):
+                        finite = False
+                        break
                     scaler.scale(loss_sum / tokens).backward()
-                    window_loss += float(loss_sum.detach())
+                    window_loss += value
+                if not finite:  # skip this update; give up after several in a row
+                    progress.batch_in_epoch += len(group)
+                    bar.update(len(group))
+                    skipped += 1
+                    log.warning("step %d: non-finite loss, update skipped (%d in a row)",
+                                progress.step + 1, skipped)
+                    if skipped >= MAX_NONFINITE:
+                        raise NmtError(
+                            f"training diverged: {skipped} non-finite losses in a row at step "
+                            f"{progress.step + 1}; checkpoints/last (step "
+                            f"{progress.history[-1]['step'] if progress.history else 0}) is "
+                            f"from before it. Lower train.lr or set train.clip_norm, then "
+                            f"--resume")
+                    continue
+                skipped = 0
                 scaler.unscale_(optimizer)
                 if config.clip_norm > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
@@ -238,11 +264,14 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
         stopped_early = stopper.patience_ran_out(progress)
         if not progress.history or progress.history[-1]["step"] != progress.step:
             validate()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (Terminated)
         checkpoint("last")
         log.info("interrupted at step %d; saved checkpoints/last (continue with --resume)",
                  progress.step)
         raise
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
     elapsed = time.perf_counter() - started
     log.info("finished after %d steps in %.0f s; best dev %s %s at step %d%s", progress.step,
              elapsed, config.early_stopping, _best_text(progress, config), progress.best_step,
@@ -274,17 +303,32 @@ def validation(model: Seq2Seq, translator: Translator, dev_text: TextSplit,
             "dev_chrf": round(corpus_chrf(hypotheses, references), 2)}
 
 
+def _terminate_on_sigterm():
+    """Turn SIGTERM into Terminated (a KeyboardInterrupt), so it saves like Ctrl-C. Returns the
+    previous handler to restore, or None where signals cannot be handled (not the main thread)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    return signal.signal(signal.SIGTERM, terminate)
+
+
 class _Stopper:
-    def __init__(self, max_steps: int, max_epochs: int, patience: int):
+    def __init__(self, max_steps: int, max_epochs: int, patience: int, max_seconds: float):
         self.max_steps, self.max_epochs, self.patience = max_steps, max_epochs, patience
+        self.max_seconds, self.started = max_seconds, time.perf_counter()
 
     def patience_ran_out(self, progress: Progress) -> bool:
         return self.patience > 0 and progress.bad_validations >= self.patience
 
     def done(self, progress: Progress) -> bool:
-        return ((self.max_steps and progress.step >= self.max_steps)
-                or (self.max_epochs and progress.epoch >= self.max_epochs)
-                or self.patience_ran_out(progress))
+        return bool((self.max_steps and progress.step >= self.max_steps)
+                    or (self.max_epochs and progress.epoch >= self.max_epochs)
+                    or self.patience_ran_out(progress)
+                    or (self.max_seconds and progress.step > 0
+                        and time.perf_counter() - self.started >= self.max_seconds))
 
 
 class _MetricsFile:

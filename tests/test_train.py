@@ -127,3 +127,63 @@ def test_variants_train_and_translate_from_recipe_keys(tiny_recipe, tmp_path, va
     train(Recipe.load(tiny_recipe, ["train.max_steps=2", *variant]), run_dir)
     translator = Translator.from_run(run_dir)
     assert len(translator.translate(["zwei Katzen", "am dritten März"], beam=2)) == 2
+
+
+def test_time_budget_stops_after_validating_and_saving(tiny_recipe, tmp_path):
+    result = train(Recipe.load(tiny_recipe, ["train.max_time=0.000001s", "train.max_steps=50"]),
+                   tmp_path / "run")
+    assert result.steps == 1  # the budget is checked after each update
+    _, meta = load_checkpoint(tmp_path / "run" / "checkpoints" / "last")
+    assert meta["progress"]["history"][-1]["step"] == 1
+    with pytest.raises(NmtError, match="train.max_time must be a duration"):
+        Recipe.load(tiny_recipe, ["train.max_time=soon"])
+
+
+def test_sigterm_saves_and_exits_143(tiny_recipe, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    from nmt.cli import train_main
+
+    original = torch.optim.Adam.step
+    calls = {"n": 0}
+
+    def terminated_step(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", terminated_step)
+    with pytest.raises(SystemExit) as code:
+        train_main([str(tiny_recipe), "--run-dir", str(tmp_path / "run"), *STEPS])
+    assert code.value.code == 143 and "terminated" in capsys.readouterr().err
+    _, meta = load_checkpoint(tmp_path / "run" / "checkpoints" / "last")
+    assert meta["progress"]["step"] == 2  # the signal arrived before the third update
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+
+
+def test_non_finite_losses_are_skipped_then_stop_training(tiny_recipe, tmp_path, monkeypatch):
+    import importlib
+
+    training = importlib.import_module("nmt.train")  # the module, not nmt.train the function
+
+    original = training.batch_loss
+    calls = {"n": 0}
+
+    def sometimes_nan(model, batch, smoothing):  # training updates 3 and 8+ see a NaN loss
+        loss = original(model, batch, smoothing)
+        if not model.training:
+            return loss
+        calls["n"] += 1
+        return loss * float("nan") if calls["n"] == 3 or calls["n"] >= 8 else loss
+
+    monkeypatch.setattr(training, "batch_loss", sometimes_nan)
+    with pytest.raises(NmtError, match="5 non-finite losses in a row at step 7"):
+        train(Recipe.load(tiny_recipe, ["train.max_steps=40", "train.valid_every=2"]),
+              tmp_path / "run")
+    # Update 3 was skipped, 4-7 became steps 3-6; the last checkpoint (step 6) is from before
+    # the fault and holds no NaN.
+    tensors, meta = load_checkpoint(tmp_path / "run" / "checkpoints" / "last")
+    assert meta["progress"]["step"] == 6
+    assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("model."))
