@@ -38,7 +38,7 @@ from nmt.evaluate import corpus_bleu, corpus_chrf
 from nmt.model.seq2seq import Seq2Seq
 from nmt.optim import build_optimizer, learning_rate, set_learning_rate
 from nmt.plots import plot_learning_curves
-from nmt.recipe import Recipe, parse_duration
+from nmt.recipe import Recipe, TrainConfig, parse_duration
 from nmt.translate import Translator
 
 log = logging.getLogger("nmt")
@@ -97,38 +97,14 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
     config = recipe.train
 
     # ---- data: corpus → subwords → encoded, filtered arrays
-    root = Path(recipe.data.root)
-    train_text = load_split(recipe.data, root, recipe.data.train)
-    dev_text = load_split(recipe.data, root, recipe.data.dev)
-    for split in (train_text, dev_text):
-        if len(split.dataset) == 0:
-            raise NmtError(f"{_describe(split)}: the {split.name} split is empty")
-    if Tokenizer.exists(run_dir):
-        tokenizer = Tokenizer.load(run_dir)
-    else:
-        log.info("training SentencePiece (%s, %d pieces%s)", recipe.tokenizer.type,
-                 recipe.tokenizer.vocab_size, ", joint" if recipe.tokenizer.joint else "")
-        tokenizer = Tokenizer.train(recipe.tokenizer, train_text.sources, train_text.targets,
-                                    run_dir, recipe.seed)
-    train_data, counts = encode_split(train_text, tokenizer, run_dir / "cache",
-                                      recipe.data.max_len, recipe.data.max_ratio)
-    log.info("training data: %s", counts.describe())
-    if counts.kept == 0:
-        raise NmtError(f"{_describe(train_text)}: every pair was filtered out "
-                       f"(see data.max_len={recipe.data.max_len}, "
-                       f"data.max_ratio={recipe.data.max_ratio})")
-    dev_data, _ = encode_split(dev_text, tokenizer, run_dir / "cache")
+    train_text, dev_text, tokenizer, train_data, dev_data = prepare_data(recipe, run_dir)
 
     # ---- model and optimizer
     model = Seq2Seq(recipe.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
     model.to(device)
     optimizer = build_optimizer(model.parameters(), config)
-    mixed = device.type == "cuda" and config.precision != "fp32"
-    if config.precision != "fp32" and not mixed:
-        log.warning("train.precision=%s needs CUDA; training in fp32 on %s", config.precision,
-                    device)
-    autocast_dtype = torch.bfloat16 if config.precision == "bf16" else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=mixed and config.precision == "fp16")
+    update = Updater(model, optimizer, config, device)
+    scaler = update.scaler
     progress = Progress()
     if resume:
         tensors, meta = load_checkpoint(run_dir / "checkpoints" / "last")
@@ -204,22 +180,10 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
                 # One update: `accumulate` batches, their loss normalised by all their tokens.
                 group = [collate(train_data, indices).to(device) for indices in
                          batches[progress.batch_in_epoch:progress.batch_in_epoch + config.accumulate]]
-                tokens = sum(batch.target_tokens for batch in group)
                 rate = learning_rate(config, progress.step + 1, progress.plateau_decays)
                 set_learning_rate(optimizer, rate)
-                model.train()
-                optimizer.zero_grad(set_to_none=True)
-                finite = True
-                for batch in group:
-                    with torch.autocast(device.type, dtype=autocast_dtype, enabled=mixed):
-                        loss_sum = batch_loss(model, batch, config.label_smoothing)
-                    value = float(loss_sum.detach())
-                    if not math.isfinite(value):
-                        finite = False
-                        break
-                    scaler.scale(loss_sum / tokens).backward()
-                    window_loss += value
-                if not finite:  # skip this update; give up after several in a row
+                result = update(group)
+                if result is None:  # a non-finite loss: skip this update; stop after several
                     progress.batch_in_epoch += len(group)
                     bar.update(len(group))
                     skipped += 1
@@ -234,11 +198,8 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
                             f"--resume")
                     continue
                 skipped = 0
-                scaler.unscale_(optimizer)
-                if config.clip_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), config.clip_norm)
-                scaler.step(optimizer)
-                scaler.update()
+                loss_sum, tokens = result
+                window_loss += loss_sum
                 progress.step += 1
                 progress.batch_in_epoch += len(group)
                 window_tokens += tokens
@@ -279,6 +240,72 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
     best = -progress.best if config.early_stopping == "loss" else progress.best
     return TrainResult(run_dir, progress.step, progress.best_step, best, config.early_stopping,
                        elapsed, stopped_early)
+
+
+def prepare_data(recipe: Recipe, run_dir: Path
+                 ) -> tuple[TextSplit, TextSplit, Tokenizer, EncodedSplit, EncodedSplit]:
+    """Read train and dev, train (or reuse) SentencePiece in `run_dir`, encode and filter."""
+    root = Path(recipe.data.root)
+    train_text = load_split(recipe.data, root, recipe.data.train)
+    dev_text = load_split(recipe.data, root, recipe.data.dev)
+    for split in (train_text, dev_text):
+        if len(split.dataset) == 0:
+            raise NmtError(f"{_describe(split)}: the {split.name} split is empty")
+    if Tokenizer.exists(run_dir):
+        tokenizer = Tokenizer.load(run_dir)
+    else:
+        log.info("training SentencePiece (%s, %d pieces%s)", recipe.tokenizer.type,
+                 recipe.tokenizer.vocab_size, ", joint" if recipe.tokenizer.joint else "")
+        tokenizer = Tokenizer.train(recipe.tokenizer, train_text.sources, train_text.targets,
+                                    run_dir, recipe.seed)
+    train_data, counts = encode_split(train_text, tokenizer, run_dir / "cache",
+                                      recipe.data.max_len, recipe.data.max_ratio)
+    log.info("training data: %s", counts.describe())
+    if counts.kept == 0:
+        raise NmtError(f"{_describe(train_text)}: every pair was filtered out "
+                       f"(see data.max_len={recipe.data.max_len}, "
+                       f"data.max_ratio={recipe.data.max_ratio})")
+    dev_data, _ = encode_split(dev_text, tokenizer, run_dir / "cache")
+    return train_text, dev_text, tokenizer, train_data, dev_data
+
+
+class Updater:
+    """One optimizer update over a group of batches (gradient accumulation), with mixed
+    precision on CUDA when the recipe asks for it."""
+
+    def __init__(self, model: Seq2Seq, optimizer: torch.optim.Optimizer, config: TrainConfig,
+                 device: torch.device):
+        self.model, self.optimizer, self.config = model, optimizer, config
+        self.device_type = device.type
+        self.mixed = device.type == "cuda" and config.precision != "fp32"
+        if config.precision != "fp32" and not self.mixed:
+            log.warning("train.precision=%s needs CUDA; training in fp32 on %s",
+                        config.precision, device)
+        self.dtype = torch.bfloat16 if config.precision == "bf16" else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.mixed and
+                                           config.precision == "fp16")
+
+    def __call__(self, group: list[Batch]) -> tuple[float, int] | None:
+        """(summed loss, target tokens), with the loss normalised by all the group's tokens;
+        None, and nothing applied, when a loss is not finite."""
+        tokens = sum(batch.target_tokens for batch in group)
+        total = 0.0
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        for batch in group:
+            with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.mixed):
+                loss_sum = batch_loss(self.model, batch, self.config.label_smoothing)
+            value = float(loss_sum.detach())
+            if not math.isfinite(value):
+                return None
+            self.scaler.scale(loss_sum / tokens).backward()
+            total += value
+        self.scaler.unscale_(self.optimizer)
+        if self.config.clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return total, tokens
 
 
 @torch.no_grad()
