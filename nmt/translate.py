@@ -33,12 +33,14 @@ log = logging.getLogger("nmt")
 class Translator:
     """A trained model (or an ensemble) with its tokenizer and decoding defaults."""
 
-    def __init__(self, model: Seq2Seq | Ensemble, tokenizer: Tokenizer, decode: DecodeConfig | None = None,
-                 device: torch.device | None = None):
+    def __init__(self, model: Seq2Seq | Ensemble, tokenizer: Tokenizer,
+                 decode: DecodeConfig | None = None, device: torch.device | None = None,
+                 max_source_tokens: int = 0):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.decode = decode or DecodeConfig()
         self.device = device or next(model.parameters()).device
+        self.max_source_tokens = max_source_tokens  # the training limit; 0: none
 
     @classmethod
     def from_run(cls, run_dir: str | Path, checkpoint: str = "best",
@@ -61,7 +63,7 @@ class Translator:
             model = Ensemble([member for member, _, _ in loaded])
         target = pick_device(device)
         return cls(model.to(target), tokenizer, tuned_decoding(Path(run_dirs[0]), recipe.decode),
-                   target)
+                   target, recipe.data.max_len)
 
     def translate(self, lines: list[str], **options) -> list[Hypothesis]:
         """The best translation of each line, in input order. Options as in `nbest`."""
@@ -89,7 +91,7 @@ class Translator:
         if looks_segmented(lines):
             log.warning("the input looks already segmented into subwords (many '\u2581' or '@@'); "
                         "nmt segments plain text itself, so give it untokenized text")
-        encoded = self.tokenizer.encode_source(list(lines))
+        encoded = self._limit(self.tokenizer.encode_source(list(lines)))
         if prefixes is not None and len(prefixes) != len(lines):
             raise NmtError(f"{len(prefixes)} prefixes for {len(lines)} lines; give one per line")
         forced = self.tokenizer.encode_target(list(prefixes)) if prefixes else None
@@ -114,6 +116,19 @@ class Translator:
                 results[i] = hyps
         bar.close()
         return results
+
+    def _limit(self, encoded: list[list[int]]) -> list[list[int]]:
+        """Cut sources longer than any the model was trained on, with a warning: such input
+        gives unreliable output (and unbounded cost); split it into sentences instead."""
+        limit = self.max_source_tokens
+        long = [i + 1 for i, ids in enumerate(encoded) if limit and len(ids) > limit]
+        if long:
+            shown = ", ".join(map(str, long[:5])) + (" ..." if len(long) > 5 else "")
+            log.warning("line(s) %s: longer than the %d subword tokens the model was trained "
+                        "on (data.max_len); translating their first %d tokens only", shown,
+                        limit, limit)
+            encoded = [ids[:limit] for ids in encoded]
+        return encoded
 
     def tune(self, sources: list[str], references: list[str], beams: tuple[int, ...] = (1, 5, 10),
              alphas: tuple[float, ...] = (0.6, 1.0)) -> list[dict]:

@@ -139,6 +139,14 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     assert "BLEU" in out and "nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp" in out
     assert json.loads(report.read_text())["systems"][str(output)]["metrics"][0]["name"] == "BLEU"
 
+    # A reader that goes away early (| head -1) ends the command quietly.
+    (tmp_path / "many.de").write_text((source[0] + "\n") * 3000)
+    piped = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m nmt translate "
+                            f"-m {run_dir} --beam 1 < {tmp_path / 'many.de'} | head -1"],
+                           capture_output=True, text=True)
+    assert piped.returncode == 0 and len(piped.stdout.splitlines()) == 1
+    assert "Traceback" not in piped.stderr and "Error" not in piped.stderr
+
     # stdin → stdout, as in a shell pipe.
     monkeypatch.setattr(sys, "stdin", iter([s + "\n" for s in source[:2]]))
     code, out, err = run(translate_main, ["-m", run_dir, "--beam", 1], capsys)

@@ -187,3 +187,13 @@ def test_non_finite_losses_are_skipped_then_stop_training(tiny_recipe, tmp_path,
     tensors, meta = load_checkpoint(tmp_path / "run" / "checkpoints" / "last")
     assert meta["progress"]["step"] == 6
     assert all(torch.isfinite(t).all() for k, t in tensors.items() if k.startswith("model."))
+
+
+def test_overlong_input_lines_are_cut_with_a_warning(tiny_recipe, tmp_path, caplog):
+    train(Recipe.load(tiny_recipe, ["train.max_steps=2", "data.max_len=12"]), tmp_path / "run")
+    translator = Translator.from_run(tmp_path / "run")
+    long_line = " ".join(["zweiundzwanzig Katzen"] * 50)
+    with caplog.at_level("WARNING", logger="nmt"):
+        hyps = translator.translate(["zwei Katzen", long_line, "\x00\x07 drei"], beam=2)
+    assert len(hyps) == 3
+    assert "line(s) 2: longer than the 12 subword tokens" in caplog.text
