@@ -77,10 +77,9 @@ class Translator:
         `prefixes` (plain text, one per line, "" for none) force how each translation begins.
         `options` are keys of the recipe's decode section (beam, length_norm, alpha, max_len_a,
         max_len_b, batch_size, coverage_penalty, min_len, no_repeat_ngram, sample, temperature,
-        top_k, top_p, seed);
-        unset ones (None) keep the run's defaults. Lines are sorted by length into batches (less
-        padding) and results come back in input order; an empty line gives an empty translation.
-        `progress` draws a bar on stderr.
+        top_k, top_p, seed); unset ones (None) keep the run's defaults. Lines are sorted by
+        length into batches (less padding) and results come back in input order; an empty line
+        gives an empty translation. `progress` draws a bar on stderr.
         """
         settings = with_changes(self.decode, {k: v for k, v in options.items() if v is not None},
                                 "decode")
@@ -105,7 +104,6 @@ class Translator:
                    dynamic_ncols=True, mininterval=1.0)
         for start in range(0, len(order), settings.batch_size):
             chunk = order[start:start + settings.batch_size]
-            bar.update(len(chunk))
             chunk_prefixes = [forced[i] for i in chunk] if forced else None
             for i, hyps in zip(chunk, self._search([encoded[i] for i in chunk], settings, nbest,
                                                    keep_attention, generator, chunk_prefixes)):
@@ -114,6 +112,7 @@ class Translator:
                     if hyp.attention is not None:  # drop the batch's padding columns
                         hyp.attention = hyp.attention[:, :len(encoded[i]) + 1]
                 results[i] = hyps
+            bar.update(len(chunk))
         bar.close()
         return results
 
