@@ -45,6 +45,7 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
     if prefix is not None:
         prefix = prefix.to(device)
     results: list[list[Hypothesis]] = [[] for _ in range(batch)]
+    found = torch.zeros(batch, dtype=torch.long, device=device)  # finished, per active sentence
 
     for t in range(int(max_lengths.max()) + 1):
         n = sentence_ids.size(0)
@@ -69,6 +70,7 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
         # Hypotheses ending here: EOS candidates ranked within the beam, with a finite score.
         ends = (token == EOS) & torch.isfinite(top_scores)
         ends[:, beam:] = False
+        found += ends.sum(1)
         if bool(ends.any()):
             for s, c in ends.nonzero().tolist():
                 row = int(rows[s, c])
@@ -82,8 +84,7 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
         alive_rows = rows.gather(1, picks)
         alive_tokens = token.gather(1, picks)
 
-        counts = torch.tensor([len(results[i]) for i in sentence_ids.tolist()], device=device)
-        done = (counts >= beam) | (max_lengths <= t) | ~torch.isfinite(alive_scores[:, 0])
+        done = (found >= beam) | (max_lengths <= t) | ~torch.isfinite(alive_scores[:, 0])
         if bool(done.all()):
             break
         keep = (~done).nonzero().squeeze(1)
@@ -98,7 +99,7 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
         if keep.size(0) < n:  # sentences left the batch: shrink what is fixed per sentence
             sentence_rows = (keep[:, None] * beam + beams).view(-1)
             encoded = encoded.index_select(sentence_rows)
-            sentence_ids, max_lengths = sentence_ids[keep], max_lengths[keep]
+            sentence_ids, max_lengths, found = sentence_ids[keep], max_lengths[keep], found[keep]
             if prefix is not None:
                 prefix = prefix[keep]
 
