@@ -1,9 +1,11 @@
 """Checkpoints and run directories: safetensors weights plus JSON metadata, written atomically.
 
-Nothing is ever unpickled. A checkpoint `NAME` is `NAME.safetensors` (model weights, optimizer
-tensors, RNG states) and `NAME.json` (everything else, including the weights' size and SHA-256,
-checked on load). Every file is written to a temporary name and renamed into place, so a crash
-leaves the previous file whole.
+Nothing is ever unpickled. A checkpoint `NAME` is `NAME.json` (everything but tensors) and the
+weights file it names, `NAME.<sha256 prefix>.safetensors` (model weights, optimizer tensors, RNG
+states), whose size and SHA-256 the JSON records and the loader checks. Every file is written to a
+temporary name and renamed into place. The weights go first under a new name, then the JSON that
+points at them; so a crash at any instant, even between the two, leaves a complete checkpoint:
+the previous one or the new one.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from safetensors.torch import save as save_safetensors
 
 from nmt.errors import NmtError
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -87,26 +89,46 @@ def save_checkpoint(path: Path, model: torch.nn.Module, metadata: dict[str, Any]
     tensors["rng.torch"] = torch.get_rng_state()
     if torch.cuda.is_available():
         tensors["rng.cuda"] = torch.cuda.get_rng_state()
-    data = save_safetensors(tensors)
-    meta["weights_sha256"] = hashlib.sha256(data).hexdigest()
-    meta["weights_bytes"] = len(data)
-    atomic_write_bytes(path.with_suffix(".safetensors"), data)
+    _write_checkpoint(path, save_safetensors(tensors), meta)
+
+
+def _write_checkpoint(path: Path, data: bytes, meta: dict[str, Any]) -> None:
+    """Weights under a content-derived name, then the JSON naming them: the JSON is the commit."""
+    digest = hashlib.sha256(data).hexdigest()
+    weights = path.with_name(f"{path.name}.{digest[:12]}.safetensors")
+    meta = dict(meta, weights_file=weights.name, weights_sha256=digest, weights_bytes=len(data))
+    atomic_write_bytes(weights, data)
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
+    for stale in path.parent.glob(f"{path.name}.*.safetensors"):
+        if stale != weights:
+            stale.unlink(missing_ok=True)
+
+
+def delete_checkpoint(path: Path) -> None:
+    """Remove a checkpoint, its JSON first so that no JSON ever names missing weights."""
+    path.with_suffix(".json").unlink(missing_ok=True)
+    for weights in path.parent.glob(f"{path.name}.*.safetensors"):
+        weights.unlink(missing_ok=True)
 
 
 def checkpoint_exists(path: Path) -> bool:
-    return path.with_suffix(".json").is_file() and path.with_suffix(".safetensors").is_file()
+    return path.with_suffix(".json").is_file()
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read and verify a checkpoint: (tensors, metadata). Raises NmtError if damaged."""
-    weights, meta_path = path.with_suffix(".safetensors"), path.with_suffix(".json")
-    if not meta_path.is_file() or not weights.is_file():
-        raise NmtError(f"{path}: checkpoint not found (needs {weights.name} and {meta_path.name})")
+    meta_path = path.with_suffix(".json")
+    if not meta_path.is_file():
+        raise NmtError(f"{path}: checkpoint not found (no {meta_path.name})")
     try:
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise NmtError(f"{meta_path}: damaged checkpoint metadata: {error}") from None
+    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        raise NmtError(f"{meta_path}: not an nmt checkpoint of format {FORMAT_VERSION}")
+    weights = path.parent / Path(str(meta.get("weights_file"))).name  # never outside the folder
+    if not weights.is_file():
+        raise NmtError(f"{weights}: missing; {meta_path.name} names it as its weights")
     data = weights.read_bytes()
     if len(data) != meta.get("weights_bytes") or \
             hashlib.sha256(data).hexdigest() != meta.get("weights_sha256"):
@@ -160,10 +182,6 @@ def average_checkpoints(paths: list[Path], output: Path) -> None:
         for key, value in weights.items():
             total[key] += value.double()
     averaged = {k: (v / len(paths)).to(torch.float32) for k, v in total.items()}
-    data = save_safetensors(averaged)
-    meta = {k: v for k, v in first_meta.items() if k not in ("optimizer", "weights_sha256",
-                                                              "weights_bytes")}
-    meta.update(averaged_from=[p.name for p in paths], weights_sha256=hashlib.sha256(data).hexdigest(),
-                weights_bytes=len(data))
-    atomic_write_bytes(output.with_suffix(".safetensors"), data)
-    atomic_write_text(output.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
+    meta = {k: v for k, v in first_meta.items() if k != "optimizer"}
+    meta["averaged_from"] = [p.name for p in paths]
+    _write_checkpoint(output, save_safetensors(averaged), meta)

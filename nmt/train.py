@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from nmt.checkpoint import (atomic_write_text, checkpoint_exists, load_checkpoint, restore,
+from nmt.checkpoint import (atomic_write_text, checkpoint_exists, delete_checkpoint,
+                            load_checkpoint, restore,
                             save_checkpoint, sha256_file)
 from nmt.data.batching import Batch, collate, make_batches
 from nmt.data.corpus import EncodedSplit, TextSplit, encode_split, load_split
@@ -386,8 +387,7 @@ def _keep_best(directory: Path, progress: Progress, value: float, keep: int, sav
     progress.kept = ranked[:keep]
     save(f"step-{progress.step}")
     for _, step in ranked[keep:]:
-        for suffix in (".safetensors", ".json"):
-            (directory / f"step-{int(step)}{suffix}").unlink(missing_ok=True)
+        delete_checkpoint(directory / f"step-{int(step)}")
 
 
 def _tensorboard(run_dir: Path):

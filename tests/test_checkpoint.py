@@ -1,9 +1,11 @@
+import hashlib
+import json
 import pickle
 
 import pytest
 import torch
 
-from nmt.checkpoint import load_checkpoint, restore, save_checkpoint
+from nmt.checkpoint import FORMAT_VERSION, load_checkpoint, restore, save_checkpoint
 from nmt.errors import NmtError
 from conftest import tiny_model
 
@@ -31,7 +33,7 @@ def test_round_trip_with_optimizer_and_rng(tmp_path):
 
 def test_damaged_weights_are_detected(tmp_path):
     save_checkpoint(tmp_path / "best", tiny_model(), {})
-    path = tmp_path / "best.safetensors"
+    [path] = tmp_path.glob("best.*.safetensors")
     data = bytearray(path.read_bytes())
     data[-1] ^= 0xFF
     path.write_bytes(bytes(data))
@@ -46,19 +48,62 @@ def test_a_pickle_is_never_executed(tmp_path):
         def __reduce__(self):
             return (open, (str(marker), "w"))
 
-    (tmp_path / "evil.safetensors").write_bytes(pickle.dumps(Exploit()))
+    data = pickle.dumps(Exploit())
+    (tmp_path / "evil.safetensors").write_bytes(data)
     (tmp_path / "evil.json").write_text('{"weights_bytes": 0}')
     with pytest.raises(NmtError):
         load_checkpoint(tmp_path / "evil")
     assert not marker.exists()
     # Even with a matching size and hash, a pickle is not a safetensors file.
-    import hashlib, json
-    data = (tmp_path / "evil.safetensors").read_bytes()
     (tmp_path / "evil.json").write_text(json.dumps(
-        {"weights_bytes": len(data), "weights_sha256": hashlib.sha256(data).hexdigest()}))
+        {"format_version": FORMAT_VERSION, "weights_file": "evil.safetensors",
+         "weights_bytes": len(data), "weights_sha256": hashlib.sha256(data).hexdigest()}))
     with pytest.raises(NmtError, match="not a safetensors file"):
         load_checkpoint(tmp_path / "evil")
     assert not marker.exists()
+
+
+def test_metadata_cannot_point_outside_the_checkpoint_folder(tmp_path):
+    (tmp_path / "inner").mkdir()
+    save_checkpoint(tmp_path / "other", tiny_model(), {})
+    meta = json.loads((tmp_path / "other.json").read_text())
+    meta["weights_file"] = "../" + meta["weights_file"]
+    (tmp_path / "inner" / "x.json").write_text(json.dumps(meta))
+    with pytest.raises(NmtError, match="missing"):
+        load_checkpoint(tmp_path / "inner" / "x")
+
+
+class Killed(BaseException):
+    """Stands in for the process dying (kill -9) at a chosen write."""
+
+
+@pytest.mark.parametrize("dies_at", [0, 1])  # while writing the weights, or just before the JSON
+def test_a_crash_during_a_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch, dies_at):
+    import nmt.checkpoint as checkpoint
+
+    old, new = tiny_model(seed=1), tiny_model(seed=2)
+    save_checkpoint(tmp_path / "last", old, {"step": 1})
+    real_write, writes = checkpoint.atomic_write_bytes, []
+
+    def dying_write(path, data):
+        writes.append(path)
+        if len(writes) - 1 == dies_at:
+            if dies_at == 0:  # half the bytes in the temporary file, then death
+                (path.parent / f".{path.name}.partial.tmp").write_bytes(data[: len(data) // 2])
+            raise Killed
+        real_write(path, data)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", dying_write)
+    with pytest.raises(Killed):
+        save_checkpoint(tmp_path / "last", new, {"step": 2})
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", real_write)
+    tensors, meta = load_checkpoint(tmp_path / "last")
+    assert meta["step"] == 1
+    for key, value in old.state_dict().items():
+        assert torch.equal(tensors[f"model.{key}"], value)
+    save_checkpoint(tmp_path / "last", new, {"step": 3})  # the next save tidies up
+    assert load_checkpoint(tmp_path / "last")[1]["step"] == 3
+    assert len(list(tmp_path.glob("last.*.safetensors"))) == 1
 
 
 def test_atomic_writes_get_the_usual_file_mode(tmp_path):

@@ -25,7 +25,7 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     assert code == 0, err
     assert "best dev bleu" in out
     for name in ("recipe.yaml", "manifest.json", "spm.model", "metrics.csv", "train.log",
-                 "checkpoints/best.safetensors", "checkpoints/last.json"):
+                 "checkpoints/best.json", "checkpoints/last.json"):
         assert (run_dir / name).is_file(), name
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["provenance"]["train.max_steps"] == "override"
