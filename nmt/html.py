@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 
-from nmt.plots import plt
+from nmt.plots import png_bytes, pyplot
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 70em; color: #222; }
@@ -103,7 +102,7 @@ def _table(rows: list[dict], keys: list[str]) -> str:
 
 
 def _bucket_plot(buckets: dict[str, list[dict]]) -> str:
-    figure, axis = plt.subplots(figsize=(6, 3.2), dpi=100)
+    figure, axis = pyplot().subplots(figsize=(6, 3.2), dpi=100)
     for name, rows in buckets.items():
         axis.plot([r["source_words"] for r in rows], [r["bleu"] for r in rows], "o-", label=name)
     axis.set_xlabel("source words")
@@ -111,10 +110,7 @@ def _bucket_plot(buckets: dict[str, list[dict]]) -> str:
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
-    image = io.BytesIO()
-    figure.savefig(image, format="png")
-    plt.close(figure)
-    return "data:image/png;base64," + base64.b64encode(image.getvalue()).decode()
+    return "data:image/png;base64," + base64.b64encode(png_bytes(figure)).decode()
 
 
 def _e(text: str) -> str:

@@ -6,12 +6,27 @@ import csv
 import io
 from pathlib import Path
 
-import matplotlib
+from nmt.checkpoint import atomic_write_bytes
 
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
 
-from nmt.checkpoint import atomic_write_bytes  # noqa: E402
+def pyplot():
+    """matplotlib.pyplot, imported on first use: importing it builds a font cache on disk, which
+    a training run points into its own directory first (MPLCONFIGDIR) so that it writes nowhere
+    else."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; never needs a display
+    import matplotlib.pyplot
+
+    return matplotlib.pyplot
+
+
+def png_bytes(figure) -> bytes:
+    """Render a figure to PNG bytes and free it."""
+    image = io.BytesIO()
+    figure.savefig(image, format="png")
+    pyplot().close(figure)
+    return image.getvalue()
 
 
 def plot_learning_curves(metrics_csv: Path, png: Path) -> None:
@@ -20,7 +35,7 @@ def plot_learning_curves(metrics_csv: Path, png: Path) -> None:
     with open(metrics_csv, newline="") as handle:
         for row in csv.DictReader(handle):
             (train if row["kind"] == "train" else valid).append(row)
-    figure, loss_axis = plt.subplots(figsize=(8, 4.5), dpi=100)
+    figure, loss_axis = pyplot().subplots(figsize=(8, 4.5), dpi=100)
     if train:
         loss_axis.plot([int(r["step"]) for r in train], [float(r["loss"]) for r in train],
                        color="tab:blue", alpha=0.6, label="train loss (smoothed labels)")
@@ -38,10 +53,7 @@ def plot_learning_curves(metrics_csv: Path, png: Path) -> None:
     loss_axis.legend(loc="upper center")
     loss_axis.grid(alpha=0.3)
     figure.tight_layout()
-    image = io.BytesIO()
-    figure.savefig(image, format="png")
-    plt.close(figure)
-    atomic_write_bytes(png, image.getvalue())
+    atomic_write_bytes(png, png_bytes(figure))
 
 
 def plot_attention(record: dict, png: Path, title: str = "") -> None:
@@ -52,7 +64,7 @@ def plot_attention(record: dict, png: Path, title: str = "") -> None:
     source, target = record["source"], record["target"]
     width = max(4.0, 0.32 * len(source) + 1.5)
     height = max(3.0, 0.32 * len(target) + 1.2)
-    figure, axis = plt.subplots(figsize=(width, height), dpi=100)
+    figure, axis = pyplot().subplots(figsize=(width, height), dpi=100)
     axis.imshow(record["attention"], cmap="Greys", vmin=0.0, vmax=1.0, aspect="auto")
     axis.set_xticks(range(len(source)), source, rotation=90, fontsize=9)
     axis.set_yticks(range(len(target)), target, fontsize=9)
@@ -61,7 +73,4 @@ def plot_attention(record: dict, png: Path, title: str = "") -> None:
     if title:
         axis.set_title(title, fontsize=10)
     figure.tight_layout()
-    image = io.BytesIO()
-    figure.savefig(image, format="png")
-    plt.close(figure)
-    atomic_write_bytes(png, image.getvalue())
+    atomic_write_bytes(png, png_bytes(figure))
