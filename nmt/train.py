@@ -9,9 +9,11 @@ reproduced from that directory alone.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
+import os
 import platform
 import shutil
 import signal
@@ -89,8 +91,9 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
           overwrite: bool = False) -> TrainResult:
     """Train a model as the recipe says, in `run_dir`."""
     run_dir = Path(run_dir)
-    prepare_run_dir(run_dir, recipe, resume, overwrite)
+    resume = prepare_run_dir(run_dir, recipe, resume, overwrite)
     _log_to_file(run_dir / "train.log")
+    _keep_caches_in(run_dir / "cache")
     torch.manual_seed(recipe.seed)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
@@ -117,6 +120,8 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
                  progress.batch_in_epoch)
     else:
         write_manifest(run_dir, recipe, [train_text, dev_text], tokenizer, model)
+        check_disk_space(run_dir, model, config.keep_best)
+    forget_after(run_dir, progress)
     log.info("model: %s parameters on %s", f"{model.parameter_count:,}", device)
 
     translator = Translator(model, tokenizer, recipe.decode, device)
@@ -129,12 +134,16 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
 
     def checkpoint(name: str) -> None:
         progress.elapsed_s = time.perf_counter() - started
-        save_checkpoint(run_dir / "checkpoints" / name, model,
-                        {"progress": progress.__dict__, "spm_sha256": tokenizer.sha256,
-                         "source_vocab_size": tokenizer.source_vocab_size,
-                         "target_vocab_size": tokenizer.target_vocab_size,
-                         "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None},
-                        optimizer)
+        try:
+            save_checkpoint(run_dir / "checkpoints" / name, model,
+                            {"progress": progress.__dict__, "spm_sha256": tokenizer.sha256,
+                             "source_vocab_size": tokenizer.source_vocab_size,
+                             "target_vocab_size": tokenizer.target_vocab_size,
+                             "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None},
+                            optimizer)
+        except OSError as error:
+            raise NmtError(f"{run_dir / 'checkpoints' / name}: cannot write the checkpoint "
+                           f"({error.strerror}); the checkpoints already there are intact") from None
 
     def validate() -> None:
         result = validation(model, translator, dev_text, dev_data, config, device)
@@ -183,7 +192,14 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
                          batches[progress.batch_in_epoch:progress.batch_in_epoch + config.accumulate]]
                 rate = learning_rate(config, progress.step + 1, progress.plateau_decays)
                 set_learning_rate(optimizer, rate)
-                result = update(group)
+                try:
+                    result = update(group)
+                except torch.cuda.OutOfMemoryError:
+                    raise NmtError(
+                        f"out of memory on {device} at step {progress.step + 1} with batches of "
+                        f"train.batch_tokens={config.batch_tokens}: lower train.batch_tokens "
+                        f"(e.g. to {config.batch_tokens // 2}) and raise train.accumulate to keep "
+                        f"the same effective batch") from None
                 if result is None:  # a non-finite loss: skip this update; stop after several
                     progress.batch_in_epoch += len(group)
                     bar.update(len(group))
@@ -411,13 +427,16 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool
     if resume and overwrite:
         raise NmtError("--resume and --overwrite exclude each other")
     if resume:
-        if not checkpoint_exists(run_dir / "checkpoints" / "last"):
-            raise NmtError(f"{run_dir}: nothing to resume (no checkpoints/last)")
+        if not stored.is_file():
+            raise NmtError(f"{run_dir}: nothing to resume (not an nmt run directory)")
         previous = Recipe.load(stored)
         for section in ("data", "tokenizer", "model"):
             if getattr(previous, section) != getattr(recipe, section):
                 raise NmtError(f"{run_dir}: the recipe's {section} section differs from the run's "
                                f"({stored}); resume with the same {section}, or start a new run")
+        if not checkpoint_exists(run_dir / "checkpoints" / "last"):
+            log.warning("%s: no checkpoint yet; starting from the beginning", run_dir)
+            resume = False
     elif stored.is_file():
         if not overwrite:
             raise NmtError(f"{run_dir}: already holds a run; pass --resume to continue it or "
@@ -431,6 +450,57 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool
         atomic_write_text(stored, recipe.to_yaml())
     except OSError as error:
         raise NmtError(f"{run_dir}: cannot write the run directory: {error.strerror}") from None
+    return resume
+
+
+def _keep_caches_in(folder: Path) -> None:
+    """Point the caches that libraries write on their own into the run directory, unless the
+    user chose where they go: matplotlib's font cache, and the one PyTorch's optimizers create
+    in the system's temporary folder (its compiler cache)."""
+    os.environ.setdefault("MPLCONFIGDIR", str(folder / "matplotlib"))
+    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder / "torchinductor"))
+
+
+def check_disk_space(run_dir: Path, model: Seq2Seq, keep_best: int) -> None:
+    """Refuse to start when the disk cannot hold the run's checkpoints: better now than at hour 3.
+
+    A checkpoint holds the weights and Adam's two moments; a run keeps best, last and the
+    `keep_best` step-N ones, plus one being written.
+    """
+    checkpoint_bytes = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    needed = (3 + keep_best) * checkpoint_bytes
+    free = shutil.disk_usage(run_dir).free
+    if free < needed:
+        raise NmtError(f"{run_dir}: {free / 2**20:,.0f} MiB free on this disk, but the run's "
+                       f"checkpoints need about {needed / 2**20:,.0f} MiB; free space or choose "
+                       f"another --run-dir")
+
+
+def forget_after(run_dir: Path, progress: Progress) -> None:
+    """Make the run directory agree with the checkpoint training continues from.
+
+    After a crash, metrics.csv may hold rows from beyond the last checkpoint (they will be made
+    again), checkpoints/step-N files that the checkpoint does not know, and temporary files of an
+    interrupted write. Nothing here is lost that the resumed run does not write again.
+    """
+    kept = {f"step-{int(step)}" for _, step in progress.kept}
+    for path in (run_dir / "checkpoints").glob("step-*.json"):
+        if path.stem not in kept:
+            delete_checkpoint(path.with_suffix(""))
+    for folder in (run_dir, run_dir / "checkpoints"):
+        for path in folder.glob(".*.tmp"):
+            path.unlink(missing_ok=True)
+    metrics = run_dir / "metrics.csv"
+    if metrics.is_file():
+        with open(metrics, newline="") as handle:
+            rows = [row for row in csv.DictReader(handle)
+                    if row.get("elapsed_s") and row["step"].isdigit()
+                    and int(row["step"]) <= progress.step]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, METRICS_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_text(metrics, text.getvalue())
 
 
 def write_manifest(run_dir: Path, recipe: Recipe, splits: list[TextSplit], tokenizer: Tokenizer,

@@ -1,0 +1,170 @@
+"""Faults: kill -9 at random moments, full or unwritable disks, out of memory, stray writes."""
+
+import csv
+import errno
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from nmt.checkpoint import load_checkpoint
+from nmt.errors import NmtError
+from nmt.recipe import Recipe
+from nmt.train import train
+
+ROOT = Path(__file__).resolve().parent.parent
+# Many small validations, so that kills also land in checkpoint writes and validation.
+FAST = ["train.max_steps=30", "train.valid_every=3", "train.log_every=1", "train.threads=1",
+        "model.dropout=0.2"]
+
+
+def start_training(recipe: Path, run_dir: Path, *extra: str, env=None, cwd=None):
+    return subprocess.Popen([sys.executable, "-m", "nmt", "train", str(recipe), "--run-dir",
+                             str(run_dir), *FAST, *extra], env=env, cwd=cwd,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def training_rows(run_dir: Path) -> list[tuple]:
+    """metrics.csv without its timing columns: what must match between runs."""
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return [(r["step"], r["kind"], r["loss"], r["lr"], r["dev_loss"], r["dev_bleu"])
+                for r in csv.DictReader(handle)]
+
+
+@pytest.fixture(scope="module")
+def unbroken(tmp_path_factory):
+    """A run that nobody interrupts, made in a sandbox with its own HOME, TMPDIR and cwd."""
+    from conftest import TINY_RECIPE, write_slice
+
+    base = tmp_path_factory.mktemp("unbroken")
+    write_slice(base / "corpus")
+    recipe = base / "tiny.yaml"
+    recipe.write_text(TINY_RECIPE, encoding="utf-8")
+    sandbox = {name: base / name for name in ("home", "tmp", "work")}
+    for folder in sandbox.values():
+        folder.mkdir()
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("XDG_", "HF_", "MPL")) and key not in ("HOME", "TMPDIR")}
+    env.update(HOME=str(sandbox["home"]), TMPDIR=str(sandbox["tmp"]), PYTHONPATH=str(ROOT))
+    corpus_before = sorted(p.name for p in (base / "corpus").iterdir())
+    started = time.perf_counter()
+    process = start_training(recipe, Path("run"), env=env, cwd=sandbox["work"])
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 0, err
+    return {"recipe": recipe, "run": sandbox["work"] / "run", "seconds":
+            time.perf_counter() - started, "sandbox": sandbox, "corpus_before": corpus_before,
+            "corpus": base / "corpus"}
+
+
+def test_a_run_writes_only_inside_its_run_directory(unbroken):
+    sandbox = unbroken["sandbox"]
+    assert sorted(p.name for p in sandbox["work"].iterdir()) == ["run"]
+    assert list(sandbox["home"].rglob("*")) == []  # no caches: matplotlib, datasets, torch
+    assert list(sandbox["tmp"].rglob("*")) == []
+    assert sorted(p.name for p in unbroken["corpus"].iterdir()) == unbroken["corpus_before"]
+
+
+def test_kill_9_at_random_moments_then_resume_loses_nothing(unbroken, tmp_path):
+    """Kill the trainer at random instants, resume each time: the end is the unbroken run."""
+    run_dir = tmp_path / "run"
+    draw = random.Random(7)
+    kills = 0
+    for attempt in range(5):
+        process = start_training(unbroken["recipe"], run_dir, *(["--resume"] if attempt else []))
+        try:
+            process.wait(timeout=draw.uniform(0.3, 0.9) * unbroken["seconds"])
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            kills += 1
+        else:
+            assert process.returncode == 0, process.stderr.read()
+            break
+        process.stderr.close()
+    assert kills >= 1
+    final = start_training(unbroken["recipe"], run_dir, "--resume")
+    _, err = final.communicate(timeout=300)
+    assert final.returncode == 0, err
+
+    assert training_rows(run_dir) == training_rows(unbroken["run"])
+    ours, _ = load_checkpoint(run_dir / "checkpoints" / "last")
+    theirs, _ = load_checkpoint(unbroken["run"] / "checkpoints" / "last")
+    for key, value in theirs.items():
+        if key.startswith("model."):
+            assert torch.equal(ours[key], value), key
+    for meta in (run_dir / "checkpoints").glob("*.json"):
+        load_checkpoint(meta.with_suffix(""))  # every checkpoint whole and verified
+    assert not list(run_dir.rglob("*.tmp"))
+    assert len(list((run_dir / "checkpoints").glob("*.safetensors"))) == \
+        len(list((run_dir / "checkpoints").glob("*.json")))
+
+
+def test_an_unwritable_run_directory_is_refused_before_training(tiny_recipe, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(NmtError, match="cannot write the run directory"):
+        train(Recipe.load(tiny_recipe), blocker / "run")
+
+
+def test_a_disk_too_small_for_the_checkpoints_is_refused(tiny_recipe, tmp_path, monkeypatch):
+    import shutil
+    from types import SimpleNamespace
+
+    monkeypatch.setattr(shutil, "disk_usage",
+                        lambda path: SimpleNamespace(total=10**6, used=10**6 - 1000, free=1000))
+    with pytest.raises(NmtError, match="free on this disk, but the run's checkpoints need"):
+        train(Recipe.load(tiny_recipe), tmp_path / "run")
+    assert not list((tmp_path / "run" / "checkpoints").iterdir())  # nothing trained
+
+
+def test_disk_full_during_a_save_keeps_the_best_checkpoint(tiny_recipe, tmp_path, monkeypatch):
+    import nmt.checkpoint as checkpoint
+
+    run_dir = tmp_path / "run"
+    train(Recipe.load(tiny_recipe, ["train.max_steps=4", "train.valid_every=2"]), run_dir)
+    before, meta = load_checkpoint(run_dir / "checkpoints" / "best")
+    real_write = checkpoint.atomic_write_bytes
+
+    def full_disk(path, data):
+        if path.suffix == ".safetensors":
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real_write(path, data)
+
+    monkeypatch.setattr(checkpoint, "atomic_write_bytes", full_disk)
+    with pytest.raises(NmtError, match="No space left on device.*intact"):
+        train(Recipe.load(tiny_recipe, ["train.max_steps=8", "train.valid_every=2"]), run_dir,
+              resume=True)
+    after, meta_after = load_checkpoint(run_dir / "checkpoints" / "best")
+    assert meta_after == meta
+    assert all(torch.equal(before[key], after[key]) for key in before)
+
+
+def test_out_of_memory_names_the_batch_size_key(tiny_recipe, tmp_path, monkeypatch):
+    from nmt.train import Updater
+
+    def no_memory(self, group):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(Updater, "__call__", no_memory)
+    with pytest.raises(NmtError) as caught:
+        train(Recipe.load(tiny_recipe), tmp_path / "run")
+    message = str(caught.value)
+    assert "out of memory" in message and "train.batch_tokens=600" in message
+    assert "train.accumulate" in message and "\n" not in message
+
+
+def test_resume_before_the_first_checkpoint_starts_from_the_beginning(tiny_recipe, tmp_path):
+    from nmt.train import prepare_run_dir
+
+    recipe = Recipe.load(tiny_recipe, ["train.max_steps=4", "train.valid_every=2"])
+    prepare_run_dir(tmp_path / "run", recipe, resume=False, overwrite=False)  # then: kill -9
+    (tmp_path / "run" / "checkpoints" / ".last.json.x1.tmp").write_text("{")  # a torn write
+    result = train(recipe, tmp_path / "run", resume=True)
+    assert result.steps == 4
+    assert not list((tmp_path / "run").rglob("*.tmp"))
