@@ -245,8 +245,9 @@ def _load_run(run_dir: Path, checkpoint: str) -> tuple[Seq2Seq, Tokenizer, Recip
     tokenizer = Tokenizer.load(run_dir)
     tensors, meta = load_checkpoint(run_dir / "checkpoints" / checkpoint)
     if meta.get("spm_sha256") != tokenizer.sha256:
-        raise NmtError(f"{run_dir}: the SentencePiece model does not match the one checkpoint "
-                       f"{checkpoint!r} was trained with (SHA-256 differs)")
+        models = " and ".join(str(path) for path in tokenizer.files)
+        raise NmtError(f"{models}: not the SentencePiece model checkpoint {checkpoint!r} was "
+                       f"trained with (SHA-256 differs); restore the run's own")
     model = Seq2Seq(recipe.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
     try:
         restore(tensors, meta, model)

@@ -74,7 +74,7 @@ def test_translator_refuses_a_foreign_sentencepiece_model(tiny_recipe, tmp_path)
     with pytest.raises(NmtError, match="an ensemble needs one shared vocabulary"):
         Translator.from_runs([first, second])
     shutil.copy(second / "spm.model", first / "spm.model")
-    with pytest.raises(NmtError, match="SentencePiece model does not match"):
+    with pytest.raises(NmtError, match="spm.model: not the SentencePiece model checkpoint"):
         Translator.from_run(first)
 
 

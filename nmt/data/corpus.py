@@ -105,6 +105,9 @@ def read_lines(path: Path) -> list[str]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
+        if b"\0" in data[:8192]:
+            raise NmtError(f"{path}: a binary file, not text (NUL bytes and invalid UTF-8 by "
+                           f"line {line})") from None
         raise NmtError(f"{path}:{line}: invalid UTF-8 (byte 0x{data[error.start]:02x}); "
                        f"convert the file to UTF-8") from None
     if text.startswith("\ufeff"):
