@@ -104,7 +104,7 @@ def main() -> None:
                 torch.cuda.reset_peak_memory_stats()
             started = time.perf_counter()
         batch_group = [collate(data, indices).to(device) for indices in group]
-        update(batch_group)
+        update(batch_group, sum(batch.target_tokens for batch in batch_group))
         if step >= args.warmup:
             for batch in batch_group:
                 target += batch.target_tokens

@@ -84,9 +84,10 @@ def train_main(argv: list[str] | None = None) -> int:
     recipe = Recipe.load(args.recipe, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / recipe.name
     result = train(recipe, run_dir, resume=args.resume, overwrite=args.overwrite)
-    print(f"best dev {result.metric} {result.best:.2f} at step {result.best_step} "
-          f"({result.steps} steps, {result.elapsed_s / 60:.1f} min); "
-          f"translate with: nmt-translate -m {run_dir}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks for the run
+        print(f"best dev {result.metric} {result.best:.2f} at step {result.best_step} "
+              f"({result.steps} steps, {result.elapsed_s / 60:.1f} min); "
+              f"translate with: nmt-translate -m {run_dir}")
     return 0
 
 

@@ -20,22 +20,25 @@ import signal
 import subprocess
 import threading
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from nmt import distributed
 from nmt.checkpoint import (atomic_write_text, checkpoint_exists, delete_checkpoint,
                             load_checkpoint, restore,
                             save_checkpoint, sha256_file)
 from nmt.data.batching import Batch, collate, make_batches
 from nmt.data.corpus import EncodedSplit, TextSplit, encode_split, load_split
 from nmt.data.subwords import PAD, Tokenizer
-from nmt.device import pick_device
+from nmt.distributed import Cluster
 from nmt.errors import NmtError, Terminated
 from nmt.evaluate import corpus_bleu, corpus_chrf
 from nmt.model.seq2seq import Seq2Seq
@@ -89,25 +92,44 @@ def batch_loss(model: Seq2Seq, batch: Batch, label_smoothing: float) -> torch.Te
 
 def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
           overwrite: bool = False) -> TrainResult:
-    """Train a model as the recipe says, in `run_dir`."""
-    run_dir = Path(run_dir)
-    resume = prepare_run_dir(run_dir, recipe, resume, overwrite)
-    _log_to_file(run_dir / "train.log")
+    """Train a model as the recipe says, in `run_dir`; under torchrun, as one of its processes
+    (see nmt.distributed)."""
+    cluster, device = distributed.join(recipe.train.device)
+    try:
+        result = _train(recipe, Path(run_dir), resume, overwrite, cluster, device)
+        cluster.barrier()
+        return result
+    finally:
+        distributed.leave(cluster)
+
+
+def _train(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, cluster: Cluster,
+           device: torch.device) -> TrainResult:
+    if not cluster.is_main:
+        log.setLevel(logging.WARNING)  # rank 0 speaks for the run
     _keep_caches_in(run_dir / "cache")
     torch.manual_seed(recipe.seed)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
-    device = pick_device(recipe.train.device)
     config = recipe.train
 
-    # ---- data: corpus → subwords → encoded, filtered arrays
-    train_text, dev_text, tokenizer, train_data, dev_data = prepare_data(recipe, run_dir)
+    # ---- run directory, then data: corpus → subwords → encoded, filtered arrays (rank 0 first)
+    def setup():
+        resuming = None
+        if cluster.is_main:
+            resuming = prepare_run_dir(run_dir, recipe, resume, overwrite)
+            _log_to_file(run_dir / "train.log")
+        return resuming, prepare_data(recipe, run_dir)
+
+    resume, data = cluster.main_first(setup)
+    resume = cluster.from_main(resume)
+    train_text, dev_text, tokenizer, train_data, dev_data = data
 
     # ---- model and optimizer
     model = Seq2Seq(recipe.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
     model.to(device)
     optimizer = build_optimizer(model.parameters(), config)
-    update = Updater(model, optimizer, config, device)
+    update = Updater(model, optimizer, config, device, cluster)
     scaler = update.scaler
     progress = Progress()
     if resume:
@@ -118,21 +140,25 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
             scaler.load_state_dict(meta["grad_scaler"])
         log.info("resumed at step %d (epoch %d, batch %d)", progress.step, progress.epoch + 1,
                  progress.batch_in_epoch)
-    else:
+    elif cluster.is_main:
         write_manifest(run_dir, recipe, [train_text, dev_text], tokenizer, model)
         check_disk_space(run_dir, model, config.keep_best)
-    forget_after(run_dir, progress)
-    log.info("model: %s parameters on %s", f"{model.parameter_count:,}", device)
+    if cluster.is_main:
+        forget_after(run_dir, progress)
+    log.info("model: %s parameters on %s%s", f"{model.parameter_count:,}", device,
+             f", {cluster.world_size} processes" if cluster.distributed else "")
 
     translator = Translator(model, tokenizer, recipe.decode, device)
     stopper = _Stopper(config.max_steps, config.max_epochs, config.patience,
                        parse_duration(config.max_time) if config.max_time else 0.0)
-    metrics = _MetricsFile(run_dir / "metrics.csv")
-    board = _tensorboard(run_dir)
+    metrics = _MetricsFile(run_dir / "metrics.csv") if cluster.is_main else None
+    board = _tensorboard(run_dir) if cluster.is_main else None
     started = time.perf_counter() - progress.elapsed_s
     stopper.started = started
 
     def checkpoint(name: str) -> None:
+        if not cluster.is_main:
+            return
         progress.elapsed_s = time.perf_counter() - started
         try:
             save_checkpoint(run_dir / "checkpoints" / name, model,
@@ -146,6 +172,12 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
                            f"({error.strerror}); the checkpoints already there are intact") from None
 
     def validate() -> None:
+        if cluster.is_main:
+            validate_on_main()
+        if cluster.distributed:  # the others follow rank 0's early-stopping and schedule state
+            progress.__dict__.update(cluster.from_main(dict(progress.__dict__)))
+
+    def validate_on_main() -> None:
         result = validation(model, translator, dev_text, dev_data, config, device)
         value = -result["dev_loss"] if config.early_stopping == "loss" else \
             result[f"dev_{config.early_stopping}"]
@@ -178,22 +210,29 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
     stopped_early, skipped = False, 0
     previous_handler = _terminate_on_sigterm()
     rate = learning_rate(config, max(progress.step, 1), progress.plateau_decays)
+    def finished() -> bool:
+        return cluster.from_main(stopper.done(progress))  # rank 0's clock decides max_time
+
     try:
-        while not stopper.done(progress):
+        while not finished():
             batches = make_batches(train_data.src_lengths, train_data.tgt_lengths,
                                    config.batch_tokens, config.batch_sentences, recipe.seed,
                                    progress.epoch)
             bar = tqdm(total=len(batches), initial=progress.batch_in_epoch, unit="batch",
                        desc=f"epoch {progress.epoch + 1}", dynamic_ncols=True, mininterval=1.0,
-                       leave=False)
-            while progress.batch_in_epoch < len(batches) and not stopper.done(progress):
-                # One update: `accumulate` batches, their loss normalised by all their tokens.
-                group = [collate(train_data, indices).to(device) for indices in
-                         batches[progress.batch_in_epoch:progress.batch_in_epoch + config.accumulate]]
+                       leave=False, disable=not cluster.is_main)
+            while progress.batch_in_epoch < len(batches) and not finished():
+                # One update: `accumulate` batches, their loss normalised by all their tokens;
+                # each process takes its share of every batch.
+                chosen = batches[progress.batch_in_epoch:progress.batch_in_epoch + config.accumulate]
+                tokens = sum(int(train_data.tgt_lengths[indices].sum()) + len(indices)
+                             for indices in chosen)  # with EOS, on all processes together
+                group = [_collate_share(train_data, cluster.share(indices), device)
+                         for indices in chosen]
                 rate = learning_rate(config, progress.step + 1, progress.plateau_decays)
                 set_learning_rate(optimizer, rate)
                 try:
-                    result = update(group)
+                    result = update(group, tokens)
                 except torch.cuda.OutOfMemoryError:
                     raise NmtError(
                         f"out of memory on {device} at step {progress.step + 1} with batches of "
@@ -215,13 +254,12 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
                             f"--resume")
                     continue
                 skipped = 0
-                loss_sum, tokens = result
-                window_loss += loss_sum
+                window_loss += result
                 progress.step += 1
                 progress.batch_in_epoch += len(group)
                 window_tokens += tokens
                 bar.update(len(group))
-                if progress.step % config.log_every == 0:
+                if progress.step % config.log_every == 0 and cluster.is_main:
                     seconds = time.perf_counter() - window_start
                     speed = window_tokens / max(seconds, 1e-9)
                     bar.set_postfix(loss=f"{window_loss / window_tokens:.3f}",
@@ -291,8 +329,9 @@ class Updater:
     precision on CUDA when the recipe asks for it."""
 
     def __init__(self, model: Seq2Seq, optimizer: torch.optim.Optimizer, config: TrainConfig,
-                 device: torch.device):
-        self.model, self.optimizer, self.config = model, optimizer, config
+                 device: torch.device, cluster: Cluster = Cluster()):
+        self.model, self.optimizer, self.config, self.cluster = model, optimizer, config, cluster
+        self.loss = distributed.wrap(TrainingLoss(model, config.label_smoothing), cluster, device)
         self.device_type = device.type
         self.mixed = device.type == "cuda" and config.precision != "fp32"
         if config.precision != "fp32" and not self.mixed:
@@ -302,27 +341,51 @@ class Updater:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.mixed and
                                            config.precision == "fp16")
 
-    def __call__(self, group: list[Batch]) -> tuple[float, int] | None:
-        """(summed loss, target tokens), with the loss normalised by all the group's tokens;
-        None, and nothing applied, when a loss is not finite."""
-        tokens = sum(batch.target_tokens for batch in group)
+    def __call__(self, group: list[Batch | None], tokens: int) -> float | None:
+        """Apply one update; return the group's summed loss over all processes, or None, and
+        nothing applied, when it is not finite. `tokens`: the target tokens of the whole group
+        on all processes, which the loss is normalised by."""
         total = 0.0
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        for batch in group:
-            with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.mixed):
-                loss_sum = batch_loss(self.model, batch, self.config.label_smoothing)
-            value = float(loss_sum.detach())
-            if not math.isfinite(value):
-                return None
-            self.scaler.scale(loss_sum / tokens).backward()
+        for i, batch in enumerate(group):
+            last = i == len(group) - 1
+            with nullcontext() if last or not self.cluster.distributed else self.loss.no_sync():
+                with torch.autocast(self.device_type, dtype=self.dtype, enabled=self.mixed):
+                    loss_sum = self.loss(batch)
+                value = self.cluster.sum(float(loss_sum.detach()))  # every process must agree
+                if not math.isfinite(value):
+                    return None
+                # DDP averages gradients over processes; scaled by their number, the result is
+                # the gradient of the mean loss over the global batch.
+                self.scaler.scale(loss_sum * self.cluster.world_size / tokens).backward()
             total += value
         self.scaler.unscale_(self.optimizer)
         if self.config.clip_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return total, tokens
+        return total
+
+
+class TrainingLoss(torch.nn.Module):
+    """A batch's summed training loss as a module's forward, the shape DDP wraps. A process
+    whose share of a batch is empty still takes part, with a zero loss over every parameter."""
+
+    def __init__(self, model: Seq2Seq, label_smoothing: float):
+        super().__init__()
+        self.model, self.label_smoothing = model, label_smoothing
+
+    def forward(self, batch: Batch | None) -> torch.Tensor:
+        if batch is None:
+            return sum(parameter.sum() for parameter in self.model.parameters()) * 0.0
+        return batch_loss(self.model, batch, self.label_smoothing)
+
+
+def _collate_share(data: EncodedSplit, indices: np.ndarray, device: torch.device) -> Batch | None:
+    if len(indices) == 0:
+        return None
+    return collate(data, indices).to(device)
 
 
 @torch.no_grad()

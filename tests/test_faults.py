@@ -148,7 +148,7 @@ def test_disk_full_during_a_save_keeps_the_best_checkpoint(tiny_recipe, tmp_path
 def test_out_of_memory_names_the_batch_size_key(tiny_recipe, tmp_path, monkeypatch):
     from nmt.train import Updater
 
-    def no_memory(self, group):
+    def no_memory(self, *args):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
     monkeypatch.setattr(Updater, "__call__", no_memory)

@@ -1,0 +1,64 @@
+"""Two gloo processes under torchrun train exactly like one process with the same global batch."""
+
+import csv
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from nmt.checkpoint import load_checkpoint
+from nmt.distributed import Cluster
+from nmt.recipe import Recipe
+from nmt.train import train
+
+# Gradient accumulation too, so that both DDP paths (no_sync, then sync) run.
+SETTINGS = ["train.valid_every=3", "train.log_every=1", "train.accumulate=2", "train.threads=1"]
+
+
+def torchrun(recipe, run_dir, *extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+         "-m", "nmt", "train", str(recipe), "--run-dir", str(run_dir), *SETTINGS, *extra],
+        capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[:3000]
+    return result
+
+
+def rows(run_dir):
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def test_two_processes_equal_one_process_with_the_same_global_batch(tiny_recipe, tmp_path):
+    single = tmp_path / "single"
+    train(Recipe.load(tiny_recipe, [*SETTINGS, "train.max_steps=6"]), single)
+
+    pair = tmp_path / "pair"
+    first = torchrun(tiny_recipe, pair, "train.max_steps=3")
+    assert first.stdout.count("best dev bleu") == 1  # rank 0 alone reports
+    torchrun(tiny_recipe, pair, "train.max_steps=6", "--resume")  # a distributed resume
+
+    ours, theirs = rows(pair), rows(single)
+    assert [(r["step"], r["kind"]) for r in ours] == [(r["step"], r["kind"]) for r in theirs]
+    for mine, reference in zip(ours, theirs):
+        for key in ("loss", "lr", "dev_loss"):
+            if reference[key]:
+                assert float(mine[key]) == pytest.approx(float(reference[key]), abs=2e-4), key
+    a, _ = load_checkpoint(pair / "checkpoints" / "last")
+    b, _ = load_checkpoint(single / "checkpoints" / "last")
+    for key, value in b.items():
+        if key.startswith("model."):
+            torch.testing.assert_close(a[key], value, rtol=1e-4, atol=1e-5)
+    log = (pair / "train.log").read_text()
+    assert "2 processes" in log and log.count("resumed at step 3") == 1  # one writer
+
+
+def test_each_process_takes_its_share_of_every_batch():
+    batch = np.arange(7)
+    shares = [Cluster(rank, 2).share(batch) for rank in range(2)]
+    assert sorted(np.concatenate(shares).tolist()) == list(range(7))
+    assert [len(share) for share in shares] == [4, 3]
