@@ -124,8 +124,10 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
         meta = json.loads(meta_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         raise NmtError(f"{meta_path}: damaged checkpoint metadata: {error}") from None
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-        raise NmtError(f"{meta_path}: not an nmt checkpoint of format {FORMAT_VERSION}")
+    if not isinstance(meta, dict) or meta.get("format_version") not in (1, FORMAT_VERSION):
+        raise NmtError(f"{meta_path}: not an nmt checkpoint (format 1 or {FORMAT_VERSION})")
+    if meta["format_version"] == 1:  # weights beside the JSON under the same name
+        meta["weights_file"] = f"{path.name}.safetensors"
     weights = path.parent / Path(str(meta.get("weights_file"))).name  # never outside the folder
     if not weights.is_file():
         raise NmtError(f"{weights}: missing; {meta_path.name} names it as its weights")

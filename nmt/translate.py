@@ -44,15 +44,15 @@ class Translator:
 
     @classmethod
     def from_run(cls, run_dir: str | Path, checkpoint: str = "best",
-                 device: str = "auto") -> "Translator":
+                 device: str = "auto", quantize: str = "") -> "Translator":
         """Load `checkpoints/<checkpoint>` of a run directory made by `nmt-train`."""
-        return cls.from_runs([run_dir], checkpoint, device)
+        return cls.from_runs([run_dir], checkpoint, device, quantize)
 
     @classmethod
     def from_runs(cls, run_dirs: list[str | Path], checkpoint: str = "best",
-                  device: str = "auto") -> "Translator":
+                  device: str = "auto", quantize: str = "") -> "Translator":
         """One run, or an ensemble of runs that share their SentencePiece model(s); decoding
-        defaults come from the first run."""
+        defaults come from the first run. `quantize="int8"`: int8 linear layers (CPU only)."""
         loaded = [_load_run(Path(run_dir), checkpoint) for run_dir in run_dirs]
         model, tokenizer, recipe = loaded[0]
         for other_dir, (_, other, _) in zip(run_dirs[1:], loaded[1:]):
@@ -62,7 +62,12 @@ class Translator:
         if len(loaded) > 1:
             model = Ensemble([member for member, _, _ in loaded])
         target = pick_device(device)
-        return cls(model.to(target), tokenizer, tuned_decoding(Path(run_dirs[0]), recipe.decode),
+        model = model.to(target)
+        if quantize:
+            from nmt.quantize import quantize as quantized
+
+            model = quantized(model, quantize)
+        return cls(model, tokenizer, tuned_decoding(Path(run_dirs[0]), recipe.decode),
                    target, recipe.data.max_len)
 
     def translate(self, lines: list[str], **options) -> list[Hypothesis]:

@@ -116,6 +116,11 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     assert code == 0, err
     assert "7 lines, 0 differences between batch size 1 and 4" in out
 
+    code, out, err = run(translate_main, ["-m", run_dir, "--quantize", "int8", "--beam", 2,
+                                          "-i", tmp_path / "in.de"], capsys)
+    assert code == 0, err
+    assert len(out.splitlines()) == 7  # one line out per line in, int8 or not
+
     dev = tiny_recipe.parent / "corpus"
     code, out, err = run(translate_main, ["-m", run_dir, "--tune", "--dev-src", dev / "dev.de",
                                           "--dev-ref", dev / "dev.en", "--beams", 1, 2,

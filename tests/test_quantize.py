@@ -1,0 +1,31 @@
+"""int8 translation: the linear layers become int8, the outputs stay close to float32."""
+
+import pytest
+import torch
+from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
+
+from nmt.errors import NmtError
+from nmt.quantize import quantize
+from conftest import tiny_model
+from test_model import padded_batch
+
+
+def test_int8_model_keeps_its_outputs_close_and_leaves_the_original_alone():
+    model = tiny_model(vocab=11, seed=4, embedding_size=32, hidden_size=32,
+                       decoder_hidden_size=48, tie_output=False)
+    int8 = quantize(model, "int8")
+    assert isinstance(int8.output, DynamicQuantizedLinear)
+    assert isinstance(model.output, torch.nn.Linear)  # a copy was quantized
+    batch = padded_batch()
+    with torch.no_grad():
+        reference = model.logits(model(batch.source, batch.source_lengths, batch.target_in)[0])
+        approximate = int8.logits(int8(batch.source, batch.source_lengths, batch.target_in)[0])
+    error = (approximate - reference).abs().max() / reference.abs().max()
+    assert error < 0.05
+    agree = (approximate.argmax(-1) == reference.argmax(-1)).float().mean()
+    assert agree > 0.9
+
+
+def test_unknown_kinds_are_refused():
+    with pytest.raises(NmtError, match="--quantize int4"):
+        quantize(tiny_model(), "int4")
