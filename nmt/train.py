@@ -301,8 +301,8 @@ def prepare_data(recipe: Recipe, run_dir: Path
                  ) -> tuple[TextSplit, TextSplit, Tokenizer, EncodedSplit, EncodedSplit]:
     """Read train and dev, train (or reuse) SentencePiece in `run_dir`, encode and filter."""
     root = Path(recipe.data.root)
-    train_text = load_split(recipe.data, root, recipe.data.train)
-    dev_text = load_split(recipe.data, root, recipe.data.dev)
+    train_text = load_split(recipe.data, root, recipe.data.train, run_dir / "cache")
+    dev_text = load_split(recipe.data, root, recipe.data.dev, run_dir / "cache")
     for split in (train_text, dev_text):
         if len(split.dataset) == 0:
             raise NmtError(f"{_describe(split)}: the {split.name} split is empty")
@@ -311,8 +311,8 @@ def prepare_data(recipe: Recipe, run_dir: Path
     else:
         log.info("training SentencePiece (%s, %d pieces%s)", recipe.tokenizer.type,
                  recipe.tokenizer.vocab_size, ", joint" if recipe.tokenizer.joint else "")
-        tokenizer = Tokenizer.train(recipe.tokenizer, train_text.sources, train_text.targets,
-                                    run_dir, recipe.seed)
+        sources, targets = train_text.sample(recipe.tokenizer.max_sentences, recipe.seed)
+        tokenizer = Tokenizer.train(recipe.tokenizer, sources, targets, run_dir, recipe.seed)
     train_data, counts = encode_split(train_text, tokenizer, run_dir / "cache",
                                       recipe.data.max_len, recipe.data.max_ratio)
     log.info("training data: %s", counts.describe())

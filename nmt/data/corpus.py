@@ -1,8 +1,10 @@
 """Parallel corpora: read, validate, encode into subword ids, filter, and cache.
 
-Every format ends up as a Hugging Face `datasets.Dataset` with `src` and `tgt` text columns;
-encoded corpora are stored as Arrow files in the run directory, so a second run (or a resume)
-memory-maps them instead of tokenizing again.
+Every format ends up as a Hugging Face `datasets.Dataset` with `src` and `tgt` text columns.
+Plain-text corpora are streamed, CHUNK_LINES lines at a time, into an Arrow file in the run's
+cache and memory-mapped from there; their subword ids are encoded chunk by chunk into flat
+binary arrays, memory-mapped too. So memory stays flat however large the corpus, and a second
+run (or a resume) reuses both instead of reading and tokenizing again.
 """
 
 from __future__ import annotations
@@ -10,18 +12,23 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 import shutil
 from dataclasses import dataclass
+from itertools import chain, islice
 from pathlib import Path
+from typing import Iterator
 
 import datasets
 import numpy as np
+import pyarrow as pa
 
 from nmt.errors import NmtError
 from nmt.recipe import DataConfig
 
 log = logging.getLogger("nmt")
 datasets.disable_progress_bars()  # nmt draws its own; per-file bars would only add noise
+CHUNK_LINES = 100_000  # lines read, encoded and written at a time: bounds the memory used
 
 
 @dataclass
@@ -40,6 +47,14 @@ class TextSplit:
     @property
     def targets(self) -> list[str]:
         return self.dataset.data.column("tgt").to_pylist()
+
+    def sample(self, size: int, seed: int) -> tuple[list[str], list[str]]:
+        """At most `size` pairs, drawn with a seeded RNG (all of them, in order, if fewer)."""
+        if len(self.dataset) <= size:
+            return self.sources, self.targets
+        rows = sorted(random.Random(seed).sample(range(len(self.dataset)), size))
+        table = self.dataset.data.table.take(rows)
+        return table.column("src").to_pylist(), table.column("tgt").to_pylist()
 
 
 @dataclass
@@ -67,19 +82,18 @@ def split_files(config: DataConfig, root: Path, split: str) -> list[Path]:
     return []
 
 
-def load_split(config: DataConfig, root: Path, split: str) -> TextSplit:
-    """Read one split (`train`, `dev`, ...) in the format the recipe names."""
+def load_split(config: DataConfig, root: Path, split: str,
+               cache_dir: Path | None = None) -> TextSplit:
+    """Read one split (`train`, `dev`, ...) in the format the recipe names. Plain text is
+    streamed into a memory-mapped Arrow file under `cache_dir` (in memory without one)."""
     files = split_files(config, root, split)
     for path in files:
         if not path.is_file():
             raise NmtError(f"{path}: data file not found (data.root={config.root}, "
                            f"data.format={config.format}, split {split!r})")
     if config.format == "text":
-        sources, targets = read_lines(files[0]), read_lines(files[1])
-        if len(sources) != len(targets):
-            raise NmtError(f"{files[0]} has {len(sources)} lines but {files[1]} has "
-                           f"{len(targets)}; a parallel corpus needs one line per sentence pair")
-    elif config.format == "tsv":
+        return _load_text(files, split, cache_dir)
+    if config.format == "tsv":
         sources, targets = _read_tsv(files[0])
     elif config.format == "jsonl":
         sources, targets = _read_jsonl(files[0], config.src_lang, config.tgt_lang)
@@ -90,6 +104,64 @@ def load_split(config: DataConfig, root: Path, split: str) -> TextSplit:
         digest.update(line.encode("utf-8", "surrogatepass") + b"\n")
     dataset = datasets.Dataset.from_dict({"src": sources, "tgt": targets})
     return TextSplit(split, dataset, files, digest.hexdigest())
+
+
+def _load_text(files: list[Path], split: str, cache_dir: Path | None) -> TextSplit:
+    from nmt.checkpoint import sha256_file
+
+    digest = hashlib.sha256("".join(sha256_file(path) for path in files).encode()).hexdigest()
+    schema = pa.schema([("src", pa.string()), ("tgt", pa.string())])
+    if cache_dir is None:
+        table = pa.Table.from_batches(list(_text_batches(files, schema)), schema)
+        return TextSplit(split, datasets.Dataset(table), files, digest)
+    path = cache_dir / f"text-{split}-{digest[:16]}.arrow"
+    if not path.is_file():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+            for batch in _text_batches(files, schema):
+                writer.write_batch(batch)
+        tmp.rename(path)
+    return TextSplit(split, datasets.Dataset.from_file(str(path), in_memory=False), files, digest)
+
+
+def _text_batches(files: list[Path], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    """The two sides of a text corpus, CHUNK_LINES lines at a time, checked as they are read."""
+    with open(files[0], "rb") as source, open(files[1], "rb") as target:
+        done = 0
+        while True:
+            sources, targets = list(islice(source, CHUNK_LINES)), list(islice(target, CHUNK_LINES))
+            if len(sources) != len(targets):
+                counts = [done + len(sources) + sum(1 for _ in source),
+                          done + len(targets) + sum(1 for _ in target)]
+                raise NmtError(f"{files[0]} has {counts[0]} lines but {files[1]} has "
+                               f"{counts[1]}; a parallel corpus needs one line per sentence pair")
+            if not sources:
+                return
+            yield pa.record_batch([_decode(files[0], sources, done), _decode(files[1], targets, done)],
+                                  schema=schema)
+            done += len(sources)
+
+
+def _decode(path: Path, raw_lines: list[bytes], first: int) -> list[str]:
+    """UTF-8 lines without their line ends (and without a BOM at the start of the file)."""
+    lines = []
+    for number, raw in enumerate(raw_lines, first + 1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise _not_utf8(path, number, raw[error.start], b"\0" in raw) from None
+        if number == 1 and line.startswith("\ufeff"):
+            line = line[1:]
+        lines.append(line.rstrip("\n").rstrip("\r"))
+    return lines
+
+
+def _not_utf8(path: Path, line: int, byte: int, binary: bool) -> NmtError:
+    if binary:
+        return NmtError(f"{path}: a binary file, not text (NUL bytes and invalid UTF-8 by "
+                        f"line {line})")
+    return NmtError(f"{path}:{line}: invalid UTF-8 (byte 0x{byte:02x}); convert the file to UTF-8")
 
 
 def read_lines(path: Path) -> list[str]:
@@ -105,11 +177,7 @@ def read_lines(path: Path) -> list[str]:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
         line = data.count(b"\n", 0, error.start) + 1
-        if b"\0" in data[:8192]:
-            raise NmtError(f"{path}: a binary file, not text (NUL bytes and invalid UTF-8 by "
-                           f"line {line})") from None
-        raise NmtError(f"{path}:{line}: invalid UTF-8 (byte 0x{data[error.start]:02x}); "
-                       f"convert the file to UTF-8") from None
+        raise _not_utf8(path, line, data[error.start], b"\0" in data[:8192]) from None
     if text.startswith("\ufeff"):
         text = text[1:]
     lines = text.split("\n")
@@ -194,62 +262,79 @@ class EncodedSplit:
     def target(self, i: int) -> np.ndarray:
         return self.tgt_values[self.tgt_offsets[i]:self.tgt_offsets[i + 1]]
 
+    ARRAYS = {"src_values": np.int32, "src_offsets": np.int64, "tgt_values": np.int32,
+              "tgt_offsets": np.int64}
+
     @classmethod
-    def from_dataset(cls, dataset: datasets.Dataset) -> "EncodedSplit":
-        def flat(column: str) -> tuple[np.ndarray, np.ndarray]:
-            array = dataset.data.column(column).combine_chunks()
-            offsets = array.offsets.to_numpy()
-            return array.values.to_numpy(), offsets - offsets[0]
-        src_values, src_offsets = flat("src_ids")
-        tgt_values, tgt_offsets = flat("tgt_ids")
-        return cls(src_values, src_offsets, tgt_values, tgt_offsets)
+    def open(cls, directory: Path) -> "EncodedSplit":
+        """Memory-map the arrays `encode_split` wrote: nothing is read until it is used."""
+        arrays = {}
+        for name, dtype in cls.ARRAYS.items():
+            path = directory / f"{name}.bin"
+            arrays[name] = np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size \
+                else np.zeros(0, dtype=dtype)
+        return cls(**arrays)
 
 
 def encode_split(split: TextSplit, tokenizer, cache_dir: Path, max_len: int | None = None,
                  max_ratio: float | None = None) -> tuple[EncodedSplit, FilterCounts]:
     """Encode a split into subword ids, dropping bad pairs when limits are given (training).
 
-    The result is cached under `cache_dir`, keyed by the text, the SentencePiece model and the
-    limits, so a changed file or tokenizer never reuses a stale cache.
+    CHUNK_LINES pairs at a time are encoded and appended to flat id arrays with offsets, stored
+    under `cache_dir` and keyed by the text, the SentencePiece model and the limits, so a
+    changed file or tokenizer never reuses a stale cache.
     """
     key = hashlib.sha256(json.dumps([split.digest, tokenizer.sha256, max_len,
                                      max_ratio]).encode()).hexdigest()[:16]
     path = cache_dir / f"{split.name}-{key}"
     counts_path = path / "filter_counts.json"
     if counts_path.is_file():
-        dataset = datasets.load_from_disk(str(path))
-        counts = FilterCounts(**json.loads(counts_path.read_text()))
-        return EncodedSplit.from_dataset(dataset), counts
+        return EncodedSplit.open(path), FilterCounts(**json.loads(counts_path.read_text()))
 
-    sources = tokenizer.encode_source(split.sources)
-    targets = tokenizer.encode_target(split.targets)
-    counts = FilterCounts()
-    if max_len is not None:
-        keep = []
-        for i, (src, tgt) in enumerate(zip(sources, targets)):
-            if not src or not tgt:
-                counts.empty += 1
-            elif len(src) > max_len or len(tgt) > max_len:
-                counts.too_long += 1
-            elif max(len(src), len(tgt)) > max_ratio * min(len(src), len(tgt)):
-                counts.bad_ratio += 1
-            else:
-                keep.append(i)
-        sources = [sources[i] for i in keep]
-        targets = [targets[i] for i in keep]
-    counts.kept = len(sources)
-    if not sources:  # nothing to store; the caller decides whether that is an error
-        empty = np.zeros(0, dtype=np.int32)
-        return EncodedSplit(empty, np.zeros(1, dtype=np.int64), empty,
-                            np.zeros(1, dtype=np.int64)), counts
-    dataset = datasets.Dataset.from_dict({"src_ids": sources, "tgt_ids": targets},
-                                         features=datasets.Features({
-                                             "src_ids": datasets.Sequence(datasets.Value("int32")),
-                                             "tgt_ids": datasets.Sequence(datasets.Value("int32"))}))
     tmp = path.with_name(path.name + ".tmp")
     for stale in (tmp, path):  # left behind by an interrupted run
         shutil.rmtree(stale, ignore_errors=True)
-    dataset.save_to_disk(str(tmp))
+    tmp.mkdir(parents=True)
+    counts = FilterCounts()
+    lengths: dict[str, list[np.ndarray]] = {"src": [], "tgt": []}
+    files = {name: open(tmp / f"{name}.bin", "wb") for name in EncodedSplit.ARRAYS}
+    try:
+        table = split.dataset.data.table
+        for start in range(0, len(split.dataset), CHUNK_LINES):
+            part = table.slice(start, CHUNK_LINES)
+            sources = tokenizer.encode_source(part.column("src").to_pylist())
+            targets = tokenizer.encode_target(part.column("tgt").to_pylist())
+            if max_len is not None:
+                sources, targets = _keep_good_pairs(sources, targets, max_len, max_ratio, counts)
+            counts.kept += len(sources)
+            for side, ids in (("src", sources), ("tgt", targets)):
+                lengths[side].append(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))
+                np.fromiter(chain.from_iterable(ids), dtype=np.int32,
+                            count=int(lengths[side][-1].sum())).tofile(files[f"{side}_values"])
+        for side in ("src", "tgt"):
+            offsets = np.zeros(counts.kept + 1, dtype=np.int64)
+            np.cumsum(np.concatenate([np.zeros(0, np.int64), *lengths[side]]), out=offsets[1:])
+            offsets.tofile(files[f"{side}_offsets"])
+    finally:
+        for handle in files.values():
+            handle.close()
     (tmp / "filter_counts.json").write_text(json.dumps(counts.__dict__))
     tmp.rename(path)
-    return EncodedSplit.from_dataset(datasets.load_from_disk(str(path))), counts
+    return EncodedSplit.open(path), counts
+
+
+def _keep_good_pairs(sources: list[list[int]], targets: list[list[int]], max_len: int,
+                     max_ratio: float, counts: FilterCounts
+                     ) -> tuple[list[list[int]], list[list[int]]]:
+    """Drop empty, over-long and badly proportioned pairs, counting each reason."""
+    keep = []
+    for i, (src, tgt) in enumerate(zip(sources, targets)):
+        if not src or not tgt:
+            counts.empty += 1
+        elif len(src) > max_len or len(tgt) > max_len:
+            counts.too_long += 1
+        elif max(len(src), len(tgt)) > max_ratio * min(len(src), len(tgt)):
+            counts.bad_ratio += 1
+        else:
+            keep.append(i)
+    return [sources[i] for i in keep], [targets[i] for i in keep]
