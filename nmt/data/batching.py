@@ -34,9 +34,15 @@ class Batch:
         return int(self.source_lengths.sum())
 
     def to(self, device: torch.device) -> "Batch":
-        return Batch(self.source.to(device, non_blocking=True), self.source_lengths,
-                     self.target_in.to(device, non_blocking=True),
-                     self.target_out.to(device, non_blocking=True))
+        """On a GPU, copied from page-locked (pinned) memory, so the copy does not wait for the
+        GPU to finish its previous work."""
+        def move(tensor: torch.Tensor) -> torch.Tensor:
+            if device.type == "cuda":
+                tensor = tensor.pin_memory()
+            return tensor.to(device, non_blocking=True)
+
+        return Batch(move(self.source), self.source_lengths, move(self.target_in),
+                     move(self.target_out))
 
 
 def make_batches(src_lengths: np.ndarray, tgt_lengths: np.ndarray, batch_tokens: int,
