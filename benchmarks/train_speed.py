@@ -3,6 +3,7 @@ achieved FLOP/s as a share of this device's measured matrix-multiply rate.
 
     python benchmarks/train_speed.py benchmarks/reference.yaml data.root=../shared/data/multi30k
     python benchmarks/train_speed.py RECIPE [KEY=VALUE ...] --steps 50 --warmup 10 --device cuda
+    python benchmarks/train_speed.py RECIPE --profile   # and where the time goes, by operator
 
 It runs the real training update (nmt.train.Updater) on the recipe's batches, after a warm-up,
 in a temporary directory. FLOPs are counted from the model's shapes: 2 per multiply-add, forward
@@ -76,14 +77,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--profile", action="store_true",
+                        help="also print torch.profiler's table of the measured updates")
     args = parser.parse_intermixed_args()
     recipe = Recipe.load(args.recipe, args.overrides)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
     device = pick_device(args.device)
     torch.manual_seed(recipe.seed)
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as work:  # the encoded corpus is memory-mapped from it
         _, _, tokenizer, data, _ = prepare_data(recipe, Path(work))
+        measure(recipe, args, device, tokenizer, data)
+
+
+def measure(recipe: Recipe, args: argparse.Namespace, device: torch.device, tokenizer,
+            data) -> None:
     model = Seq2Seq(recipe.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
     model.to(device)
     update = Updater(model, build_optimizer(model.parameters(), recipe.train), recipe.train,
@@ -97,11 +105,15 @@ def main() -> None:
     target = source = 0
     flops = 0.0
     started = 0.0
+    profiler = None
     for step, group in enumerate(groups):
         if step == args.warmup:
             if device.type == "cuda":
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
+            if args.profile:
+                profiler = torch.profiler.profile()
+                profiler.__enter__()
             started = time.perf_counter()
         batch_group = [collate(data, indices).to(device) for indices in group]
         update(batch_group, sum(batch.target_tokens for batch in batch_group))
@@ -120,6 +132,9 @@ def main() -> None:
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB → GiB
         where = "process"
     seconds = time.perf_counter() - started
+    if profiler is not None:
+        profiler.__exit__(None, None, None)
+        print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
     rate = matmul_rate(device)
     print(f"{model.parameter_count:,} parameters on {device}, {torch.get_num_threads()} threads; "
           f"{args.steps} updates after {args.warmup} warm-up")
