@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
 from nmt import distributed
@@ -41,6 +40,7 @@ from nmt.data.subwords import PAD, Tokenizer
 from nmt.distributed import Cluster
 from nmt.errors import NmtError, Terminated
 from nmt.evaluate import corpus_bleu, corpus_chrf
+from nmt.loss import output_loss
 from nmt.model.seq2seq import Seq2Seq
 from nmt.optim import build_optimizer, learning_rate, set_learning_rate
 from nmt.plots import plot_learning_curves
@@ -85,9 +85,8 @@ def batch_loss(model: Seq2Seq, batch: Batch, label_smoothing: float) -> torch.Te
     """Summed cross-entropy over real target tokens; the output layer never sees padding."""
     attentional, _ = model(batch.source, batch.source_lengths, batch.target_in)
     real = batch.target_out != PAD
-    logits = model.logits(attentional[real])
-    return F.cross_entropy(logits.float(), batch.target_out[real], reduction="sum",
-                           label_smoothing=label_smoothing)
+    return output_loss(attentional[real], model.output.weight, model.output.bias,
+                       batch.target_out[real], label_smoothing)
 
 
 def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,

@@ -1,0 +1,32 @@
+"""The fused, chunked output loss equals PyTorch's cross-entropy, in value and gradients."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import nmt.loss
+from nmt.loss import output_loss
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_fused_loss_equals_cross_entropy(monkeypatch, smoothing, with_bias):
+    monkeypatch.setattr(nmt.loss, "CHUNK_BYTES", 4 * 37 * 5)  # 5 rows a chunk: several chunks
+    torch.manual_seed(0)
+    hidden = torch.randn(23, 9, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(37, 9, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(37, dtype=torch.float64, requires_grad=True) if with_bias else None
+    targets = torch.randint(0, 37, (23,))
+    inputs = [hidden, weight] + ([bias] if with_bias else [])
+
+    expected = F.cross_entropy(F.linear(hidden, weight, bias), targets, reduction="sum",
+                               label_smoothing=smoothing)
+    expected_grads = torch.autograd.grad(3.0 * expected, inputs)
+    ours = output_loss(hidden, weight, bias, targets, smoothing)
+    grads = torch.autograd.grad(3.0 * ours, inputs)
+    assert ours.item() == pytest.approx(expected.item(), rel=1e-6)
+    for mine, reference in zip(grads, expected_grads):
+        torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-6)
+    with torch.no_grad():  # validation: the loss alone
+        assert output_loss(hidden, weight, bias, targets, smoothing).item() == \
+            pytest.approx(expected.item(), rel=1e-6)
