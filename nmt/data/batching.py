@@ -8,12 +8,15 @@ which is what makes an exact resume possible.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from nmt.data.corpus import EncodedSplit
 from nmt.data.subwords import BOS, EOS, PAD
+
+if TYPE_CHECKING:
+    from nmt.data.corpus import EncodedSplit
 
 
 @dataclass

@@ -17,18 +17,28 @@ import shutil
 from dataclasses import dataclass
 from itertools import chain, islice
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
-import datasets
 import numpy as np
-import pyarrow as pa
 
 from nmt.errors import NmtError
 from nmt.recipe import DataConfig
 
+if TYPE_CHECKING:
+    import datasets
+    import pyarrow as pa
+
 log = logging.getLogger("nmt")
-datasets.disable_progress_bars()  # nmt draws its own; per-file bars would only add noise
 CHUNK_LINES = 100_000  # lines read, encoded and written at a time: bounds the memory used
+
+
+def _datasets():
+    """Hugging Face datasets, imported when a corpus is read: translating never needs it, and
+    it costs a second to import."""
+    import datasets
+
+    datasets.disable_progress_bars()  # nmt draws its own; per-file bars would only add noise
+    return datasets
 
 
 @dataclass
@@ -102,18 +112,20 @@ def load_split(config: DataConfig, root: Path, split: str,
     digest = hashlib.sha256()
     for line in (*sources, *targets):
         digest.update(line.encode("utf-8", "surrogatepass") + b"\n")
-    dataset = datasets.Dataset.from_dict({"src": sources, "tgt": targets})
+    dataset = _datasets().Dataset.from_dict({"src": sources, "tgt": targets})
     return TextSplit(split, dataset, files, digest.hexdigest())
 
 
 def _load_text(files: list[Path], split: str, cache_dir: Path | None) -> TextSplit:
+    import pyarrow as pa
+
     from nmt.checkpoint import sha256_file
 
     digest = hashlib.sha256("".join(sha256_file(path) for path in files).encode()).hexdigest()
     schema = pa.schema([("src", pa.string()), ("tgt", pa.string())])
     if cache_dir is None:
         table = pa.Table.from_batches(list(_text_batches(files, schema)), schema)
-        return TextSplit(split, datasets.Dataset(table), files, digest)
+        return TextSplit(split, _datasets().Dataset(table), files, digest)
     path = cache_dir / f"text-{split}-{digest[:16]}.arrow"
     if not path.is_file():
         cache_dir.mkdir(parents=True, exist_ok=True)
@@ -122,11 +134,14 @@ def _load_text(files: list[Path], split: str, cache_dir: Path | None) -> TextSpl
             for batch in _text_batches(files, schema):
                 writer.write_batch(batch)
         tmp.rename(path)
-    return TextSplit(split, datasets.Dataset.from_file(str(path), in_memory=False), files, digest)
+    dataset = _datasets().Dataset.from_file(str(path), in_memory=False)
+    return TextSplit(split, dataset, files, digest)
 
 
 def _text_batches(files: list[Path], schema: pa.Schema) -> Iterator[pa.RecordBatch]:
     """The two sides of a text corpus, CHUNK_LINES lines at a time, checked as they are read."""
+    import pyarrow as pa
+
     with open(files[0], "rb") as source, open(files[1], "rb") as target:
         done = 0
         while True:
@@ -219,7 +234,7 @@ def _read_jsonl(path: Path, src_lang: str, tgt_lang: str) -> tuple[list[str], li
 def _read_hub(config: DataConfig, split: str) -> tuple[list[str], list[str]]:
     """A dataset from the Hugging Face hub in its `translation` layout (needs the network once)."""
     try:
-        dataset = datasets.load_dataset(config.hub_name, config.hub_config or None, split=split)
+        dataset = _datasets().load_dataset(config.hub_name, config.hub_config or None, split=split)
     except Exception as error:  # the hub raises many types; all mean "cannot get this data"
         raise NmtError(f"data.hub_name={config.hub_name}: cannot load split {split!r}: "
                        f"{str(error).splitlines()[0]}") from None
