@@ -52,11 +52,14 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
         log_probs, state, weights = model.decode_step(encoded, state, tokens[:, -1])
         log_probs = rules.apply(log_probs, t, max_lengths.repeat_interleave(beam), tokens[:, 1:],
                                 None if prefix is None else prefix.repeat_interleave(beam, 0))
-        vocab = log_probs.size(-1)
-        candidates = (scores.view(-1, 1) + log_probs).view(n, beam * vocab)
-        top_scores, top_ids = candidates.topk(min(2 * beam, beam * vocab), dim=1)
-        origin = top_ids // vocab  # the beam each candidate extends
-        token = top_ids % vocab
+        # The 2·beam best candidates of a sentence are among the 2·beam best of each of its
+        # beams, so rank within each beam first (no (n, beam × vocab) sum is ever built).
+        per_beam = min(2 * beam, log_probs.size(-1))
+        beam_scores, beam_tokens = log_probs.topk(per_beam, dim=1)
+        candidates = (scores.view(-1, 1) + beam_scores).view(n, beam * per_beam)
+        top_scores, top_ids = candidates.topk(min(2 * beam, beam * per_beam), dim=1)
+        origin = top_ids // per_beam  # the beam each candidate extends
+        token = beam_tokens.view(n, beam * per_beam).gather(1, top_ids)
         rows = origin + (torch.arange(n, device=device) * beam)[:, None]  # rows in (n * beam)
         if keep_attention:
             step = weights.unsqueeze(1)
