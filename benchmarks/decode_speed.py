@@ -32,6 +32,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: default)")
+    parser.add_argument("--quantize", choices=["int8"], help="int8 linear layers (CPU)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -42,7 +43,8 @@ def main() -> None:
     sources, references = read_lines(src), read_lines(ref)
 
     started = time.perf_counter()
-    translator = Translator.from_run(args.run_dir, device=args.device)
+    translator = Translator.from_run(args.run_dir, device=args.device,
+                                     quantize=args.quantize or "")
     load_s = time.perf_counter() - started
     translator.translate(sources[:32], beam=1)  # warm-up
     print(f"{len(sources)} sentences from {src}; device {translator.device}, "
