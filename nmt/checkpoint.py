@@ -75,7 +75,7 @@ def save_checkpoint(path: Path, model: torch.nn.Module, metadata: dict[str, Any]
             value = value.clone()
         seen.add(value.data_ptr())
         tensors[f"model.{key}"] = value
-    meta = dict(metadata, format_version=FORMAT_VERSION)
+    meta = dict(metadata)
     if optimizer is not None:
         state = optimizer.state_dict()
         scalars: dict[str, dict[str, Any]] = {}
@@ -96,7 +96,8 @@ def _write_checkpoint(path: Path, data: bytes, meta: dict[str, Any]) -> None:
     """Weights under a content-derived name, then the JSON naming them: the JSON is the commit."""
     digest = hashlib.sha256(data).hexdigest()
     weights = path.with_name(f"{path.name}.{digest[:12]}.safetensors")
-    meta = dict(meta, weights_file=weights.name, weights_sha256=digest, weights_bytes=len(data))
+    meta = dict(meta, format_version=FORMAT_VERSION, weights_file=weights.name,
+                weights_sha256=digest, weights_bytes=len(data))
     atomic_write_bytes(weights, data)
     atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
     for stale in path.parent.glob(f"{path.name}.*.safetensors"):

@@ -116,3 +116,22 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     os.umask(mask)
     assert (tmp_path / "out.txt").stat().st_mode & 0o777 == 0o666 & ~mask
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]  # no temporary file left
+
+
+def test_format_1_checkpoints_load_and_average_into_the_current_format(tmp_path):
+    from nmt.checkpoint import average_checkpoints
+
+    for seed in (1, 2):  # as session 1 wrote them: weights beside the JSON, same name
+        save_checkpoint(tmp_path / f"old{seed}", tiny_model(seed=seed), {"step": seed})
+        meta = json.loads((tmp_path / f"old{seed}.json").read_text())
+        [weights] = tmp_path.glob(f"old{seed}.*.safetensors")
+        weights.rename(tmp_path / f"old{seed}.safetensors")
+        meta.update(format_version=1)
+        del meta["weights_file"]
+        (tmp_path / f"old{seed}.json").write_text(json.dumps(meta))
+    average_checkpoints([tmp_path / "old1", tmp_path / "old2"], tmp_path / "averaged")
+    tensors, meta = load_checkpoint(tmp_path / "averaged")
+    assert meta["format_version"] == FORMAT_VERSION
+    one, two = load_checkpoint(tmp_path / "old1")[0], load_checkpoint(tmp_path / "old2")[0]
+    key = next(k for k in tensors if k.startswith("model."))
+    torch.testing.assert_close(tensors[key], (one[key] + two[key]) / 2)
