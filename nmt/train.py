@@ -212,9 +212,11 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, cluster
     def finished() -> bool:
         return cluster.from_main(stopper.done(progress))  # rank 0's clock decides max_time
 
+    # Computed once: the lengths are a pass over the whole corpus's offsets.
+    source_lengths, target_lengths = train_data.src_lengths, train_data.tgt_lengths
     try:
         while not finished():
-            batches = make_batches(train_data.src_lengths, train_data.tgt_lengths,
+            batches = make_batches(source_lengths, target_lengths,
                                    config.batch_tokens, config.batch_sentences, recipe.seed,
                                    progress.epoch)
             bar = tqdm(total=len(batches), initial=progress.batch_in_epoch, unit="batch",
@@ -224,7 +226,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, cluster
                 # One update: `accumulate` batches, their loss normalised by all their tokens;
                 # each process takes its share of every batch.
                 chosen = batches[progress.batch_in_epoch:progress.batch_in_epoch + config.accumulate]
-                tokens = sum(int(train_data.tgt_lengths[indices].sum()) + len(indices)
+                tokens = sum(int(target_lengths[indices].sum()) + len(indices)
                              for indices in chosen)  # with EOS, on all processes together
                 group = [_collate_share(train_data, cluster.share(indices), device)
                          for indices in chosen]

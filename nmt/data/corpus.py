@@ -188,17 +188,10 @@ def read_lines(path: Path) -> list[str]:
         data = path.read_bytes()
     except OSError as error:
         raise NmtError(f"{path}: cannot read: {error.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as error:
-        line = data.count(b"\n", 0, error.start) + 1
-        raise _not_utf8(path, line, data[error.start], b"\0" in data[:8192]) from None
-    if text.startswith("\ufeff"):
-        text = text[1:]
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
         lines.pop()
-    return [line.rstrip("\r") for line in lines]
+    return _decode(path, lines, 0)
 
 
 def _read_tsv(path: Path) -> tuple[list[str], list[str]]:
@@ -328,7 +321,8 @@ def encode_split(split: TextSplit, tokenizer, cache_dir: Path, max_len: int | No
                             count=int(lengths[side][-1].sum())).tofile(files[f"{side}_values"])
         for side in ("src", "tgt"):
             offsets = np.zeros(counts.kept + 1, dtype=np.int64)
-            np.cumsum(np.concatenate([np.zeros(0, np.int64), *lengths[side]]), out=offsets[1:])
+            if lengths[side]:
+                np.cumsum(np.concatenate(lengths[side]), out=offsets[1:])
             offsets.tofile(files[f"{side}_offsets"])
     finally:
         for handle in files.values():
