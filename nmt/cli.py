@@ -124,6 +124,12 @@ def translate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--min-len", type=int, help="outputs have at least N subword tokens")
     parser.add_argument("--no-repeat-ngram", type=int, metavar="N",
                         help="no n-gram of size N occurs twice in an output")
+    parser.add_argument("--shortlist", type=int, metavar="N",
+                        help="score only frequent tokens and the N likeliest translations of "
+                             "each source token (faster; 0: the whole vocabulary)")
+    parser.add_argument("--shortlist-frequent", type=int, metavar="N",
+                        help=f"with --shortlist: the N most frequent target tokens "
+                             f"(default {defaults.shortlist_frequent})")
     parser.add_argument("--sample", action="store_true", default=None,
                         help="sample instead of searching (--nbest N samples per input)")
     parser.add_argument("--temperature", type=float, help="sampling temperature")
@@ -171,8 +177,8 @@ def translate_main(argv: list[str] | None = None) -> int:
                                       args.quantize or "")
     options = {key: getattr(args, key) for key in (
         "beam", "length_norm", "alpha", "max_len_a", "max_len_b", "batch_size",
-        "coverage_penalty", "min_len", "no_repeat_ngram", "sample", "temperature", "top_k",
-        "top_p", "seed")}
+        "coverage_penalty", "min_len", "no_repeat_ngram", "shortlist", "shortlist_frequent",
+        "sample", "temperature", "top_k", "top_p", "seed")}
 
     def render(index: int, hyps: list) -> list[str]:
         if args.nbest > 1:

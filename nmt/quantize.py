@@ -31,3 +31,15 @@ def quantize(model: nn.Module, kind: str) -> nn.Module:
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
         return quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8).eval()
+
+
+def quantized_rows(layer: nn.Module, rows: torch.Tensor):
+    """The outputs `rows` of a dynamically quantized linear layer, as a function: the same int8
+    weights, sliced and packed once (for vocabulary shortlists)."""
+    weight, bias = layer.weight(), layer.bias()
+    if weight.qscheme() != torch.per_tensor_affine:
+        raise NmtError(f"a shortlist needs per-tensor int8 weights, not {weight.qscheme()}")
+    sliced = torch.quantize_per_tensor(weight.dequantize()[rows], weight.q_scale(),
+                                       weight.q_zero_point(), torch.qint8)
+    packed = torch.ops.quantized.linear_prepack(sliced, None if bias is None else bias[rows])
+    return lambda x: torch.ops.quantized.linear_dynamic(x, packed, reduce_range=True)

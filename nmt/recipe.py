@@ -18,6 +18,9 @@ import yaml
 from nmt.errors import NmtError
 
 
+SHORTLIST_WIDTH = 50  # translations per source token a run's lexicon keeps
+
+
 def option(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
            max: float | None = None) -> Any:
     """A recipe field with its documentation and constraints attached."""
@@ -202,6 +205,15 @@ class DecodeConfig:
     min_len: int = option(0, "Outputs have at least this many subword tokens.", min=0)
     no_repeat_ngram: int = option(0, "No n-gram of this size occurs twice in an output "
                                       "(0: off).", min=0)
+    shortlist: int = option(0, "Score only a shortlist of target tokens per batch: the "
+                               "`shortlist_frequent` most frequent ones, this many likeliest "
+                               "other translations of each source token (IBM Model 1, fitted on "
+                               "the training data on first use, kept as RUN/lexicon.safetensors) "
+                               "and, with a joint vocabulary, the source tokens; 0: the whole "
+                               "vocabulary. Faster search for a little BLEU (benchmarks/README.md); "
+                               "outputs then depend on the batch a sentence is in.",
+                            min=0, max=SHORTLIST_WIDTH)
+    shortlist_frequent: int = option(200, "See `shortlist`.", min=0)
     sample: bool = option(False, "Sample outputs instead of searching (`nbest` samples per "
                                  "input), from `temperature`, `top_k` and `top_p`.")
     temperature: float = option(1.0, "Sampling temperature: below 1 sharpens the distribution, "

@@ -19,6 +19,7 @@ from nmt.data.subwords import BOS, EOS, PAD, Tokenizer, looks_segmented
 from nmt.device import pick_device
 from nmt.errors import NmtError
 from nmt.evaluate import corpus_bleu, corpus_chrf
+from nmt.lexicon import Lexicon, lexicon_for_run
 from nmt.model.ensemble import Ensemble
 from nmt.model.seq2seq import Seq2Seq
 from nmt.recipe import DecodeConfig, Recipe, with_changes
@@ -35,12 +36,15 @@ class Translator:
 
     def __init__(self, model: Seq2Seq | Ensemble, tokenizer: Tokenizer,
                  decode: DecodeConfig | None = None, device: torch.device | None = None,
-                 max_source_tokens: int = 0):
+                 max_source_tokens: int = 0, run_dir: Path | None = None,
+                 lexicon: Lexicon | None = None):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.decode = decode or DecodeConfig()
         self.device = device or next(model.parameters()).device
         self.max_source_tokens = max_source_tokens  # the training limit; 0: none
+        self.run_dir = run_dir  # where the lexicon for shortlists is found (or built)
+        self._lexicon = lexicon
 
     @classmethod
     def from_run(cls, run_dir: str | Path, checkpoint: str = "best",
@@ -68,7 +72,17 @@ class Translator:
 
             model = quantized(model, quantize)
         return cls(model, tokenizer, tuned_decoding(Path(run_dirs[0]), recipe.decode),
-                   target, recipe.data.max_len)
+                   target, recipe.data.max_len, Path(run_dirs[0]))
+
+    @property
+    def lexicon(self) -> Lexicon:
+        """The lexical table shortlists come from, loaded (or built) on first use."""
+        if self._lexicon is None:
+            if self.run_dir is None:
+                raise NmtError("a shortlist needs a lexicon: load the Translator with from_run, "
+                               "or give it lexicon=")
+            self._lexicon = lexicon_for_run(self.run_dir)
+        return self._lexicon
 
     def translate(self, lines: list[str], **options) -> list[Hypothesis]:
         """The best translation of each line, in input order. Options as in `nbest`."""
@@ -81,8 +95,8 @@ class Translator:
 
         `prefixes` (plain text, one per line, "" for none) force how each translation begins.
         `options` are keys of the recipe's decode section (beam, length_norm, alpha, max_len_a,
-        max_len_b, batch_size, coverage_penalty, min_len, no_repeat_ngram, sample, temperature,
-        top_k, top_p, seed); unset ones (None) keep the run's defaults. Lines are sorted by
+        max_len_b, batch_size, coverage_penalty, min_len, no_repeat_ngram, shortlist,
+        shortlist_frequent, sample, temperature, top_k, top_p, seed); unset ones (None) keep the run's defaults. Lines are sorted by
         length into batches (less padding) and results come back in input order; an empty line
         gives an empty translation. `progress` draws a bar on stderr.
         """
@@ -230,9 +244,15 @@ class Translator:
             for row, ids in enumerate(prefixes):
                 prefix[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
             max_lengths = torch.maximum(max_lengths, (prefix != PAD).sum(1))
+        vocabulary = None
+        if settings.shortlist:
+            vocabulary = self.lexicon.shortlist(source, settings.shortlist,
+                                                settings.shortlist_frequent, prefix)
+            encoded = self.model.shortlisted(encoded, vocabulary)
         rules = StepRules(settings.min_len, settings.no_repeat_ngram)
         common = dict(length_norm=settings.length_norm, alpha=settings.alpha,
-                      keep_attention=keep_attention, rules=rules, prefix=prefix)
+                      keep_attention=keep_attention, rules=rules, prefix=prefix,
+                      vocabulary=vocabulary)
         if settings.sample:
             return sample(self.model, encoded, max_lengths, nbest, generator,
                           settings.temperature, settings.top_k, settings.top_p, **common)

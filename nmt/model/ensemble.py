@@ -40,6 +40,10 @@ class Ensemble(nn.Module):
         return MemberStates([model.initial_state(member) for model, member in
                              zip(self.members, encoded.members)])
 
+    def shortlisted(self, encoded: MemberStates, vocabulary: torch.Tensor) -> MemberStates:
+        return MemberStates([model.shortlisted(member, vocabulary) for model, member in
+                             zip(self.members, encoded.members)])
+
     def decode_step(self, encoded: MemberStates, state: MemberStates, previous: torch.Tensor
                     ) -> tuple[torch.Tensor, MemberStates, torch.Tensor]:
         """The average of the members' log-probabilities (and of their attention)."""

@@ -6,10 +6,12 @@ output token); training calls `forward` on whole target sequences.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from nmt.data.subwords import PAD
 from nmt.model.decoder import Decoder, DecoderState
@@ -25,6 +27,9 @@ class EncoderState:
     keys: torch.Tensor    # attention's projection of the memory
     mask: torch.Tensor    # (N, S), True on real tokens
     final: torch.Tensor   # (N, M), the encoder's final state for the bridge
+    # The output layer restricted to a shortlist of target ids (see `Seq2Seq.shortlisted`);
+    # None: the whole vocabulary.
+    output: Callable[[torch.Tensor], torch.Tensor] | None = None
 
     @property
     def device(self) -> torch.device:
@@ -33,7 +38,7 @@ class EncoderState:
     def index_select(self, index: torch.Tensor) -> "EncoderState":
         """Keep (and repeat) sentences, e.g. to expand a batch to its beams."""
         return EncoderState(*(t.index_select(0, index) for t in
-                              (self.memory, self.keys, self.mask, self.final)))
+                              (self.memory, self.keys, self.mask, self.final)), self.output)
 
 
 class Seq2Seq(nn.Module):
@@ -66,13 +71,21 @@ class Seq2Seq(nn.Module):
     def initial_state(self, encoded: EncoderState) -> DecoderState:
         return self.decoder.initial_state(encoded.final)
 
+    def shortlisted(self, encoded: EncoderState, vocabulary: torch.Tensor) -> EncoderState:
+        """`encoded` with an output layer that scores only the target ids `vocabulary` (K,):
+        its rows are gathered once per batch, and each step's log-probabilities are (N, K),
+        normalized over the shortlist."""
+        return replace(encoded, output=linear_rows(self.output, vocabulary.to(encoded.device)))
+
     def decode_step(self, encoded: EncoderState, state: DecoderState, previous: torch.Tensor
                     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
-        """One search step for N sequences: log-probabilities (N, V), new state, attention (N, S)."""
+        """One search step for N sequences: log-probabilities (N, V) (or over the shortlist,
+        (N, K)), new state, attention (N, S)."""
         embedded = self.dropout(self.target_embedding(previous)).unsqueeze(1)
         attentional, state, weights = self.decoder(embedded, state, encoded.keys,
                                                    encoded.memory, encoded.mask)
-        log_probs = torch.log_softmax(self.output(attentional.squeeze(1)).float(), dim=-1)
+        output = self.output if encoded.output is None else encoded.output
+        log_probs = torch.log_softmax(output(attentional.squeeze(1)).float(), dim=-1)
         return log_probs, state, weights.squeeze(1)
 
     def forward(self, source: torch.Tensor, source_lengths: torch.Tensor,
@@ -89,6 +102,16 @@ class Seq2Seq(nn.Module):
 
     def logits(self, attentional: torch.Tensor) -> torch.Tensor:
         return self.output(attentional)
+
+
+def linear_rows(layer: nn.Module, rows: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The outputs `rows` of a linear layer (float or int8), its weights sliced once."""
+    if isinstance(layer, nn.Linear):
+        weight, bias = layer.weight[rows], layer.bias[rows]
+        return lambda x: F.linear(x, weight, bias)
+    from nmt.quantize import quantized_rows
+
+    return quantized_rows(layer, rows)
 
 
 def initialise(model: Seq2Seq, config: ModelConfig) -> None:

@@ -13,20 +13,22 @@ import torch
 from nmt.data.subwords import BOS, EOS
 from nmt.model.seq2seq import EncoderState, Seq2Seq
 from nmt.search.hypothesis import Hypothesis, finished
-from nmt.search.steps import StepRules
+from nmt.search.steps import StepRules, to_columns, to_ids
 
 
 @torch.no_grad()
 def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor, beam: int,
                 nbest: int = 1, length_norm: str = "gnmt", alpha: float = 0.6,
                 keep_attention: bool = False, rules: StepRules = StepRules(),
-                prefix: torch.Tensor | None = None, coverage_penalty: float = 0.0
-                ) -> list[list[Hypothesis]]:
+                prefix: torch.Tensor | None = None, coverage_penalty: float = 0.0,
+                vocabulary: torch.Tensor | None = None) -> list[list[Hypothesis]]:
     """The `nbest` best hypotheses per sentence, best first by normalized score.
 
     `prefix` (B, P), PAD-padded, forces each output's first tokens. `coverage_penalty` β adds
     GNMT's β·Σ_i log(min(Σ_t attention_ti, 1)) over source tokens i to finished scores, which
-    favours outputs that attend to every source token.
+    favours outputs that attend to every source token. `vocabulary` (K,): the sorted target ids
+    of a shortlist the model's output layer scores (see `Seq2Seq.shortlisted`); the search runs
+    in its columns and maps them back to ids.
     """
     if nbest > beam:
         raise ValueError(f"nbest ({nbest}) cannot exceed the beam size ({beam})")
@@ -42,14 +44,17 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
     tokens = torch.full((batch * beam, 1), BOS, dtype=torch.long, device=device)
     history = None  # attention so far, (n * beam, t, S), kept only when asked for
     coverage = None  # attention summed over steps, (n * beam, S), for the coverage penalty
+    if vocabulary is not None:
+        vocabulary = vocabulary.to(device)
     if prefix is not None:
-        prefix = prefix.to(device)
+        prefix = to_columns(vocabulary, prefix.to(device))
     results: list[list[Hypothesis]] = [[] for _ in range(batch)]
     found = torch.zeros(batch, dtype=torch.long, device=device)  # finished, per active sentence
 
     for t in range(int(max_lengths.max()) + 1):
         n = sentence_ids.size(0)
-        log_probs, state, weights = model.decode_step(encoded, state, tokens[:, -1])
+        log_probs, state, weights = model.decode_step(encoded, state,
+                                                    to_ids(vocabulary, tokens[:, -1]))
         log_probs = rules.apply(log_probs, t, max_lengths.repeat_interleave(beam), tokens[:, 1:],
                                 None if prefix is None else prefix.repeat_interleave(beam, 0))
         # The 2·beam best candidates of a sentence are among the 2·beam best of each of its
@@ -78,7 +83,8 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
             for s, c in ends.nonzero().tolist():
                 row = int(rows[s, c])
                 results[int(sentence_ids[s])].append(finished(
-                    tokens[row, 1:].tolist(), float(top_scores[s, c]), length_norm, alpha,
+                    to_ids(vocabulary, tokens[row, 1:]).tolist(), float(top_scores[s, c]),
+                    length_norm, alpha,
                     history[row].cpu() if keep_attention else None,
                     float(bonus[row]) if coverage_penalty else 0.0))
 

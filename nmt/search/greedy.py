@@ -10,7 +10,7 @@ import torch
 from nmt.data.subwords import BOS, EOS
 from nmt.model.seq2seq import EncoderState, Seq2Seq
 from nmt.search.hypothesis import Hypothesis, finished
-from nmt.search.steps import StepRules
+from nmt.search.steps import StepRules, to_columns, to_ids
 
 Pick = Callable[[torch.Tensor], torch.Tensor]  # (N, V) log-probabilities → (N,) token ids
 
@@ -18,29 +18,36 @@ Pick = Callable[[torch.Tensor], torch.Tensor]  # (N, V) log-probabilities → (N
 @torch.no_grad()
 def greedy_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor,
                   length_norm: str = "none", alpha: float = 0.0, keep_attention: bool = False,
-                  rules: StepRules = StepRules(), prefix: torch.Tensor | None = None
-                  ) -> list[list[Hypothesis]]:
+                  rules: StepRules = StepRules(), prefix: torch.Tensor | None = None,
+                  vocabulary: torch.Tensor | None = None) -> list[list[Hypothesis]]:
     """One hypothesis per sentence; `max_lengths` (B,) caps each output (EOS not counted);
-    `prefix` (B, P), PAD-padded, forces each output's first tokens."""
+    `prefix` (B, P), PAD-padded, forces each output's first tokens; `vocabulary`: a shortlist's
+    sorted target ids, as in `beam_search`."""
     return [[hyp] for hyp in follow_path(model, encoded, max_lengths, lambda lp: lp.argmax(-1),
-                                         length_norm, alpha, keep_attention, rules, prefix)]
+                                         length_norm, alpha, keep_attention, rules, prefix,
+                                         vocabulary)]
 
 
 def follow_path(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor, pick: Pick,
                 length_norm: str, alpha: float, keep_attention: bool,
-                rules: StepRules, prefix: torch.Tensor | None = None) -> list[Hypothesis]:
+                rules: StepRules, prefix: torch.Tensor | None = None,
+                vocabulary: torch.Tensor | None = None) -> list[Hypothesis]:
     """Decode each row of `encoded` along the tokens `pick` chooses; the score is always the
     model's own log-probability of the chosen tokens."""
     batch = max_lengths.size(0)
     device = encoded.device
     max_lengths = max_lengths.to(device)
+    if vocabulary is not None:
+        vocabulary = vocabulary.to(device)
+    if prefix is not None:
+        prefix = to_columns(vocabulary, prefix.to(device))
     state = model.initial_state(encoded)
     previous = torch.full((batch,), BOS, dtype=torch.long, device=device)
     log_prob = torch.zeros(batch, device=device)
     done = torch.zeros(batch, dtype=torch.bool, device=device)
     steps, attentions = [], []
     for t in range(int(max_lengths.max()) + 1):
-        log_probs, state, weights = model.decode_step(encoded, state, previous)
+        log_probs, state, weights = model.decode_step(encoded, state, to_ids(vocabulary, previous))
         history = torch.stack(steps, 1) if steps else None
         log_probs = rules.apply(log_probs, t, max_lengths, history, prefix)
         previous = pick(log_probs).masked_fill(done, EOS)
@@ -51,7 +58,7 @@ def follow_path(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
         done |= previous == EOS
         if bool(done.all()):
             break
-    tokens = torch.stack(steps, 1).tolist()
+    tokens = to_ids(vocabulary, torch.stack(steps, 1)).tolist()
     attention = torch.stack(attentions, 1).cpu() if keep_attention else None
     results = []
     for row in range(batch):

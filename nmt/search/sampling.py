@@ -35,8 +35,10 @@ def sample(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor, sam
            generator: torch.Generator, temperature: float = 1.0, top_k: int = 0,
            top_p: float = 1.0, length_norm: str = "none", alpha: float = 0.0,
            keep_attention: bool = False, rules: StepRules = StepRules(),
-           prefix: torch.Tensor | None = None) -> list[list[Hypothesis]]:
-    """`samples` draws per sentence, best first by normalized score."""
+           prefix: torch.Tensor | None = None, vocabulary: torch.Tensor | None = None
+           ) -> list[list[Hypothesis]]:
+    """`samples` draws per sentence, best first by normalized score. With a shortlist
+    (`vocabulary`), draws come from the model's distribution renormalized over it."""
     batch = max_lengths.size(0)
     rows = torch.arange(batch, device=encoded.device).repeat_interleave(samples)
 
@@ -46,6 +48,7 @@ def sample(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor, sam
 
     drawn = follow_path(model, encoded.index_select(rows), max_lengths.repeat_interleave(samples),
                         pick, length_norm, alpha, keep_attention, rules,
-                        None if prefix is None else prefix.to(rows.device).index_select(0, rows))
+                        None if prefix is None else prefix.to(rows.device).index_select(0, rows),
+                        vocabulary)
     return [sorted(drawn[i * samples:(i + 1) * samples], key=lambda h: h.score, reverse=True)
             for i in range(batch)]

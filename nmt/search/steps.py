@@ -49,3 +49,15 @@ class StepRules:
             log_probs[rows] = float("-inf")
             log_probs[rows, forced[rows]] = forced_scores[rows]
         return log_probs
+
+
+def to_columns(vocabulary: torch.Tensor | None, ids: torch.Tensor) -> torch.Tensor:
+    """Target ids as columns of a shortlist's log-probabilities (`vocabulary`: its sorted ids,
+    None: the whole vocabulary). Special ids are the first columns of every shortlist, so PAD,
+    BOS and EOS are the same in both."""
+    return ids if vocabulary is None else torch.searchsorted(vocabulary, ids)
+
+
+def to_ids(vocabulary: torch.Tensor | None, columns: torch.Tensor) -> torch.Tensor:
+    """The target ids of shortlist columns."""
+    return columns if vocabulary is None else vocabulary[columns]
