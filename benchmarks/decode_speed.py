@@ -3,6 +3,7 @@ beam search on a test set, each with its BLEU, so no speed is bought with qualit
 
     python benchmarks/decode_speed.py runs/multi30k_de_en                 # test_2016_flickr
     python benchmarks/decode_speed.py RUN_DIR --src test.de --ref test.en --beams 1 5 --device cuda
+    python benchmarks/decode_speed.py RUN_DIR --quantize int8 --shortlist 10
 
 By default the test set is SPLIT.SRC / SPLIT.TGT in the run's data.root. The last line printed is
 a one-line summary.
@@ -33,6 +34,10 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: default)")
     parser.add_argument("--quantize", choices=["int8"], help="int8 linear layers (CPU)")
+    parser.add_argument("--shortlist", type=int, default=0,
+                        help="translations per source token of a vocabulary shortlist (0: off)")
+    parser.add_argument("--shortlist-frequent", type=int, default=200,
+                        help="frequent target tokens in the shortlist")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -45,15 +50,18 @@ def main() -> None:
     started = time.perf_counter()
     translator = Translator.from_run(args.run_dir, device=args.device,
                                      quantize=args.quantize or "")
+    if args.shortlist:
+        translator.lexicon  # loaded (or built, the first time) before anything is timed
     load_s = time.perf_counter() - started
-    translator.translate(sources[:32], beam=1)  # warm-up
+    shortlist = dict(shortlist=args.shortlist, shortlist_frequent=args.shortlist_frequent)
+    translator.translate(sources[:32], beam=1, **shortlist)  # warm-up
     print(f"{len(sources)} sentences from {src}; device {translator.device}, "
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}; "
           f"model loaded in {load_s:.1f} s")
     summary = []
     for beam in args.beams:
         started = time.perf_counter()
-        hyps = translator.translate(sources, beam=beam, batch_size=args.batch_size)
+        hyps = translator.translate(sources, beam=beam, batch_size=args.batch_size, **shortlist)
         seconds = time.perf_counter() - started
         tokens = sum(len(h.tokens) + 1 for h in hyps)
         bleu = corpus_bleu([h.text for h in hyps], references)

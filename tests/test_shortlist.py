@@ -106,11 +106,15 @@ def test_beam_search_over_a_shortlist_equals_exhaustive_search_over_it(seed):
     assert set(greedy.tokens) <= set(words)
 
 
-@pytest.mark.parametrize("int8", [False, True])
-def test_a_shortlist_of_the_whole_vocabulary_changes_nothing(int8):
+@pytest.mark.parametrize("kind", ["float", "int8", "ensemble"])
+def test_a_shortlist_of_the_whole_vocabulary_changes_nothing(kind):
+    from nmt.model.ensemble import Ensemble
+
     model = tiny_model(vocab=40, seed=5)
-    if int8:
+    if kind == "int8":
         model = quantize(model, "int8")
+    elif kind == "ensemble":
+        model = Ensemble([model, tiny_model(vocab=40, seed=6)])
     sources = [[5, 6, 7, 9], [8, 30], [9, 10, 11, 12, 13, 4]]
     limits = torch.tensor([7, 7, 7])
     everything = torch.arange(40)

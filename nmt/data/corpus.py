@@ -296,7 +296,8 @@ def encode_split(split: TextSplit, tokenizer, cache_dir: Path, max_len: int | No
                                      max_ratio]).encode()).hexdigest()[:16]
     path = cache_dir / f"{split.name}-{key}"
     counts_path = path / "filter_counts.json"
-    if counts_path.is_file():
+    if counts_path.is_file() and all((path / f"{name}.bin").is_file()
+                                     for name in EncodedSplit.ARRAYS):  # not an older layout
         return EncodedSplit.open(path), FilterCounts(**json.loads(counts_path.read_text()))
 
     tmp = path.with_name(path.name + ".tmp")
