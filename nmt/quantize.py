@@ -35,11 +35,15 @@ def quantize(model: nn.Module, kind: str) -> nn.Module:
 
 def quantized_rows(layer: nn.Module, rows: torch.Tensor):
     """The outputs `rows` of a dynamically quantized linear layer, as a function: the same int8
-    weights, sliced and packed once (for vocabulary shortlists)."""
-    weight, bias = layer.weight(), layer.bias()
-    if weight.qscheme() != torch.per_tensor_affine:
-        raise NmtError(f"a shortlist needs per-tensor int8 weights, not {weight.qscheme()}")
-    sliced = torch.quantize_per_tensor(weight.dequantize()[rows], weight.q_scale(),
-                                       weight.q_zero_point(), torch.qint8)
+    weights, sliced and packed once per call (for vocabulary shortlists). Unpacking the layer's
+    weights is slow, so it happens once per layer."""
+    if not hasattr(layer, "unpacked"):
+        weight = layer.weight()
+        if weight.qscheme() != torch.per_tensor_affine:
+            raise NmtError(f"a shortlist needs per-tensor int8 weights, not {weight.qscheme()}")
+        layer.unpacked = (weight.int_repr(), weight.q_scale(), weight.q_zero_point(),
+                          layer.bias())
+    integers, scale, zero_point, bias = layer.unpacked
+    sliced = torch._make_per_tensor_quantized_tensor(integers[rows], scale, zero_point)
     packed = torch.ops.quantized.linear_prepack(sliced, None if bias is None else bias[rows])
     return lambda x: torch.ops.quantized.linear_dynamic(x, packed, reduce_range=True)

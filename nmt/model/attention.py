@@ -24,10 +24,19 @@ class Attention(nn.Module):
 
     def forward(self, query: torch.Tensor, keys: torch.Tensor, memory: torch.Tensor,
                 mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Context (B, T, M) and weights (B, T, S); `mask` (B, S) is True on real source tokens."""
+        """Context (N, T, M) and weights (N, T, S); `mask` (B, S) is True on real source tokens.
+
+        N may be a multiple k of the B sentences (beam search: k hypotheses per sentence, rows
+        grouped by sentence); a sentence's hypotheses then share its keys and memory, which are
+        never copied k times.
+        """
+        rows, steps = query.shape[:2]
+        group = rows // keys.size(0)
+        query = query.reshape(keys.size(0), group * steps, query.size(-1))
         scores = self.scores(query, keys).masked_fill(~mask[:, None, :], float("-inf"))
         weights = torch.softmax(scores, dim=-1)
-        return torch.bmm(weights, memory), weights
+        context = torch.bmm(weights, memory)
+        return context.view(rows, steps, -1), weights.view(rows, steps, -1)
 
 
 class AdditiveAttention(Attention):

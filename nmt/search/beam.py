@@ -35,9 +35,8 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
     batch, device = max_lengths.size(0), encoded.device
     max_lengths = max_lengths.to(device)
     sentence_ids = torch.arange(batch, device=device)  # original index of each sentence still searched
-    beams = torch.arange(beam, device=device)
-    encoded = encoded.index_select(sentence_ids.repeat_interleave(beam))
-    state = model.initial_state(encoded)
+    # A sentence's beams share its encoder state (attention groups rows by sentence).
+    state = model.initial_state(encoded).index_select(sentence_ids.repeat_interleave(beam))
     # Cumulative log-probabilities (n, beam); at the start only the first beam is alive.
     scores = torch.full((batch, beam), float("-inf"), device=device)
     scores[:, 0] = 0.0
@@ -106,8 +105,7 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
         if coverage_penalty:
             coverage = coverage[row_index]
         if keep.size(0) < n:  # sentences left the batch: shrink what is fixed per sentence
-            sentence_rows = (keep[:, None] * beam + beams).view(-1)
-            encoded = encoded.index_select(sentence_rows)
+            encoded = encoded.index_select(keep)
             sentence_ids, max_lengths, found = sentence_ids[keep], max_lengths[keep], found[keep]
             if prefix is not None:
                 prefix = prefix[keep]
