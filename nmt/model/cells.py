@@ -16,12 +16,33 @@ import torch.nn.functional as F
 from torch import nn
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
+# An RNN quantized for translation (nmt/quantize.py) carries int8 versions of the products below
+# under this attribute: {"embedded", "extra", "hiddenL", "inputL"} → a function of the input.
+INT8_PRODUCTS = "int8_products"
 
 
 def input_projection(rnn: nn.RNNBase, embedded: torch.Tensor) -> torch.Tensor:
     """Layer 0's input gates from the embeddings (N, T, E) → (N, T, G), bias included."""
+    int8 = getattr(rnn, INT8_PRODUCTS, None)
+    if int8 is not None:
+        return int8["embedded"](embedded)
     size = embedded.size(-1)
     return F.linear(embedded, rnn.weight_ih_l0[:, :size], rnn.bias_ih_l0)
+
+
+def step_weights(rnn: nn.RNNBase, embedding_size: int
+                 ) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+    """The (weight, bias) of each product `step` computes, by the names of INT8_PRODUCTS."""
+    weights = {"embedded": (rnn.weight_ih_l0[:, :embedding_size], rnn.bias_ih_l0)}
+    if rnn.input_size > embedding_size:
+        weights["extra"] = (rnn.weight_ih_l0[:, embedding_size:], None)
+    for layer in range(rnn.num_layers):
+        weights[f"hidden{layer}"] = (getattr(rnn, f"weight_hh_l{layer}"),
+                                     getattr(rnn, f"bias_hh_l{layer}"))
+        if layer:
+            weights[f"input{layer}"] = (getattr(rnn, f"weight_ih_l{layer}"),
+                                        getattr(rnn, f"bias_ih_l{layer}"))
+    return weights
 
 
 def step(rnn: nn.RNNBase, cell: str, gates_x: torch.Tensor, extra: torch.Tensor | None,
@@ -30,6 +51,7 @@ def step(rnn: nn.RNNBase, cell: str, gates_x: torch.Tensor, extra: torch.Tensor 
     `extra` (N, F) is the rest of layer 0's input (the fed attentional vector), if any.
     Returns the top layer's output (N, H) and the new state (layers, N, H)."""
     hidden, memory = state if isinstance(state, tuple) else (state, None)
+    int8 = getattr(rnn, INT8_PRODUCTS, None)
     new_hidden, new_memory = [], []
     layer_input = None
     for layer in range(rnn.num_layers):
@@ -37,13 +59,15 @@ def step(rnn: nn.RNNBase, cell: str, gates_x: torch.Tensor, extra: torch.Tensor 
         if layer == 0:
             gates = gates_x
             if extra is not None:
-                gates = torch.addmm(gates, extra, w_ih[:, -extra.size(1):].t())
+                gates = gates + int8["extra"](extra) if int8 else \
+                    torch.addmm(gates, extra, w_ih[:, -extra.size(1):].t())
         else:
             layer_input = F.dropout(layer_input, dropout, training)
-            gates = F.linear(layer_input, w_ih, getattr(rnn, f"bias_ih_l{layer}"))
+            gates = int8[f"input{layer}"](layer_input) if int8 else \
+                F.linear(layer_input, w_ih, getattr(rnn, f"bias_ih_l{layer}"))
         h = hidden[layer]
-        recurrent = F.linear(h, getattr(rnn, f"weight_hh_l{layer}"),
-                             getattr(rnn, f"bias_hh_l{layer}"))
+        recurrent = int8[f"hidden{layer}"](h) if int8 else \
+            F.linear(h, getattr(rnn, f"weight_hh_l{layer}"), getattr(rnn, f"bias_hh_l{layer}"))
         if cell == "lstm":
             i, f, g, o = (gates + recurrent).chunk(4, dim=1)
             c = torch.sigmoid(f) * memory[layer] + torch.sigmoid(i) * torch.tanh(g)
