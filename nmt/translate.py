@@ -96,9 +96,10 @@ class Translator:
         `prefixes` (plain text, one per line, "" for none) force how each translation begins.
         `options` are keys of the recipe's decode section (beam, length_norm, alpha, max_len_a,
         max_len_b, batch_size, coverage_penalty, min_len, no_repeat_ngram, shortlist,
-        shortlist_frequent, sample, temperature, top_k, top_p, seed); unset ones (None) keep the run's defaults. Lines are sorted by
-        length into batches (less padding) and results come back in input order; an empty line
-        gives an empty translation. `progress` draws a bar on stderr.
+        shortlist_frequent, sample, temperature, top_k, top_p, seed); unset ones (None) keep the
+        run's defaults. Lines are sorted by length into batches (less padding) and results come
+        back in input order; an empty line gives an empty translation. `progress` draws a bar on
+        stderr.
         """
         settings = with_changes(self.decode, {k: v for k, v in options.items() if v is not None},
                                 "decode")

@@ -36,7 +36,7 @@ class EncoderState:
         return self.memory.device
 
     def index_select(self, index: torch.Tensor) -> "EncoderState":
-        """Keep (and repeat) sentences, e.g. to expand a batch to its beams."""
+        """Keep (and repeat) sentences: those still searched, or one copy per sample."""
         return EncoderState(*(t.index_select(0, index) for t in
                               (self.memory, self.keys, self.mask, self.final)), self.output)
 
