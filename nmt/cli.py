@@ -57,9 +57,21 @@ def _command(name: str) -> Callable:
             except BrokenPipeError:  # the reader went away (`| head`): end quietly
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 code = 0
+            if argv is None:  # a program of its own, whose outputs are all written and closed:
+                _exit_now(code)  # skip the interpreter's teardown of torch (~0.4 s)
             sys.exit(code)
         return run
     return wrap
+
+
+def _exit_now(code: int) -> None:
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError):  # the reader went away, or the stream is closed
+            pass
+    os._exit(code)
 
 
 # ---------------------------------------------------------------------- nmt-train

@@ -34,8 +34,10 @@ def quantize(model: nn.Module, kind: str) -> nn.Module:
 
     stepwise = {f"{name}.decoder.rnn".lstrip(".") for name, module in model.named_modules()
                 if isinstance(module, Seq2Seq) and module.decoder.stepwise}
+    # Additive attention's energy vector v (A → 1) meets every (query, source position) pair:
+    # quantizing its huge input on the fly would cost more than the int8 product saves.
     spec = {name: default_dynamic_qconfig for name, module in model.named_modules()
-            if isinstance(module, nn.Linear) or
+            if (isinstance(module, nn.Linear) and not name.endswith("attention.energy")) or
             (isinstance(module, QUANTIZABLE_RNNS) and name not in stepwise)}
     with warnings.catch_warnings():  # torch.ao's quantized tensors carry a deprecation notice
         warnings.simplefilter("ignore", UserWarning)

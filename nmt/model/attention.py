@@ -52,7 +52,8 @@ class AdditiveAttention(Attention):
         return self.memory_projection(memory)
 
     def scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        hidden = torch.tanh(self.query_projection(query)[:, :, None, :] + keys[:, None, :, :])
+        # (B, T, S, A): the largest tensor of a search step; tanh in place saves a second one.
+        hidden = torch.tanh_(self.query_projection(query)[:, :, None, :] + keys[:, None, :, :])
         return self.energy(hidden).squeeze(-1)
 
 

@@ -78,14 +78,17 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
         ends = (token == EOS) & torch.isfinite(top_scores)
         ends[:, beam:] = False
         found += ends.sum(1)
-        if bool(ends.any()):
-            for s, c in ends.nonzero().tolist():
-                row = int(rows[s, c])
-                results[int(sentence_ids[s])].append(finished(
-                    to_ids(vocabulary, tokens[row, 1:]).tolist(), float(top_scores[s, c]),
-                    length_norm, alpha,
-                    history[row].cpu() if keep_attention else None,
-                    float(bonus[row]) if coverage_penalty else 0.0))
+        if bool(ends.any()):  # gathered together: one copy out of tensors, not one per item
+            sentence, candidate = ends.nonzero(as_tuple=True)
+            ended = rows[sentence, candidate]
+            bonuses = bonus[ended].tolist() if coverage_penalty else [0.0] * ended.numel()
+            for i, (index, ids, score) in enumerate(zip(
+                    sentence_ids[sentence].tolist(),
+                    to_ids(vocabulary, tokens[ended, 1:]).tolist(),
+                    top_scores[sentence, candidate].tolist())):
+                results[index].append(finished(
+                    ids, score, length_norm, alpha,
+                    history[ended[i]].cpu() if keep_attention else None, bonuses[i]))
 
         # The beam continues with the best candidates that did not end.
         alive_scores, picks = top_scores.masked_fill(token == EOS, float("-inf")).topk(beam, dim=1)
