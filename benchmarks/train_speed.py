@@ -4,6 +4,7 @@ achieved FLOP/s as a share of this device's measured matrix-multiply rate.
     python benchmarks/train_speed.py benchmarks/reference.yaml data.root=../shared/data/multi30k
     python benchmarks/train_speed.py RECIPE [KEY=VALUE ...] --steps 50 --warmup 10 --device cuda
     python benchmarks/train_speed.py RECIPE --profile   # and where the time goes, by operator
+    python benchmarks/train_speed.py RECIPE --compile both   # a torch.compile trial
 
 It runs the real training update (nmt.train.Updater) on the recipe's batches, after a warm-up,
 in a temporary directory. FLOPs are counted from the model's shapes: 2 per multiply-add, forward
@@ -79,7 +80,12 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--profile", action="store_true",
                         help="also print torch.profiler's table of the measured updates")
+    parser.add_argument("--compile", choices=["cell", "attention", "both"],
+                        help="a torch.compile trial: compile the decoder's step (LSTM/GRU cell) "
+                             "and/or the attention, with dynamic shapes")
     args = parser.parse_intermixed_args()
+    if args.compile:
+        compile_parts(args.compile)
     recipe = Recipe.load(args.recipe, args.overrides)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
@@ -88,6 +94,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:  # the encoded corpus is memory-mapped from it
         _, _, tokenizer, data, _ = prepare_data(recipe, Path(work))
         measure(recipe, args, device, tokenizer, data)
+
+
+def compile_parts(parts: str) -> None:
+    """Swap in torch.compile'd versions of the per-step functions (a trial: on this CPU it did
+    not pay, see benchmarks/README.md, so nmt itself runs them eagerly)."""
+    from nmt.model import attention, cells
+
+    if parts in ("cell", "both"):
+        cells.step = torch.compile(cells.step, dynamic=True)
+    if parts in ("attention", "both"):
+        attention.Attention.forward = torch.compile(attention.Attention.forward, dynamic=True)
 
 
 def measure(recipe: Recipe, args: argparse.Namespace, device: torch.device, tokenizer,
