@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from nmt.data.corpus import EncodedSplit
-from nmt.data.subwords import EOS, PAD, Tokenizer
+from nmt.data.subwords import EOS, PAD
 from nmt.errors import NmtError
 from nmt.recipe import SHORTLIST_WIDTH as WIDTH  # translations kept per source token
 from nmt.recipe import Recipe
@@ -147,15 +147,11 @@ def lexicon_for_run(run_dir: Path) -> Lexicon:
     path = run_dir / LEXICON_FILE
     if path.is_file():
         return Lexicon.load(path)
-    from nmt.data.corpus import encode_split, load_split
+    from nmt.train import prepare_data  # the training data exactly as training read it
 
     recipe = Recipe.load(run_dir / "recipe.yaml")
-    tokenizer = Tokenizer.load(run_dir)
     try:
-        text = load_split(recipe.data, Path(recipe.data.root), recipe.data.train,
-                          run_dir / "cache")
-        data, _ = encode_split(text, tokenizer, run_dir / "cache", recipe.data.max_len,
-                               recipe.data.max_ratio)
+        _, _, tokenizer, data, _ = prepare_data(recipe, run_dir)
     except NmtError as error:
         raise NmtError(f"a shortlist needs {path}, built from the training data: {error}") \
             from None

@@ -49,13 +49,13 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
         prefix = to_columns(vocabulary, prefix.to(device))
     results: list[list[Hypothesis]] = [[] for _ in range(batch)]
     found = torch.zeros(batch, dtype=torch.long, device=device)  # finished, per active sentence
+    row_limits, row_prefix = _per_row(max_lengths, prefix, beam)
 
     for t in range(int(max_lengths.max()) + 1):
         n = sentence_ids.size(0)
         log_probs, state, weights = model.decode_step(encoded, state,
                                                     to_ids(vocabulary, tokens[:, -1]))
-        log_probs = rules.apply(log_probs, t, max_lengths.repeat_interleave(beam), tokens[:, 1:],
-                                None if prefix is None else prefix.repeat_interleave(beam, 0))
+        log_probs = rules.apply(log_probs, t, row_limits, tokens[:, 1:], row_prefix)
         # The 2·beam best candidates of a sentence are among the 2·beam best of each of its
         # beams, so rank within each beam first (no (n, beam × vocab) sum is ever built).
         per_beam = min(2 * beam, log_probs.size(-1))
@@ -112,5 +112,14 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
             sentence_ids, max_lengths, found = sentence_ids[keep], max_lengths[keep], found[keep]
             if prefix is not None:
                 prefix = prefix[keep]
+            row_limits, row_prefix = _per_row(max_lengths, prefix, beam)
 
     return [sorted(found, key=lambda h: h.score, reverse=True)[:nbest] for found in results]
+
+
+def _per_row(max_lengths: torch.Tensor, prefix: torch.Tensor | None, beam: int
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Each sentence's length limit and forced prefix repeated for its beams: remade only when
+    sentences leave the batch, not at every step."""
+    return (max_lengths.repeat_interleave(beam),
+            None if prefix is None else prefix.repeat_interleave(beam, 0))

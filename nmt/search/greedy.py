@@ -48,7 +48,8 @@ def follow_path(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
     steps, attentions = [], []
     for t in range(int(max_lengths.max()) + 1):
         log_probs, state, weights = model.decode_step(encoded, state, to_ids(vocabulary, previous))
-        history = torch.stack(steps, 1) if steps else None
+        # Only n-gram blocking reads the history: do not restack it every step otherwise.
+        history = torch.stack(steps, 1) if steps and rules.no_repeat_ngram else None
         log_probs = rules.apply(log_probs, t, max_lengths, history, prefix)
         previous = pick(log_probs).masked_fill(done, EOS)
         log_prob += log_probs.gather(1, previous[:, None]).squeeze(1).masked_fill(done, 0.0)
