@@ -1,0 +1,167 @@
+"""The shipped scripts: every .py file parses on the oldest supported Python, and the Multi30k
+download (data/get_multi30k.py) works against a local mirror, offline."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import importlib.util
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "data" / "get_multi30k.py"
+
+
+def _ruff() -> list[str]:
+    if importlib.util.find_spec("ruff") is not None:
+        return [sys.executable, "-m", "ruff"]
+    if shutil.which("ruff"):
+        return [shutil.which("ruff")]
+    pytest.skip("needs ruff (pip install -e '.[test]')")
+
+
+def test_shipped_python_files_parse_as_python_3_10_and_pass_pyflakes():
+    """The check of .ci/run, with pyproject.toml's [tool.ruff] (target-version py310)."""
+    ruff = _ruff()
+    result = subprocess.run([*ruff, "check", "--no-cache", "nmt", "tests", "data", "benchmarks"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    # ... and the configuration really checks 3.10's grammar: 3.12-only syntax is reported.
+    snippet = subprocess.run([*ruff, "check", "--no-cache", "--config",
+                              str(ROOT / "pyproject.toml"), "--stdin-filename", "snippet.py", "-"],
+                             input="x = f\"{'\\n'}\"\n", capture_output=True, text=True,
+                             timeout=60)
+    assert snippet.returncode == 1 and "Python 3.10" in snippet.stdout, snippet.stdout
+
+
+@pytest.fixture
+def get_multi30k():
+    """The script as a module (loaded here, not at collection, so that the checks above run even
+    where it does not import)."""
+    spec = importlib.util.spec_from_file_location("get_multi30k", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# What data/README.md promises, in the order fetched.
+NAMES = [f"{split}.{lang}" for split in ("train", "val", "test_2016_flickr")
+         for lang in ("de", "en", "fr", "cs")]
+
+
+def _text(name: str) -> bytes:
+    return "".join(f"{name} Satz {i}: Größe ✓\n" for i in range(3 + len(name))).encode()
+
+
+@pytest.fixture
+def mirror(monkeypatch):
+    """A Multi30k mirror on 127.0.0.1: `files` maps NAME.gz to bytes (absent: 404); names in
+    `truncated` announce their full length but the connection closes halfway."""
+    monkeypatch.setenv("no_proxy", "*")
+    monkeypatch.setenv("NO_PROXY", "*")
+    files = {f"{name}.gz": gzip.compress(_text(name)) for name in NAMES}
+    truncated: set[str] = set()
+    requests: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            name = self.path.rsplit("/", 1)[-1]
+            requests.append(name)
+            if name not in files:
+                self.send_error(404)
+                return
+            body = files[name]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body[:len(body) // 2] if name in truncated else body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/multi30k/raw/", files, truncated, requests
+    server.shutdown()
+    server.server_close()
+
+
+def test_get_multi30k_writes_every_file_and_a_rerun_fetches_only_the_missing(
+        tmp_path, mirror, capsys, get_multi30k):
+    url, _, _, requests = mirror
+    target = tmp_path / "multi30k"
+    assert get_multi30k.main([str(target), "--base-url", url]) == 0
+    assert sorted(p.name for p in target.iterdir()) == sorted(NAMES)  # nothing else, no temps
+    for name in NAMES:
+        assert (target / name).read_bytes() == _text(name)
+    lines = len(_text("val.en").splitlines())
+    assert f"{target / 'val.en'}: {lines} lines" in capsys.readouterr().out
+    assert requests == [f"{name}.gz" for name in NAMES]
+    (target / "test_2016_flickr.cs").unlink()
+    requests.clear()
+    assert get_multi30k.main([str(target), "--base-url", url]) == 0
+    assert requests == ["test_2016_flickr.cs.gz"]  # the complete ones are kept, not fetched
+    assert (target / "test_2016_flickr.cs").read_bytes() == _text("test_2016_flickr.cs")
+    assert f"{target / 'train.de'}: already there, kept" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("fault", ["missing", "cut connection", "corrupt gzip"])
+def test_get_multi30k_failure_is_one_line_and_leaves_no_partial_file(tmp_path, mirror, fault):
+    url, files, truncated, requests = mirror
+    if fault == "missing":
+        del files["val.fr.gz"]
+    elif fault == "cut connection":
+        truncated.add("val.fr.gz")
+    else:
+        files["val.fr.gz"] = files["val.fr.gz"][:-12]  # served whole, but the stream ends early
+    target = tmp_path / "multi30k"
+    result = subprocess.run([sys.executable, str(SCRIPT), str(target), "--base-url", url],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"get_multi30k.py: error: {url}val.fr.gz: "), \
+        result.stderr
+    assert {"missing": "HTTP 404", "cut connection": "incomplete or corrupt download",
+            "corrupt gzip": "incomplete or corrupt download"}[fault] in lines[0]
+    before = NAMES[:NAMES.index("val.fr")]
+    assert sorted(p.name for p in target.iterdir()) == sorted(before)  # no val.fr, no temp file
+    for name in before:
+        assert (target / name).read_bytes() == _text(name)
+    # Mended, a second run fetches what is missing and only that.
+    files["val.fr.gz"] = gzip.compress(_text("val.fr"))
+    truncated.clear()
+    requests.clear()
+    assert subprocess.run([sys.executable, str(SCRIPT), str(target), "--base-url", url],
+                          capture_output=True, timeout=60).returncode == 0
+    assert requests == [f"{name}.gz" for name in NAMES[len(before):]]
+    assert sorted(p.name for p in target.iterdir()) == sorted(NAMES)
+
+
+def test_get_multi30k_write_failure_leaves_no_file(tmp_path, mirror, monkeypatch, capsys,
+                                                   get_multi30k):
+    url = mirror[0]
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(get_multi30k.os, "replace", full_disk)
+    target = tmp_path / "multi30k"
+    assert get_multi30k.main([str(target), "--base-url", url]) == 1
+    error = capsys.readouterr().err
+    assert error == f"get_multi30k.py: error: {target / NAMES[0]}: cannot write: " \
+                    "No space left on device\n"
+    assert list(target.iterdir()) == []
+
+
+def test_get_multi30k_help_names_the_base_url(get_multi30k):
+    result = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0 and "--base-url" in result.stdout
+    assert get_multi30k.BASE.startswith("https://raw.githubusercontent.com/multi30k/dataset/")
