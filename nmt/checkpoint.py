@@ -10,9 +10,11 @@ the previous one or the new one.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -99,26 +101,47 @@ def _write_checkpoint(path: Path, data: bytes, meta: dict[str, Any]) -> None:
     meta = dict(meta, format_version=FORMAT_VERSION, weights_file=weights.name,
                 weights_sha256=digest, weights_bytes=len(data))
     atomic_write_bytes(weights, data)
-    atomic_write_text(path.with_suffix(".json"), json.dumps(meta, indent=2) + "\n")
-    for stale in path.parent.glob(f"{path.name}.*.safetensors"):
+    atomic_write_text(_meta_path(path), json.dumps(meta, indent=2) + "\n")
+    for stale in _weights_files(path):
         if stale != weights:
             stale.unlink(missing_ok=True)
 
 
+def _meta_path(path: Path) -> Path:
+    """NAME.json; never Path.with_suffix, which would turn `best.avg` into `best.json`."""
+    return path.with_name(f"{path.name}.json")
+
+
+def _weights_files(path: Path) -> list[Path]:
+    """The weights files of checkpoint NAME: `NAME.<hash>.safetensors` only, for `best.*` also
+    matches `best.avg.<hash>.safetensors`, another checkpoint's."""
+    own = re.compile(re.escape(path.name) + r"\.[0-9a-f]{12}\.safetensors")
+    return [weights for weights in path.parent.glob(f"{glob.escape(path.name)}.*.safetensors")
+            if own.fullmatch(weights.name)]
+
+
+def check_name(name: str, flag: str) -> str:
+    """A checkpoint name must be a file name inside the run's checkpoints/, not a path."""
+    if not name or name.startswith(".") or any(c in name for c in ("/", os.sep, "\0")):
+        raise NmtError(f"{flag} {name!r}: a checkpoint name such as best, last, step-N or "
+                       f"averaged, not a path")
+    return name
+
+
 def delete_checkpoint(path: Path) -> None:
     """Remove a checkpoint, its JSON first so that no JSON ever names missing weights."""
-    path.with_suffix(".json").unlink(missing_ok=True)
-    for weights in path.parent.glob(f"{path.name}.*.safetensors"):
+    _meta_path(path).unlink(missing_ok=True)
+    for weights in _weights_files(path):
         weights.unlink(missing_ok=True)
 
 
 def checkpoint_exists(path: Path) -> bool:
-    return path.with_suffix(".json").is_file()
+    return _meta_path(path).is_file()
 
 
 def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read and verify a checkpoint: (tensors, metadata). Raises NmtError if damaged."""
-    meta_path = path.with_suffix(".json")
+    meta_path = _meta_path(path)
     if not meta_path.is_file():
         raise NmtError(f"{path}: checkpoint not found (no {meta_path.name})")
     try:
@@ -188,3 +211,45 @@ def average_checkpoints(paths: list[Path], output: Path) -> None:
     meta = {k: v for k, v in first_meta.items() if k != "optimizer"}
     meta["averaged_from"] = [p.name for p in paths]
     _write_checkpoint(output, save_safetensors(averaged), meta)
+
+
+def checkpoint_step(path: Path) -> int | None:
+    """The training step a checkpoint records, or None when it is missing or unreadable."""
+    try:
+        return int(json.loads(_meta_path(path).read_text(encoding="utf-8"))["progress"]["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+_WEIGHTS_NAME = re.compile(r".+\.[0-9a-f]{12}\.safetensors")  # NAME.<sha256 prefix>.safetensors
+
+
+def _checkpoints_in(folder: Path) -> dict[str, dict[str, Any]]:
+    """The checkpoints in `folder` by name, with their metadata: only JSON files nmt wrote."""
+    found = {}
+    for meta_path in folder.glob("*.json"):
+        try:
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        if isinstance(meta, dict) and meta.get("format_version") in (1, FORMAT_VERSION):
+            found[meta_path.name[:-len(".json")]] = meta
+    return found
+
+
+def delete_unnamed_weights(folder: Path) -> None:
+    """Remove weights files of nmt's naming that no checkpoint names: a crash between a
+    checkpoint's two writes leaves its new weights behind."""
+    named = {meta.get("weights_file") for meta in _checkpoints_in(folder).values()}
+    for weights in folder.glob("*.safetensors"):
+        if _WEIGHTS_NAME.fullmatch(weights.name) and weights.name not in named:
+            weights.unlink(missing_ok=True)
+
+
+def delete_checkpoint_files(folder: Path) -> None:
+    """Remove every checkpoint in `folder`, and nothing that is not one."""
+    for name, meta in _checkpoints_in(folder).items():
+        delete_checkpoint(folder / name)
+        if meta["format_version"] == 1:  # weights beside the JSON under the same name
+            (folder / f"{name}.safetensors").unlink(missing_ok=True)
+    delete_unnamed_weights(folder)

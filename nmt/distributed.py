@@ -50,6 +50,12 @@ class Cluster:
         dist.all_reduce(tensor)
         return float(tensor.item())
 
+    def any(self, flag: bool) -> bool:
+        """Whether `flag` is true on any process, on every process (a signal may reach one)."""
+        if not self.distributed:
+            return flag
+        return self.sum(float(flag)) > 0
+
     def from_main(self, value: T) -> T:
         """Rank 0's `value`, on every process."""
         if not self.distributed:

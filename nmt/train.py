@@ -20,23 +20,24 @@ import signal
 import subprocess
 import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from nmt import distributed
-from nmt.checkpoint import (atomic_write_text, checkpoint_exists, delete_checkpoint,
-                            load_checkpoint, restore,
-                            save_checkpoint, sha256_file)
+from nmt.checkpoint import (atomic_write_text, checkpoint_exists, checkpoint_step,
+                            delete_checkpoint, delete_checkpoint_files, delete_unnamed_weights,
+                            load_checkpoint, restore, save_checkpoint, sha256_file)
 from nmt.data.batching import Batch, collate, make_batches
 from nmt.data.corpus import EncodedSplit, TextSplit, encode_split, load_split
-from nmt.data.subwords import PAD, Tokenizer
+from nmt.data.subwords import JOINT_MODEL, PAD, SOURCE_MODEL, TARGET_MODEL, Tokenizer
 from nmt.distributed import Cluster
 from nmt.errors import NmtError, Terminated
 from nmt.evaluate import corpus_bleu, corpus_chrf
@@ -44,11 +45,12 @@ from nmt.loss import output_loss
 from nmt.model.seq2seq import Seq2Seq
 from nmt.optim import build_optimizer, learning_rate, set_learning_rate
 from nmt.plots import plot_learning_curves
-from nmt.recipe import Recipe, TrainConfig, parse_duration
-from nmt.translate import Translator
+from nmt.recipe import DecodeConfig, Recipe, TrainConfig, parse_duration
+from nmt.translate import TUNED, Translator
 
 log = logging.getLogger("nmt")
 MAX_NONFINITE = 5  # non-finite losses in a row before training stops
+VALIDATION_DECODING = DecodeConfig(beam=1)  # dev BLEU: greedy, with the default length limits
 METRICS_FIELDS = ["step", "epoch", "kind", "loss", "lr", "target_tokens_per_s", "dev_loss",
                   "dev_ppl", "dev_bleu", "dev_chrf", "elapsed_s"]
 
@@ -68,6 +70,11 @@ class Progress:
     kept: list[list[float]] = field(default_factory=list)  # [value, step] of step-N checkpoints
     elapsed_s: float = 0.0
     history: list[dict] = field(default_factory=list)  # validation results
+    # The loss of the log window so far (a resumed run logs the same numbers), and the
+    # non-finite losses in a row just before this point.
+    window_loss: float = 0.0
+    window_tokens: int = 0
+    nonfinite: int = 0
 
 
 @dataclass
@@ -95,7 +102,8 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
     (see nmt.distributed)."""
     cluster, device = distributed.join(recipe.train.device)
     try:
-        result = _train(recipe, Path(run_dir), resume, overwrite, cluster, device)
+        with _caches_in(Path(run_dir) / "cache"):
+            result = _train(recipe, Path(run_dir), resume, overwrite, cluster, device)
         cluster.barrier()
         return result
     finally:
@@ -106,7 +114,6 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, cluster
            device: torch.device) -> TrainResult:
     if not cluster.is_main:
         log.setLevel(logging.WARNING)  # rank 0 speaks for the run
-    _keep_caches_in(run_dir / "cache")
     torch.manual_seed(recipe.seed)
     if recipe.train.threads:
         torch.set_num_threads(recipe.train.threads)
@@ -147,15 +154,19 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, cluster
     log.info("model: %s parameters on %s%s", f"{model.parameter_count:,}", device,
              f", {cluster.world_size} processes" if cluster.distributed else "")
 
-    translator = Translator(model, tokenizer, recipe.decode, device)
+    # Validation decodes greedily with fixed settings: the recipe's `decode` section is for
+    # translation time, and a sampled or shortlisted dev BLEU would steer early stopping at random.
+    translator = Translator(model, tokenizer, VALIDATION_DECODING, device)
     stopper = _Stopper(config.max_steps, config.max_epochs, config.patience,
                        parse_duration(config.max_time) if config.max_time else 0.0)
     metrics = _MetricsFile(run_dir / "metrics.csv") if cluster.is_main else None
     board = _tensorboard(run_dir) if cluster.is_main else None
     started = time.perf_counter() - progress.elapsed_s
     stopper.started = started
+    saved_at = _position(progress) if resume else None  # where checkpoints/last stands
 
     def checkpoint(name: str) -> None:
+        nonlocal saved_at
         if not cluster.is_main:
             return
         progress.elapsed_s = time.perf_counter() - started
@@ -169,6 +180,11 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, cluster
         except OSError as error:
             raise NmtError(f"{run_dir / 'checkpoints' / name}: cannot write the checkpoint "
                            f"({error.strerror}); the checkpoints already there are intact") from None
+        if name == "last":
+            saved_at = _position(progress)
+
+    if cluster.is_main and resume:
+        complete_commit(run_dir, progress, checkpoint)
 
     def validate() -> None:
         if cluster.is_main:
@@ -178,43 +194,46 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, cluster
 
     def validate_on_main() -> None:
         result = validation(model, translator, dev_text, dev_data, config, device)
-        value = -result["dev_loss"] if config.early_stopping == "loss" else \
-            result[f"dev_{config.early_stopping}"]
-        improved = progress.best is None or value > progress.best
-        if improved:
-            progress.best, progress.best_step, progress.bad_validations = value, progress.step, 0
-            progress.plateau_wait = 0
-        else:
-            progress.bad_validations += 1
-            progress.plateau_wait += 1
-            if config.schedule == "plateau" and progress.plateau_wait >= config.plateau_patience:
-                progress.plateau_decays, progress.plateau_wait = progress.plateau_decays + 1, 0
-        progress.history.append({"step": progress.step, **result})
+        outcome = record_validation(progress, result, config)
         metrics.write(step=progress.step, epoch=progress.epoch + 1, kind="valid",
                       elapsed_s=round(time.perf_counter() - started, 1), **result)
+        log.info("step %d: dev loss %.3f, ppl %.2f, BLEU %.2f, chrF %.2f%s", progress.step,
+                 result["dev_loss"], result["dev_ppl"], result["dev_bleu"], result["dev_chrf"],
+                 " (best)" if outcome.improved else f" (best {_best_text(progress, config)} at "
+                                                    f"step {progress.best_step})")
+        # The commit point: once `last` records this validation, every other file follows from
+        # it (complete_commit writes what a crash left unwritten when the run resumes).
+        checkpoint("last")
+        if outcome.improved:
+            checkpoint("best")
+        if outcome.kept:
+            checkpoint(f"step-{progress.step}")
+        for step in outcome.dropped:
+            delete_checkpoint(run_dir / "checkpoints" / f"step-{step}")
         if board:
             for key, number in result.items():
                 board.add_scalar(key, number, progress.step)
-        log.info("step %d: dev loss %.3f, ppl %.2f, BLEU %.2f, chrF %.2f%s", progress.step,
-                 result["dev_loss"], result["dev_ppl"], result["dev_bleu"], result["dev_chrf"],
-                 " (best)" if improved else f" (best {_best_text(progress, config)} at step "
-                                                f"{progress.best_step})")
-        checkpoint("last")
-        if improved:
-            checkpoint("best")
-        _keep_best(run_dir / "checkpoints", progress, value, config.keep_best, checkpoint)
         plot_learning_curves(run_dir / "metrics.csv", run_dir / "curves.png")
 
-    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
-    stopped_early, skipped = False, 0
-    previous_handler = _terminate_on_sigterm()
+    window_start = time.perf_counter()
+    stopped_early = False
     rate = learning_rate(config, max(progress.step, 1), progress.plateau_decays)
+
     def finished() -> bool:
-        return cluster.from_main(stopper.done(progress))  # rank 0's clock decides max_time
+        """A safe point, between updates: honour a stop request, then ask whether training is
+        done (rank 0's clock decides max_time)."""
+        if cluster.any(stop.requested):
+            if saved_at != _position(progress):
+                checkpoint("last")
+            log.info("interrupted at step %d; saved checkpoints/last (continue with --resume)",
+                     progress.step)
+            cluster.barrier()  # no process leaves while rank 0 still writes
+            stop.exit()
+        return cluster.from_main(stopper.done(progress))
 
     # Computed once: the lengths are a pass over the whole corpus's offsets.
     source_lengths, target_lengths = train_data.src_lengths, train_data.tgt_lengths
-    try:
+    with _StopRequests() as stop:
         while not finished():
             batches = make_batches(source_lengths, target_lengths,
                                    config.batch_tokens, config.batch_sentences, recipe.seed,
@@ -240,39 +259,37 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, cluster
                         f"train.batch_tokens={config.batch_tokens}: lower train.batch_tokens "
                         f"(e.g. to {config.batch_tokens // 2}) and raise train.accumulate to keep "
                         f"the same effective batch") from None
-                if result is None:  # a non-finite loss: skip this update; stop after several
-                    progress.batch_in_epoch += len(group)
-                    bar.update(len(group))
-                    skipped += 1
-                    log.warning("step %d: non-finite loss, update skipped (%d in a row)",
-                                progress.step + 1, skipped)
-                    if skipped >= MAX_NONFINITE:
-                        raise NmtError(
-                            f"training diverged: {skipped} non-finite losses in a row at step "
-                            f"{progress.step + 1}; checkpoints/last (step "
-                            f"{progress.history[-1]['step'] if progress.history else 0}) is "
-                            f"from before it. Lower train.lr or set train.clip_norm, then "
-                            f"--resume")
-                    continue
-                skipped = 0
-                window_loss += result
-                progress.step += 1
                 progress.batch_in_epoch += len(group)
-                window_tokens += tokens
                 bar.update(len(group))
+                if result is None:  # a non-finite loss: skip this update; stop after several
+                    progress.nonfinite += 1
+                    log.warning("step %d: non-finite loss, update skipped (%d in a row)",
+                                progress.step + 1, progress.nonfinite)
+                    if progress.nonfinite >= MAX_NONFINITE:
+                        raise NmtError(
+                            f"training diverged: {progress.nonfinite} non-finite losses in a row "
+                            f"at step {progress.step + 1}; checkpoints/last (step "
+                            f"{saved_at[0] if saved_at else 0}) is from before it. Lower "
+                            f"train.lr or set train.clip_norm, then --resume")
+                    continue
+                progress.nonfinite = 0
+                progress.step += 1
+                progress.window_loss += result
+                progress.window_tokens += tokens
                 if progress.step % config.log_every == 0 and cluster.is_main:
                     seconds = time.perf_counter() - window_start
-                    speed = window_tokens / max(seconds, 1e-9)
-                    bar.set_postfix(loss=f"{window_loss / window_tokens:.3f}",
-                                    tok_s=f"{speed:,.0f}", lr=f"{rate:.1e}")
+                    speed = progress.window_tokens / max(seconds, 1e-9)
+                    loss = progress.window_loss / progress.window_tokens
+                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}", lr=f"{rate:.1e}")
                     metrics.write(step=progress.step, epoch=progress.epoch + 1, kind="train",
-                                  loss=round(window_loss / window_tokens, 4), lr=rate,
-                                  target_tokens_per_s=round(speed),
+                                  loss=round(loss, 4), lr=rate, target_tokens_per_s=round(speed),
                                   elapsed_s=round(time.perf_counter() - started, 1))
                     if board:
-                        board.add_scalar("train_loss", window_loss / window_tokens, progress.step)
+                        board.add_scalar("train_loss", loss, progress.step)
                         board.add_scalar("lr", rate, progress.step)
-                    window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
+                if progress.step % config.log_every == 0:
+                    progress.window_loss, progress.window_tokens = 0.0, 0
+                    window_start = time.perf_counter()
                 if progress.step % config.valid_every == 0:
                     validate()
             bar.close()
@@ -281,14 +298,7 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, cluster
         stopped_early = stopper.patience_ran_out(progress)
         if not progress.history or progress.history[-1]["step"] != progress.step:
             validate()
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (Terminated)
-        checkpoint("last")
-        log.info("interrupted at step %d; saved checkpoints/last (continue with --resume)",
-                 progress.step)
-        raise
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGTERM, previous_handler)
+        finished()  # a signal during the final validation still ends with its exit code
     elapsed = time.perf_counter() - started
     log.info("finished after %d steps in %.0f s; best dev %s %s at step %d%s", progress.step,
              elapsed, config.early_stopping, _best_text(progress, config), progress.best_step,
@@ -404,23 +414,61 @@ def validation(model: Seq2Seq, translator: Translator, dev_text: TextSplit,
     if config.valid_max_sentences:
         sources = sources[:config.valid_max_sentences]
         references = references[:config.valid_max_sentences]
-    hypotheses = [h.text for h in translator.translate(sources, beam=1)]
+    hypotheses = [h.text for h in translator.translate(sources)]
     loss = total / max(tokens, 1)
     return {"dev_loss": round(loss, 4), "dev_ppl": round(math.exp(min(loss, 50)), 2),
             "dev_bleu": round(corpus_bleu(hypotheses, references), 2),
             "dev_chrf": round(corpus_chrf(hypotheses, references), 2)}
 
 
-def _terminate_on_sigterm():
-    """Turn SIGTERM into Terminated (a KeyboardInterrupt), so it saves like Ctrl-C. Returns the
-    previous handler to restore, or None where signals cannot be handled (not the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return None
+class _StopRequests:
+    """Ctrl-C and SIGTERM during training ask the loop to stop at its next safe point (between
+    updates, after a validation's checkpoints are written), never inside an optimizer step or a
+    save, so the saved position says exactly what has been done. A second signal stops at once,
+    as kill -9 would: the run then resumes from its last complete checkpoint, still exactly."""
 
-    def terminate(signum, frame):
-        raise Terminated()
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    return signal.signal(signal.SIGTERM, terminate)
+    def __init__(self):
+        self.signal: int | None = None
+        self.previous: dict[int, object] = {}
+
+    @property
+    def requested(self) -> bool:
+        return self.signal is not None
+
+    def __enter__(self) -> "_StopRequests":
+        if threading.current_thread() is threading.main_thread():  # signals reach only it
+            self.previous = {number: signal.signal(number, self._handle)
+                             for number in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for number, handler in self.previous.items():
+            signal.signal(number, handler)
+
+    def _handle(self, number: int, frame) -> None:
+        if self.signal is not None:
+            self._raise(number)
+        self.signal = number
+        # A raw write: the signal may have interrupted a write to stderr, which logging would
+        # enter again (a "reentrant call" error).
+        os.write(2, b"\nnmt-train: stopping after the update or validation under way, then "
+                    b"saving checkpoints/last; a second Ctrl-C stops at once (--resume then "
+                    b"continues from the last checkpoint)\n")
+
+    def exit(self) -> None:
+        """Leave training as the signal asked: KeyboardInterrupt, or Terminated for SIGTERM."""
+        self._raise(self.signal if self.signal is not None else signal.SIGINT)
+
+    @staticmethod
+    def _raise(number: int) -> None:
+        raise Terminated() if number == signal.SIGTERM else KeyboardInterrupt()
+
+
+def _position(progress: Progress) -> tuple[int, int, int]:
+    """Where training stands in the data: skipped updates move it without a step."""
+    return progress.step, progress.epoch, progress.batch_in_epoch
 
 
 class _Stopper:
@@ -459,15 +507,39 @@ def _best_text(progress: Progress, config) -> str:
     return f"{-progress.best:.3f}" if config.early_stopping == "loss" else f"{progress.best:.2f}"
 
 
-def _keep_best(directory: Path, progress: Progress, value: float, keep: int, save) -> None:
-    """Keep the `keep` best validations as checkpoints/step-N, deleting the ones pushed out."""
-    ranked = sorted([*progress.kept, [value, progress.step]], key=lambda item: -item[0])
-    if keep == 0 or [value, progress.step] not in ranked[:keep]:
-        return
-    progress.kept = ranked[:keep]
-    save(f"step-{progress.step}")
-    for _, step in ranked[keep:]:
-        delete_checkpoint(directory / f"step-{int(step)}")
+@dataclass
+class ValidationOutcome:
+    """What one validation changes on disk, decided before anything is written."""
+
+    improved: bool          # it becomes checkpoints/best
+    kept: bool              # it becomes checkpoints/step-N
+    dropped: list[int]      # step-N checkpoints it pushes out of the kept set
+
+
+def record_validation(progress: Progress, result: dict[str, float], config: TrainConfig
+                      ) -> ValidationOutcome:
+    """Enter a validation into `progress`: history, best, patience, the plateau schedule and
+    the set of kept step-N checkpoints (the `train.keep_best` best validations)."""
+    value = -result["dev_loss"] if config.early_stopping == "loss" else \
+        result[f"dev_{config.early_stopping}"]
+    improved = progress.best is None or value > progress.best
+    if improved:
+        progress.best, progress.best_step, progress.bad_validations = value, progress.step, 0
+        progress.plateau_wait = 0
+    else:
+        progress.bad_validations += 1
+        progress.plateau_wait += 1
+        if config.schedule == "plateau" and progress.plateau_wait >= config.plateau_patience:
+            progress.plateau_decays, progress.plateau_wait = progress.plateau_decays + 1, 0
+    progress.history.append({"step": progress.step, **result})
+    entry = [value, progress.step]
+    ranked = sorted([*progress.kept, entry], key=lambda item: -item[0])
+    kept = config.keep_best > 0 and entry in ranked[:config.keep_best]
+    dropped = []
+    if kept:
+        progress.kept = ranked[:config.keep_best]
+        dropped = [int(step) for _, step in ranked[config.keep_best:]]
+    return ValidationOutcome(improved, kept, dropped)
 
 
 def _tensorboard(run_dir: Path):
@@ -485,13 +557,24 @@ def _describe(split: TextSplit) -> str:
 
 # ------------------------------------------------------------------ run directory
 
-def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool) -> None:
-    """Create the run directory, refusing to mix two runs in one."""
+# What nmt writes in a run directory: `--overwrite` removes these and nothing else, so notes,
+# data or a recipe of the user's kept beside them survive.
+RUN_FILES = ("manifest.json", JOINT_MODEL, SOURCE_MODEL, TARGET_MODEL, "metrics.csv",
+             "train.log", "curves.png", TUNED, "lexicon.safetensors", "diagnostics.json",
+             "recipe.yaml")  # the recipe last: it marks the folder as a run until the end
+RUN_FOLDERS = ("cache", "tensorboard")  # made whole by nmt and the libraries it points there
+# The first line of the recipe a run stores: a recipe.yaml of the user's is never taken for one.
+RUN_HEADER = "# nmt run: the resolved recipe this run trains with (written by nmt-train)\n"
+
+
+def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool) -> bool:
+    """Create the run directory, refusing to mix two runs in one or to replace a file that nmt
+    did not write. Returns whether training resumes (not when there is no checkpoint yet)."""
     stored = run_dir / "recipe.yaml"
     if resume and overwrite:
         raise NmtError("--resume and --overwrite exclude each other")
     if resume:
-        if not stored.is_file():
+        if not holds_run(run_dir):
             raise NmtError(f"{run_dir}: nothing to resume (not an nmt run directory)")
         previous = Recipe.load(stored)
         for section in ("data", "tokenizer", "model"):
@@ -501,28 +584,75 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool
         if not checkpoint_exists(run_dir / "checkpoints" / "last"):
             log.warning("%s: no checkpoint yet; starting from the beginning", run_dir)
             resume = False
-    elif stored.is_file():
+    elif holds_run(run_dir):
         if not overwrite:
             raise NmtError(f"{run_dir}: already holds a run; pass --resume to continue it or "
                            f"--overwrite to start it again")
-        shutil.rmtree(run_dir)
-    elif run_dir.exists() and any(run_dir.iterdir()):
-        raise NmtError(f"{run_dir}: exists and is not an nmt run directory; choose another "
-                       f"--run-dir")
+        remove_run(run_dir)
+    else:
+        for name in (*RUN_FILES, *RUN_FOLDERS, "checkpoints"):
+            path = run_dir / name
+            if path.exists() and not (path.is_dir() and not any(path.iterdir())):
+                raise NmtError(f"{path}: exists and was not written by an nmt run; nmt writes "
+                               f"its own {name} there, so choose another --run-dir or move it")
     try:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        atomic_write_text(stored, recipe.to_yaml())
+        atomic_write_text(stored, RUN_HEADER + recipe.to_yaml())
     except OSError as error:
         raise NmtError(f"{run_dir}: cannot write the run directory: {error.strerror}") from None
     return resume
 
 
-def _keep_caches_in(folder: Path) -> None:
-    """Point the caches that libraries write on their own into the run directory, unless the
-    user chose where they go: matplotlib's font cache, and the one PyTorch's optimizers create
-    in the system's temporary folder (its compiler cache)."""
-    os.environ.setdefault("MPLCONFIGDIR", str(folder / "matplotlib"))
-    os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(folder / "torchinductor"))
+def holds_run(run_dir: Path) -> bool:
+    """Whether nmt-train made `run_dir`: its stored recipe begins with RUN_HEADER (or, for runs
+    made before the header existed, nmt's manifest.json lies beside it)."""
+    try:
+        with open(run_dir / "recipe.yaml", encoding="utf-8", errors="replace") as handle:
+            if handle.readline() == RUN_HEADER:
+                return True
+        return "provenance" in json.loads((run_dir / "manifest.json").read_text("utf-8"))
+    except (OSError, ValueError, TypeError):
+        return False
+
+
+def remove_run(run_dir: Path) -> None:
+    """Delete what nmt wrote in `run_dir` (see RUN_FILES), leaving everything else."""
+    checkpoints = run_dir / "checkpoints"
+    try:
+        for name in RUN_FOLDERS:
+            shutil.rmtree(run_dir / name, ignore_errors=True)
+        for path in [*run_dir.glob(".*.tmp"), *checkpoints.glob(".*.tmp")]:
+            path.unlink(missing_ok=True)
+        if checkpoints.is_dir():
+            delete_checkpoint_files(checkpoints)
+            if not any(checkpoints.iterdir()):
+                checkpoints.rmdir()
+        for name in RUN_FILES:
+            (run_dir / name).unlink(missing_ok=True)
+    except OSError as error:
+        raise NmtError(f"{run_dir}: cannot remove the previous run for --overwrite: "
+                       f"{error.strerror} ({error.filename})") from None
+
+
+@contextmanager
+def _caches_in(folder: Path) -> Iterator[None]:
+    """Point the caches that libraries write on their own into the run directory while it
+    trains, unless the user chose where they go: matplotlib's font cache, and the one PyTorch's
+    optimizers create in the system's temporary folder (its compiler cache). The environment is
+    put back afterwards (matplotlib reads its variable once per process, at first use)."""
+    chosen = {name: os.environ.get(name) for name in _LIBRARY_CACHES}
+    for name, value in chosen.items():
+        if value is None:
+            os.environ[name] = str(folder / _LIBRARY_CACHES[name])
+    try:
+        yield
+    finally:
+        for name, value in chosen.items():
+            if value is None:
+                os.environ.pop(name, None)
+
+
+_LIBRARY_CACHES = {"MPLCONFIGDIR": "matplotlib", "TORCHINDUCTOR_CACHE_DIR": "torchinductor"}
 
 
 def check_disk_space(run_dir: Path, model: Seq2Seq, keep_best: int) -> None:
@@ -554,6 +684,7 @@ def forget_after(run_dir: Path, progress: Progress) -> None:
     for folder in (run_dir, run_dir / "checkpoints"):
         for path in folder.glob(".*.tmp"):
             path.unlink(missing_ok=True)
+    delete_unnamed_weights(run_dir / "checkpoints")
     metrics = run_dir / "metrics.csv"
     if metrics.is_file():
         with open(metrics, newline="") as handle:
@@ -565,6 +696,25 @@ def forget_after(run_dir: Path, progress: Progress) -> None:
         writer.writeheader()
         writer.writerows(rows)
         atomic_write_text(metrics, text.getvalue())
+
+
+def complete_commit(run_dir: Path, progress: Progress, save) -> None:
+    """Write what a crash left unwritten after `last` recorded a validation (the commit point):
+    its `best` and its step-N checkpoint, from the weights `last` holds, which are that
+    validation's. After this, `best` holds the weights of the best recorded score and the
+    step-N checkpoints are exactly the recorded ones (`forget_after` removed the others)."""
+    if not progress.history or progress.history[-1]["step"] != progress.step:
+        return  # `last` was saved between validations; every validation's writes are complete
+    checkpoints = run_dir / "checkpoints"
+    wanted = [f"step-{progress.step}"] if any(int(step) == progress.step
+                                              for _, step in progress.kept) else []
+    if progress.best_step == progress.step:
+        wanted.append("best")
+    for name in wanted:
+        if checkpoint_step(checkpoints / name) != progress.step:
+            log.info("completing checkpoints/%s of step %d, interrupted before", name,
+                     progress.step)
+            save(name)
 
 
 def write_manifest(run_dir: Path, recipe: Recipe, splits: list[TextSplit], tokenizer: Tokenizer,

@@ -104,3 +104,39 @@ def test_hub_format_reads_a_dataset_in_translation_layout(tmp_path, monkeypatch)
     assert split.sources == ["eins", "zwei"] and split.targets == ["one", "two"]
     with pytest.raises(NmtError, match="cannot load split 'validation'"):
         load_split(config, tmp_path, "validation")
+
+
+@pytest.mark.parametrize("old_datasets", [True, False], ids=["datasets<4", "datasets>=4"])
+def test_hub_data_is_cached_in_the_run_and_runs_no_remote_code(tmp_path, monkeypatch,
+                                                               old_datasets):
+    """load_dataset gets the run's cache folder, and trust_remote_code=False where the
+    installed datasets still has that option."""
+    import nmt.data.corpus as corpus
+    from nmt.recipe import DataConfig
+
+    calls = []
+
+    class Fake:
+        column_names = ["translation"]
+
+        def __getitem__(self, key):
+            return [{"de": "eins", "en": "one"}]
+
+    def load_old(path, name=None, split=None, cache_dir=None, trust_remote_code=None):
+        calls.append({"cache_dir": cache_dir, "trust_remote_code": trust_remote_code})
+        return Fake()
+
+    def load_new(path, name=None, split=None, cache_dir=None, **config_kwargs):
+        assert not config_kwargs, config_kwargs  # datasets 4+ passes these to the builder
+        calls.append({"cache_dir": cache_dir})
+        return Fake()
+
+    class FakeDatasets:
+        load_dataset = staticmethod(load_old if old_datasets else load_new)
+
+    monkeypatch.setattr(corpus, "_datasets", lambda: FakeDatasets)
+    config = DataConfig(format="hub", hub_name="someone/pairs")
+    assert corpus._read_hub(config, "train", tmp_path / "cache") == (["eins"], ["one"])
+    assert calls[0]["cache_dir"] == str(tmp_path / "cache" / "hub")
+    if old_datasets:
+        assert calls[0]["trust_remote_code"] is False

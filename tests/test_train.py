@@ -38,6 +38,8 @@ def test_resume_continues_exactly(tiny_recipe, tmp_path, extra):
 
 
 def test_ctrl_c_leaves_a_checkpoint_to_resume_from(tiny_recipe, tmp_path, monkeypatch):
+    import signal
+
     run_dir = tmp_path / "run"
     calls = {"n": 0}
     original = torch.optim.Adam.step
@@ -45,14 +47,14 @@ def test_ctrl_c_leaves_a_checkpoint_to_resume_from(tiny_recipe, tmp_path, monkey
     def interrupted_step(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
-            raise KeyboardInterrupt
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C inside the third update
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.Adam, "step", interrupted_step)
     with pytest.raises(KeyboardInterrupt):
         train(Recipe.load(tiny_recipe, STEPS), run_dir)
     _, meta = load_checkpoint(run_dir / "checkpoints" / "last")
-    assert meta["progress"]["step"] == 2
+    assert meta["progress"]["step"] == 3  # the update it landed in is finished, then saved
     monkeypatch.setattr(torch.optim.Adam, "step", original)
     result = train(Recipe.load(tiny_recipe, STEPS), run_dir, resume=True)
     assert result.steps == 8
@@ -159,7 +161,7 @@ def test_sigterm_saves_and_exits_143(tiny_recipe, tmp_path, monkeypatch, capsys)
         train_main([str(tiny_recipe), "--run-dir", str(tmp_path / "run"), *STEPS])
     assert code.value.code == 143 and "terminated" in capsys.readouterr().err
     _, meta = load_checkpoint(tmp_path / "run" / "checkpoints" / "last")
-    assert meta["progress"]["step"] == 2  # the signal arrived before the third update
+    assert meta["progress"]["step"] == 3  # the signal arrived in the third update, finished first
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
 
 
@@ -197,3 +199,134 @@ def test_overlong_input_lines_are_cut_with_a_warning(tiny_recipe, tmp_path, capl
         hyps = translator.translate(["zwei Katzen", long_line, "\x00\x07 drei"], beam=2)
     assert len(hyps) == 3
     assert "line(s) 2: longer than the 12 subword tokens" in caplog.text
+
+
+def _rows_without_timing(run_dir):
+    import csv
+
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return [{k: v for k, v in row.items() if k not in ("target_tokens_per_s", "elapsed_s")}
+                for row in csv.DictReader(handle)]
+
+
+def _another_value(field):
+    """A valid value of a `decode` key other than its default."""
+    default, meta = field.default, field.metadata
+    if isinstance(default, bool):
+        return not default
+    if meta.get("choices"):
+        return next(choice for choice in meta["choices"] if choice != default)
+    if isinstance(default, int):
+        return default + 2
+    return default / 2 if default > 0 else 0.3
+
+
+def test_decode_keys_stay_at_translation_time(tiny_recipe, tmp_path):
+    """Validation decodes greedily with fixed settings whatever the recipe's `decode` section
+    says: a shortlist must not need a lexicon, sampling must not make dev BLEU random."""
+    import dataclasses
+
+    from nmt.recipe import DecodeConfig
+
+    changed = [f"decode.{field.name}={_another_value(field)}"
+               for field in dataclasses.fields(DecodeConfig)]
+    steps = ["train.max_steps=6", "train.valid_every=2", "model.dropout=0.2"]
+    recipe = Recipe.load(tiny_recipe, [*steps, *changed])
+    assert all(getattr(recipe.decode, field.name) != field.default
+               for field in dataclasses.fields(DecodeConfig))  # every key really changed
+    train(Recipe.load(tiny_recipe, steps), tmp_path / "plain")
+    train(recipe, tmp_path / "decoded")
+    assert _rows_without_timing(tmp_path / "decoded") == _rows_without_timing(tmp_path / "plain")
+    assert (tmp_path / "decoded" / "checkpoints" / "best.json").is_file()
+
+
+def test_overwrite_removes_only_what_nmt_wrote(tiny_recipe, tmp_path):
+    run_dir = tmp_path / "exp1"
+    steps = ["train.max_steps=2", "train.valid_every=2"]
+    train(Recipe.load(tiny_recipe, steps), run_dir)
+    (run_dir / "notes.md").write_text("what I tried\n")
+    (run_dir / "data").mkdir()
+    (run_dir / "data" / "extra.de").write_text("eins\n")
+    checkpoints = run_dir / "checkpoints"
+    (checkpoints / "README").write_text("mine\n")
+    (checkpoints / "theirs.json").write_text("{}")
+    (checkpoints / "model.safetensors").write_bytes(b"theirs")
+    (checkpoints / "old.0123456789ab.safetensors").write_bytes(b"orphan of nmt's naming")
+    train(Recipe.load(tiny_recipe, steps), run_dir, overwrite=True)
+    assert (run_dir / "notes.md").read_text() == "what I tried\n"
+    assert (run_dir / "data" / "extra.de").read_text() == "eins\n"
+    assert (checkpoints / "README").read_text() == "mine\n"
+    assert (checkpoints / "theirs.json").read_text() == "{}"
+    assert (checkpoints / "model.safetensors").read_bytes() == b"theirs"
+    assert not (checkpoints / "old.0123456789ab.safetensors").exists()
+    assert Translator.from_run(run_dir).translate(["eins"])[0].text is not None
+
+
+def test_a_folder_with_the_users_own_files_is_never_overwritten(tiny_recipe, tmp_path):
+    """The user's recipe kept as exp1/recipe.yaml is not a run: nmt refuses to write over it,
+    --overwrite included; a folder with only other files of the user's is fine to train in."""
+    exp = tmp_path / "exp1"
+    exp.mkdir()
+    mine = tiny_recipe.read_text().replace("root: corpus", f"root: {tiny_recipe.parent / 'corpus'}")
+    (exp / "recipe.yaml").write_text(mine)
+    for overwrite in (False, True):
+        with pytest.raises(NmtError, match="recipe.yaml: exists and was not written by an nmt"):
+            train(Recipe.load(exp / "recipe.yaml", ["train.max_steps=1"]), exp,
+                  overwrite=overwrite)
+    assert (exp / "recipe.yaml").read_text() == mine
+    (exp / "checkpoints").mkdir()  # another tool's folder beside the recipe: still not a run
+    (exp / "checkpoints" / "model.safetensors").write_bytes(b"theirs")
+    with pytest.raises(NmtError, match="exists and was not written by an nmt run"):
+        train(Recipe.load(exp / "recipe.yaml", ["train.max_steps=1"]), exp, overwrite=True)
+    assert (exp / "recipe.yaml").read_text() == mine
+    assert (exp / "checkpoints" / "model.safetensors").read_bytes() == b"theirs"
+    with pytest.raises(NmtError, match="nothing to resume"):
+        train(Recipe.load(exp / "recipe.yaml"), exp, resume=True)
+    notes = tmp_path / "exp2"
+    notes.mkdir()
+    (notes / "notes.md").write_text("plan\n")
+    train(Recipe.load(exp / "recipe.yaml", ["train.max_steps=1"]), notes)
+    assert (notes / "notes.md").read_text() == "plan\n"
+
+
+def test_a_crash_between_the_two_sentencepiece_models_resumes(tiny_recipe, tmp_path,
+                                                              monkeypatch):
+    import nmt.data.subwords as subwords
+
+    real_write = subwords.atomic_write_bytes
+
+    def crash_after_source(path, data):
+        real_write(path, data)
+        if path.name == subwords.SOURCE_MODEL:
+            raise SystemExit("killed")
+
+    monkeypatch.setattr(subwords, "atomic_write_bytes", crash_after_source)
+    separate = ["tokenizer.joint=false", "tokenizer.vocab_size=100", "train.max_steps=2",
+                "train.valid_every=2"]
+    with pytest.raises(SystemExit):
+        train(Recipe.load(tiny_recipe, separate), tmp_path / "run")
+    assert (tmp_path / "run" / subwords.SOURCE_MODEL).is_file()
+    monkeypatch.undo()
+    result = train(Recipe.load(tiny_recipe, separate), tmp_path / "run", resume=True)
+    assert result.steps == 2
+    assert (tmp_path / "run" / subwords.TARGET_MODEL).is_file()
+
+
+def test_an_overwrite_cut_short_can_be_done_again(tiny_recipe, tmp_path, monkeypatch):
+    """The stored recipe, which marks the folder as a run, is removed last."""
+    import importlib
+
+    training = importlib.import_module("nmt.train")
+    steps = ["train.max_steps=2", "train.valid_every=2"]
+    train(Recipe.load(tiny_recipe, steps), tmp_path / "run")
+    real = training.delete_checkpoint_files
+
+    def killed(folder):
+        real(folder)
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(training, "delete_checkpoint_files", killed)
+    with pytest.raises(SystemExit):
+        train(Recipe.load(tiny_recipe, steps), tmp_path / "run", overwrite=True)
+    monkeypatch.undo()
+    assert train(Recipe.load(tiny_recipe, steps), tmp_path / "run", overwrite=True).steps == 2

@@ -10,6 +10,7 @@ run (or a resume) reuses both instead of reading and tokenizing again.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import random
@@ -17,7 +18,7 @@ import shutil
 from dataclasses import dataclass
 from itertools import chain, islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 import numpy as np
 
@@ -108,7 +109,7 @@ def load_split(config: DataConfig, root: Path, split: str,
     elif config.format == "jsonl":
         sources, targets = _read_jsonl(files[0], config.src_lang, config.tgt_lang)
     else:
-        sources, targets = _read_hub(config, split)
+        sources, targets = _read_hub(config, split, cache_dir)
     digest = hashlib.sha256()
     for line in (*sources, *targets):
         digest.update(line.encode("utf-8", "surrogatepass") + b"\n")
@@ -194,6 +195,13 @@ def read_lines(path: Path) -> list[str]:
     return _decode(path, lines, 0)
 
 
+def decode_stream(name: str, stream: Iterable[bytes]) -> Iterator[str]:
+    """Lines of a byte stream (stdin) as they come, checked as `read_lines` checks a file's;
+    `name` stands for the file in errors."""
+    for number, raw in enumerate(stream):
+        yield _decode(Path(name), [raw], number)[0]
+
+
 def _read_tsv(path: Path) -> tuple[list[str], list[str]]:
     sources, targets = [], []
     for number, line in enumerate(read_lines(path), start=1):
@@ -224,10 +232,18 @@ def _read_jsonl(path: Path, src_lang: str, tgt_lang: str) -> tuple[list[str], li
     return sources, targets
 
 
-def _read_hub(config: DataConfig, split: str) -> tuple[list[str], list[str]]:
-    """A dataset from the Hugging Face hub in its `translation` layout (needs the network once)."""
+def _read_hub(config: DataConfig, split: str, cache_dir: Path | None
+              ) -> tuple[list[str], list[str]]:
+    """A dataset from the Hugging Face hub in its `translation` layout (needs the network once).
+
+    Its download is cached in the run's cache (a run writes nothing outside its directory), and
+    no code that comes with a dataset is ever run."""
+    load_dataset = _datasets().load_dataset
+    options: dict = {"cache_dir": str(cache_dir / "hub") if cache_dir else None}
+    if "trust_remote_code" in inspect.signature(load_dataset).parameters:
+        options["trust_remote_code"] = False  # datasets < 4 could run a dataset's own script
     try:
-        dataset = _datasets().load_dataset(config.hub_name, config.hub_config or None, split=split)
+        dataset = load_dataset(config.hub_name, config.hub_config or None, split=split, **options)
     except Exception as error:  # the hub raises many types; all mean "cannot get this data"
         raise NmtError(f"data.hub_name={config.hub_name}: cannot load split {split!r}: "
                        f"{str(error).splitlines()[0]}") from None

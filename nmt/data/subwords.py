@@ -82,7 +82,9 @@ class Tokenizer:
 
     @classmethod
     def exists(cls, directory: Path) -> bool:
-        return (directory / JOINT_MODEL).is_file() or (directory / SOURCE_MODEL).is_file()
+        """Whether `directory` holds a whole tokenizer (a crash can leave half of a pair)."""
+        return (directory / JOINT_MODEL).is_file() or \
+            ((directory / SOURCE_MODEL).is_file() and (directory / TARGET_MODEL).is_file())
 
     @classmethod
     def train(cls, config: TokenizerConfig, sources: list[str], targets: list[str],
@@ -90,10 +92,13 @@ class Tokenizer:
         """Train SentencePiece on the training data and store the model(s) in `directory`."""
         if config.joint:
             path = directory / JOINT_MODEL
-            _train_model(config, [*sources, *targets], path, seed)
+            atomic_write_bytes(path, _train_model(config, [*sources, *targets], seed))
             return cls(path, path)
-        _train_model(config, sources, directory / SOURCE_MODEL, seed)
-        _train_model(config, targets, directory / TARGET_MODEL, seed)
+        # A crash between the two writes leaves half a pair, which `exists` does not count: the
+        # run trains both again when it resumes.
+        source, target = _train_model(config, sources, seed), _train_model(config, targets, seed)
+        atomic_write_bytes(directory / SOURCE_MODEL, source)
+        atomic_write_bytes(directory / TARGET_MODEL, target)
         return cls(directory / SOURCE_MODEL, directory / TARGET_MODEL)
 
 
@@ -115,7 +120,8 @@ def _load_processor(path: Path) -> spm.SentencePieceProcessor:
     return processor
 
 
-def _train_model(config: TokenizerConfig, lines: list[str], path: Path, seed: int) -> None:
+def _train_model(config: TokenizerConfig, lines: list[str], seed: int) -> bytes:
+    """A SentencePiece model trained on `lines`, as the bytes of its file."""
     lines = [line for line in lines if line.strip()]
     if len(lines) > config.max_sentences:  # a seeded sample keeps runs reproducible
         lines = random.Random(seed).sample(lines, config.max_sentences)
@@ -136,4 +142,4 @@ def _train_model(config: TokenizerConfig, lines: list[str], path: Path, seed: in
             raise NmtError(f"tokenizer.vocab_size: {config.vocab_size} is more than SentencePiece "
                            f"can build from this corpus; use at most {limit.group(1)}") from None
         raise NmtError(f"tokenizer: SentencePiece failed: {message.splitlines()[0]}") from None
-    atomic_write_bytes(path, model.getvalue())
+    return model.getvalue()
