@@ -4,6 +4,7 @@ beam search on a test set, each with its BLEU, so no speed is bought with qualit
     python benchmarks/decode_speed.py runs/multi30k_de_en                 # test_2016_flickr
     python benchmarks/decode_speed.py RUN_DIR --src test.de --ref test.en --beams 1 5 --device cuda
     python benchmarks/decode_speed.py RUN_DIR --quantize int8 --shortlist 10
+    python benchmarks/decode_speed.py RUN_DIR --beams 5 --stopping first   # beam search's fast rule
 
 By default the test set is SPLIT.SRC / SPLIT.TGT in the run's data.root. The last line printed is
 a one-line summary.
@@ -38,6 +39,8 @@ def main() -> None:
                         help="translations per source token of a vocabulary shortlist (0: off)")
     parser.add_argument("--shortlist-frequent", type=int, default=200,
                         help="frequent target tokens in the shortlist")
+    parser.add_argument("--stopping", choices=["exact", "first"],
+                        help="beam search's stopping rule (default: the run's decode.stopping)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -53,15 +56,17 @@ def main() -> None:
     if args.shortlist:
         translator.lexicon  # loaded (or built, the first time) before anything is timed
     load_s = time.perf_counter() - started
-    shortlist = dict(shortlist=args.shortlist, shortlist_frequent=args.shortlist_frequent)
-    translator.translate(sources[:32], beam=1, **shortlist)  # warm-up
+    options = dict(shortlist=args.shortlist, shortlist_frequent=args.shortlist_frequent,
+                   stopping=args.stopping)
+    translator.translate(sources[:32], beam=1, **options)  # warm-up
     print(f"{len(sources)} sentences from {src}; device {translator.device}, "
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}; "
-          f"model loaded in {load_s:.1f} s")
+          f"model loaded in {load_s:.1f} s; stopping rule "
+          f"{args.stopping or translator.decode.stopping}")
     summary = []
     for beam in args.beams:
         started = time.perf_counter()
-        hyps = translator.translate(sources, beam=beam, batch_size=args.batch_size, **shortlist)
+        hyps = translator.translate(sources, beam=beam, batch_size=args.batch_size, **options)
         seconds = time.perf_counter() - started
         tokens = sum(len(h.tokens) + 1 for h in hyps)
         bleu = corpus_bleu([h.text for h in hyps], references)

@@ -7,20 +7,22 @@ exit code 130; only bugs show a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
 import logging
 import os
+import re
 import select
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from tqdm import tqdm
 
 from nmt.checkpoint import atomic_write_text
-from nmt.data.corpus import read_lines
+from nmt.data.corpus import decode_stream, read_lines
 from nmt.errors import NmtError, Terminated
 from nmt.recipe import DecodeConfig, Recipe
 
@@ -32,6 +34,13 @@ class _TqdmHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         tqdm.write(self.format(record), file=sys.stderr)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a mistake in the arguments is one line like any other (no usage dump)."""
+
+    def error(self, message: str):
+        raise NmtError(f"{message} (see {self.prog} --help)")
 
 
 def _command(name: str) -> Callable:
@@ -46,7 +55,7 @@ def _command(name: str) -> Callable:
             try:
                 code = body(argv) or 0
             except NmtError as error:
-                print(f"{name}: error: {error}", file=sys.stderr)
+                print(f"{name}: error: {_one_line(str(error))}", file=sys.stderr)
                 code = 2
             except Terminated:
                 print(f"{name}: terminated", file=sys.stderr)
@@ -64,6 +73,12 @@ def _command(name: str) -> Callable:
     return wrap
 
 
+def _one_line(message: str) -> str:
+    """A message on one line whatever it quotes: a file name may hold a newline (or another
+    character that ends a line somewhere), so such characters are escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def _exit_now(code: int) -> None:
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
@@ -78,7 +93,7 @@ def _exit_now(code: int) -> None:
 
 @_command("nmt-train")
 def train_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nmt-train", description="Train a translation model from a recipe.",
         epilog="Overrides come after the recipe: nmt-train recipe.yaml train.max_steps=200 "
                "model.attention=luong-general")
@@ -108,7 +123,7 @@ def train_main(argv: list[str] | None = None) -> int:
 @_command("nmt-translate")
 def translate_main(argv: list[str] | None = None) -> int:
     defaults = DecodeConfig()
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nmt-translate", description="Translate plain text with a trained run. Reads "
         "stdin and writes stdout unless -i/-o are given; unset search options come from the "
         "run's decode.yaml (see --tune), then from its recipe's decode section.")
@@ -128,6 +143,11 @@ def translate_main(argv: list[str] | None = None) -> int:
                         help="print N hypotheses per line as 'LINE ||| TEXT ||| SCORE'")
     parser.add_argument("--max-len-a", type=float, help="output length limit a·|x|+b: a")
     parser.add_argument("--max-len-b", type=int, help="output length limit a·|x|+b: b")
+    parser.add_argument("--stopping", choices=("exact", "first"),
+                        help="when beam search stops a sentence before its length limit: exact "
+                             "(no hypothesis left in the beam can beat the n-th best finished; "
+                             f"recipe default {defaults.stopping}) or first (once BEAM "
+                             "hypotheses have finished: faster, may miss a better one)")
     parser.add_argument("--batch-size", type=int, help="sentences per batch")
     parser.add_argument("--beta", type=float, dest="coverage_penalty",
                         help="GNMT coverage penalty of beam search (0: off)")
@@ -181,16 +201,28 @@ def translate_main(argv: list[str] | None = None) -> int:
                         help="int8 linear layers: faster on a CPU for a little BLEU (see "
                              "benchmarks/README.md)")
     args = parser.parse_args(argv)
-    if args.nbest < 1:
-        raise NmtError("--nbest must be at least 1")
+    if args.plot_lines and not args.plot_attention:
+        raise NmtError("--plot-lines goes with --plot-attention DIR")
+    if (args.dev_src or args.dev_ref) and not args.tune:
+        raise NmtError("--dev-src and --dev-ref go with --tune")
+    _check_paths([("-i", args.input), ("--ref", args.ref), ("--prefix-file", args.prefix_file),
+                  ("--dev-src", args.dev_src), ("--dev-ref", args.dev_ref),
+                  *_run_inputs(args.model)],
+                 [("-o", args.output), ("--attention", args.attention),
+                  ("--diagnose", args.diagnose)], [("--plot-attention", args.plot_attention)],
+                 [Path(run) / "checkpoints" for run in args.model])
+    from nmt.checkpoint import check_name
     from nmt.translate import Translator
 
-    translator = Translator.from_runs(args.model, args.checkpoint, args.device,
-                                      args.quantize or "")
+    translator = Translator.from_runs(args.model, check_name(args.checkpoint, "--checkpoint"),
+                                      args.device, args.quantize or "")
     options = {key: getattr(args, key) for key in (
-        "beam", "length_norm", "alpha", "max_len_a", "max_len_b", "batch_size",
+        "beam", "length_norm", "alpha", "max_len_a", "max_len_b", "stopping", "batch_size",
         "coverage_penalty", "min_len", "no_repeat_ngram", "shortlist", "shortlist_frequent",
         "sample", "temperature", "top_k", "top_p", "seed")}
+    flags = {key: "--beta" if key == "coverage_penalty" else f"--{key.replace('_', '-')}"
+             for key in options}
+    settings = translator.settings(args.nbest, {**flags, "nbest": "--nbest"}, **options)
 
     def render(index: int, hyps: list) -> list[str]:
         if args.nbest > 1:
@@ -205,39 +237,122 @@ def translate_main(argv: list[str] | None = None) -> int:
         for problem in problems:
             print(f"nmt-translate: self-check: {problem}", file=sys.stderr)
         print(f"self-check: {min(len(lines), 200)} lines, {len(problems)} differences between "
-              f"batch size 1 and {options['batch_size'] or translator.decode.batch_size}")
+              f"batch size 1 and {settings.batch_size}")
         return 1 if problems else 0
     prefixes = read_lines(Path(args.prefix_file)) if args.prefix_file else None
     wants_attention = bool(args.attention or args.plot_attention or args.diagnose)
     if args.input is None and args.output is None and args.ref is None and not wants_attention \
             and prefixes is None:
         count = 0  # stdin → stdout: streamed in chunks, so memory stays bounded in a pipe
-        for chunk in _stdin_chunks(sys.stdin, translator.decode.batch_size * 16):
+        for chunk in _stdin_chunks(settings.batch_size * 16):
             for hyps in translator.nbest(chunk, nbest=args.nbest, **options):
                 print("\n".join(render(count, hyps)), flush=True)
                 count += 1
         return 0
     lines = _read_input(args.input)
+    source = args.input or "<stdin>"
+    if prefixes is not None:
+        _line_counts([(source, lines), (args.prefix_file, prefixes)])
+    references = read_lines(Path(args.ref)) if args.ref else None
+    if references is not None:  # a mismatch found after translating would waste it
+        _parallel([(source, lines), (args.ref, references)])
+    for number in args.plot_lines or ():
+        if not 1 <= number <= len(lines):
+            raise NmtError(f"--plot-lines {number}: {source} has lines 1 to {len(lines)}")
     results = translator.nbest(lines, nbest=args.nbest, progress=True, prefixes=prefixes,
                                keep_attention=wants_attention, **options)
     text = "".join(out + "\n" for i, hyps in enumerate(results) for out in render(i, hyps))
     if args.output:
-        atomic_write_text(Path(args.output), text)
+        with _writing("-o", args.output):
+            atomic_write_text(Path(args.output), text)
     else:
         sys.stdout.write(text)
     if wants_attention:
         _write_attention(args, translator, lines, results, options)
-    if args.ref:
+    if references is not None:
         from nmt.evaluate import score
 
-        report = score([hyps[0].text for hyps in results], [read_lines(Path(args.ref))])
+        report = score([hyps[0].text for hyps in results], [references])
         print(report.format(), file=sys.stderr if not args.output else sys.stdout)
     return 0
 
 
 def _read_input(path: str | None) -> list[str]:
-    """The lines of a file, or of stdin."""
-    return read_lines(Path(path)) if path else [line.rstrip("\r\n") for line in sys.stdin]
+    """The lines of a file, or of stdin (checked alike: UTF-8, not binary)."""
+    return read_lines(Path(path)) if path else list(decode_stream("<stdin>", sys.stdin.buffer))
+
+
+def _parallel(named: list[tuple[str, list[str]]]) -> None:
+    """Files read side by side: none empty, and one line per sentence in each."""
+    for path, lines in named:
+        if not lines:
+            raise NmtError(f"{path}: an empty file; it needs one line per sentence")
+    _line_counts(named)
+
+
+def _line_counts(named: list[tuple[str, list[str]]]) -> None:
+    (first, lines), *others = named
+    for path, other in others:
+        if len(other) != len(lines):
+            raise NmtError(f"{path} has {len(other)} lines but {first} has {len(lines)}; "
+                           f"they need one line per sentence")
+
+
+def _run_inputs(runs: list[str]) -> list[tuple[str, str]]:
+    """Run directories, and their files that translating reads (checkpoints/ aside)."""
+    return [("-m", run) for run in runs] + [
+        (f"-m {run}", str(path)) for run in runs if "\0" not in run for path in
+        (Path(run) / "recipe.yaml", Path(run) / "decode.yaml", *Path(run).glob("spm*.model"))]
+
+
+def _check_paths(inputs: list[tuple[str, str | None]], outputs: list[tuple[str, str | None]],
+                 folders: list[tuple[str, str | None]] = (), protected: list[Path] = ()) -> None:
+    """Refuse, before any work, outputs (files, or `folders` of files) that cannot be written,
+    or that would replace an input, each other, or anything in a `protected` folder: found
+    after translating, such a mistake costs the whole run. Writing can still fail (a full
+    disk); `_writing` reports that."""
+    for flag, path in [*inputs, *outputs, *folders]:
+        if path == "" or path is not None and "\0" in path:
+            raise NmtError(f"{flag} {path!r}: not a file name")
+    written: list[tuple[str, Path]] = []
+    for (flag, path), is_folder in [*((output, False) for output in outputs),
+                                    *((folder, True) for folder in folders)]:
+        if path is None:
+            continue
+        target = Path(path)
+        if target.is_dir() != is_folder and target.exists():
+            raise NmtError(f"{flag} {path}: " + ("not a folder" if is_folder else
+                                                 "a folder; give a file name"))
+        ancestor = next(p for p in (*([target] if is_folder else []), *target.parents)
+                        if p.exists())
+        if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
+            raise NmtError(f"{flag} {path}: cannot write there ({ancestor} is not a writable "
+                           f"folder)")
+        for other_flag, other in [*inputs, *written]:
+            if other is not None and _same_file(target, Path(other)):
+                raise NmtError(f"{flag} {path}: an input of this command ({other_flag}); "
+                               f"writing it would replace it")
+        for folder in protected:
+            if target.resolve().is_relative_to(folder.resolve()):
+                raise NmtError(f"{flag} {path}: inside {folder}, which holds the run's "
+                               f"checkpoints; write elsewhere")
+        written.append((flag, target))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet): compare where they would be
+        return a.resolve() == b.resolve()
+
+
+@contextlib.contextmanager
+def _writing(flag: str, path: str | Path) -> Iterator[None]:
+    """Failing to write an output (written whole, atomically) is the user's to fix."""
+    try:
+        yield
+    except OSError as error:
+        raise NmtError(f"{flag} {path}: cannot write: {error.strerror or error}") from None
 
 
 def _write_attention(args: argparse.Namespace, translator, lines: list[str],
@@ -250,51 +365,60 @@ def _write_attention(args: argparse.Namespace, translator, lines: list[str],
         norms = dev_norms(translator, Path(args.model[0]), **options)
         found = [diagnose(i + 1, line, record, hyps[0], norms) for i, (line, record, hyps)
                  in enumerate(zip(lines, records, results)) if line.strip()]
-        atomic_write_text(Path(args.diagnose), "".join(
-            json.dumps(entry, ensure_ascii=False) + "\n" for entry in found))
+        with _writing("--diagnose", args.diagnose):
+            atomic_write_text(Path(args.diagnose), "".join(
+                json.dumps(entry, ensure_ascii=False) + "\n" for entry in found))
         flagged = sum(1 for entry in found if entry["flags"])
         log.info("diagnostics: %d of %d outputs flagged, in %s", flagged, len(found),
                  args.diagnose)
     if args.attention:
-        atomic_write_text(Path(args.attention), "".join(
-            json.dumps({"line": i, **record}, ensure_ascii=False) + "\n"
-            for i, record in enumerate(records)))
+        with _writing("--attention", args.attention):
+            atomic_write_text(Path(args.attention), "".join(
+                json.dumps({"line": i, **record}, ensure_ascii=False) + "\n"
+                for i, record in enumerate(records)))
     if args.plot_attention:
         from nmt.plots import plot_attention
 
         for number in args.plot_lines or range(1, len(lines) + 1):
-            if 1 <= number <= len(lines) and lines[number - 1].strip():
-                plot_attention(records[number - 1],
-                               Path(args.plot_attention) / f"line-{number}.png", f"line {number}")
+            if lines[number - 1].strip():
+                png = Path(args.plot_attention) / f"line-{number}.png"
+                with _writing("--plot-attention", png):
+                    plot_attention(records[number - 1], png, f"line {number}")
 
 
 def _tune(translator, args: argparse.Namespace) -> int:
-    from nmt.translate import save_tuned_decoding
+    from nmt.translate import TUNED, save_tuned_decoding
 
     if not (args.dev_src and args.dev_ref) or len(args.model) != 1:
         raise NmtError("--tune needs one -m RUN_DIR, --dev-src and --dev-ref")
+    _check_paths([], [("--tune", str(Path(args.model[0]) / TUNED))])
+    for beam in args.beams:  # every setting of the grid checked before the first is tried
+        translator.settings(beam=beam, labels={"beam": "--beams"})
+    for alpha in args.alphas:
+        translator.settings(alpha=alpha, labels={"alpha": "--alphas"})
     sources, references = read_lines(Path(args.dev_src)), read_lines(Path(args.dev_ref))
-    if len(sources) != len(references):
-        raise NmtError(f"{args.dev_src} has {len(sources)} lines but {args.dev_ref} has "
-                       f"{len(references)}")
+    _parallel([(args.dev_src, sources), (args.dev_ref, references)])
     rows = translator.tune(sources, references, tuple(args.beams), tuple(args.alphas))
     print(f"{'beam':>4} {'norm':>5} {'alpha':>5} {'BLEU':>6} {'chrF':>6}")
     for row in rows:
         print(f"{row['beam']:>4} {row['length_norm']:>5} {row['alpha']:>5.2f} "
               f"{row['bleu']:>6.2f} {row['chrf']:>6.2f}")
     best = {key: rows[0][key] for key in ("beam", "length_norm", "alpha")}
-    path = save_tuned_decoding(Path(args.model[0]), best)
+    with _writing("--tune", Path(args.model[0]) / TUNED):
+        path = save_tuned_decoding(Path(args.model[0]), best)
     print(f"saved {best} to {path}; nmt-translate -m {args.model[0]} now uses it "
           f"(flags still override)")
     return 0
 
 
-def _stdin_chunks(stream, size: int):
-    """Lines of a stream in chunks of at most `size`; a chunk also ends when no more input is
-    waiting, so an interactive user gets each translation as soon as they press Enter."""
+def _stdin_chunks(size: int):
+    """Lines of stdin (checked as a file's are) in chunks of at most `size`; a chunk also ends
+    when no more input is waiting, so an interactive user gets each translation as soon as they
+    press Enter."""
+    stream = sys.stdin.buffer
     chunk: list[str] = []
-    for line in stream:
-        chunk.append(line.rstrip("\r\n"))
+    for line in decode_stream("<stdin>", stream):
+        chunk.append(line)
         if len(chunk) >= size or not _input_waiting(stream):
             yield chunk
             chunk = []
@@ -313,7 +437,7 @@ def _input_waiting(stream) -> bool:
 
 @_command("nmt-score")
 def score_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nmt-score", description="Score detokenized translations with sacreBLEU "
                                       "(BLEU, chrF, TER), printing each metric's signature.")
     parser.add_argument("-r", "--ref", action="append",
@@ -345,26 +469,48 @@ def score_main(argv: list[str] | None = None) -> int:
                         help="with --analyze: also translate the source with these beam sizes "
                              "and show how the shares change")
     args = parser.parse_args(argv)
+    for flag, value in (("--samples", args.samples), ("--worst", args.worst)):
+        if value < 0:
+            raise NmtError(f"{flag} must be at least 0, not {value}")
+    if (args.model or args.beams) and not args.analyze:
+        raise NmtError("-m and --beams go with --analyze")
+    if args.analyze and not (args.model and args.source):
+        raise NmtError("--analyze needs -m RUN_DIR and -s SOURCE")
     if args.curves:
         from nmt.plots import plot_learning_curves
 
-        metrics = Path(args.curves) / "metrics.csv"
+        metrics, png = Path(args.curves) / "metrics.csv", Path(args.curves) / "curves.png"
         if not metrics.is_file():
             raise NmtError(f"{args.curves}: no metrics.csv; give a run directory of nmt-train")
-        plot_learning_curves(metrics, Path(args.curves) / "curves.png")
-        print(f"wrote {Path(args.curves) / 'curves.png'}")
+        with _writing("--curves", png):
+            plot_learning_curves(metrics, png)
+        print(f"wrote {png}")
         return 0
     if not (args.ref and args.input):
         raise NmtError("give -r REFERENCE and -i HYPOTHESES (or --curves RUN_DIR)")
+    _check_paths([*(("-r", ref) for ref in args.ref), *(("-i", hyp) for hyp in args.input),
+                  ("-s", args.source), ("--diagnostics", args.diagnostics),
+                  *_run_inputs([args.model] if args.model else [])],
+                 [("--json", args.json), ("--html", args.html)],
+                 protected=[Path(args.model) / "checkpoints"] if args.model else [])
     from nmt import report as reports
     from nmt.evaluate import score
 
-    references = [read_lines(Path(ref)) for ref in args.ref]
+    translator = None
+    if args.analyze:  # loaded first: its mistakes are found before any work
+        from nmt.translate import Translator
+
+        translator = Translator.from_run(args.model)
+        for beam in args.beams or ():
+            translator.settings(beam=beam, labels={"beam": "--beams"})
+    named_references = [(ref, read_lines(Path(ref))) for ref in args.ref]
+    references = [lines for _, lines in named_references]
     systems = [(path, read_lines(Path(path))) for path in args.input]
     sources = read_lines(Path(args.source)) if args.source else None
-    if sources is not None and len(sources) != len(references[0]):
-        raise NmtError(f"{args.source} has {len(sources)} lines but the reference has "
-                       f"{len(references[0])}")
+    _parallel([*named_references, *systems,
+               *([(args.source, sources)] if sources is not None else [])])
+    diagnostics = reports.read_diagnostics(Path(args.diagnostics), len(references[0])) \
+        if args.diagnostics else None
     document: dict = {"systems": {}}
     for path, hypotheses in systems:
         report = score(hypotheses, references)
@@ -379,54 +525,53 @@ def score_main(argv: list[str] | None = None) -> int:
                                                      args.worst)
             print(f"lowest chrF:\n{reports.format_worst(entry['worst'])}\n")
         document["systems"][path] = entry
-    if args.diagnostics:
-        entries = [json.loads(line) for line in read_lines(Path(args.diagnostics)) if line]
-        document["diagnostics"] = [entry for entry in entries if entry["flags"]]
-        print(f"diagnostics: {len(document['diagnostics'])} of {len(entries)} outputs flagged "
-              f"(see --json or --html)\n")
+    if diagnostics is not None:
+        document["diagnostics"] = [entry for entry in diagnostics if entry["flags"]]
+        print(f"diagnostics: {len(document['diagnostics'])} of {len(diagnostics)} outputs "
+              f"flagged (see --json or --html)\n")
     if args.samples > 0:
         comparison = reports.compare_systems(systems, references, args.paired, args.samples)
         print(comparison.format())
         document["comparison"] = dataclasses.asdict(comparison)
     if args.json:
-        atomic_write_text(Path(args.json), json.dumps(document, indent=2, ensure_ascii=False)
-                          + "\n")
+        with _writing("--json", args.json):
+            atomic_write_text(Path(args.json), json.dumps(document, indent=2,
+                                                          ensure_ascii=False) + "\n")
     if args.html:
         from nmt.html import render
 
-        atomic_write_text(Path(args.html), render(document, f"nmt-score: {args.ref[0]}"))
-    if args.analyze:
-        _analyze(args, systems[0][1], references[0])
+        with _writing("--html", args.html):
+            atomic_write_text(Path(args.html), render(document, f"nmt-score: {args.ref[0]}"))
+    if translator is not None:
+        _analyze(args, translator, sources, systems[0][1], references[0])
     return 0
 
 
-def _analyze(args: argparse.Namespace, hypotheses: list[str], references: list[str]) -> None:
+def _analyze(args: argparse.Namespace, translator, sources: list[str], hypotheses: list[str],
+             references: list[str]) -> None:
     from nmt.analysis import analyze
-    from nmt.translate import Translator
 
-    if not (args.model and args.source):
-        raise NmtError("--analyze needs -m RUN_DIR and -s SOURCE")
-    translator = Translator.from_run(args.model)
-    sources = read_lines(Path(args.source))
-    print(f"\nerror analysis of {args.input[0]} (length normalization "
-          f"{translator.decode.length_norm}, alpha {translator.decode.alpha}):")
+    decode = translator.decode
+    print(f"\nerror analysis of {args.input[0]} (length normalization {decode.length_norm}, "
+          f"alpha {decode.alpha}, coverage penalty {decode.coverage_penalty}, length limit "
+          f"{decode.max_len_a}·|x|+{decode.max_len_b}):")
     print(analyze(translator, sources, hypotheses, references).format())
     if args.beams:
-        print(f"\n{'beam':>4} {'BLEU':>6} {'differ':>6} {'search':>7} {'model':>7}")
+        print(f"\n{'beam':>4} {'BLEU':>6} {'differ':>6} {'search':>7} {'model':>7} {'limit':>7}")
         from nmt.evaluate import corpus_bleu
         for beam in args.beams:
             outputs = [h.text for h in translator.translate(sources, beam=beam)]
             result = analyze(translator, sources, outputs, references)
             print(f"{beam:>4} {corpus_bleu(outputs, references):6.2f} "
                   f"{len(result.verdicts):>6} {result.share('search'):6.1f}% "
-                  f"{result.share('model'):6.1f}%")
+                  f"{result.share('model'):6.1f}% {result.share('limit'):6.1f}%")
 
 
 # ---------------------------------------------------------------------- nmt-average
 
 @_command("nmt-average")
 def average_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nmt-average", description="Average the weights of checkpoints of one run into a "
         "new checkpoint; translate with it through nmt-translate --checkpoint NAME.")
     parser.add_argument("-m", "--model", required=True, metavar="RUN_DIR")
@@ -435,16 +580,26 @@ def average_main(argv: list[str] | None = None) -> int:
                              "step-N the run kept, see train.keep_best)")
     parser.add_argument("-o", "--output", default="averaged", help="name of the new checkpoint")
     args = parser.parse_args(argv)
-    from nmt.checkpoint import average_checkpoints
+    from nmt.checkpoint import average_checkpoints, check_name
 
+    output = check_name(args.output, "-o")
+    if output in ("best", "last") or output.startswith("step-"):
+        raise NmtError(f"-o {output}: training writes (and replaces) best, last and step-N "
+                       f"checkpoints; choose another name, e.g. averaged")
     directory = Path(args.model) / "checkpoints"
-    names = args.checkpoints or sorted(p.stem for p in directory.glob("step-*.json"))
+    names = [check_name(name, "-c") for name in args.checkpoints or ()] or \
+        sorted(p.stem for p in directory.glob("step-*.json")
+               if re.fullmatch(r"step-\d+", p.stem))
     if not names:
         raise NmtError(f"{directory}: no step-N checkpoints; train with train.keep_best=N "
                        f"or name checkpoints with -c")
-    average_checkpoints([directory / name for name in names], directory / args.output)
-    print(f"averaged {', '.join(names)} into {directory / args.output}; translate with: "
-          f"nmt-translate -m {args.model} --checkpoint {args.output}")
+    if len(set(names)) < len(names):
+        raise NmtError(f"-c {' '.join(names)}: a checkpoint named twice would count twice")
+    _check_paths([], [("-o", str(directory / f"{output}.json"))])
+    with _writing("-o", directory / output):
+        average_checkpoints([directory / name for name in names], directory / output)
+    print(f"averaged {', '.join(names)} into {directory / output}; translate with: "
+          f"nmt-translate -m {args.model} --checkpoint {output}")
     return 0
 
 

@@ -11,17 +11,20 @@
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
 from nmt.checkpoint import atomic_write_text
-from nmt.data.corpus import read_lines
+from nmt.data.corpus import load_split
 from nmt.errors import NmtError
 from nmt.recipe import Recipe
 from nmt.search import Hypothesis
 from nmt.translate import Translator
+
+log = logging.getLogger("nmt")
 
 # A word's expected total attention is its share: output tokens / source words (at most 1 for
 # the lower bound, at least 1 for the upper). Far below it, the word was probably dropped; far
@@ -100,23 +103,42 @@ def diagnose(line: int, source: str, record: dict, hyp: Hypothesis, norms: Norms
 
 def dev_norms(translator: Translator, run_dir: Path, **options) -> Norms:
     """Percentiles of the dev set's translations, computed once per search setting and cached in
-    RUN_DIR/diagnostics.json."""
+    RUN_DIR/diagnostics.json (a cache: unreadable, it is made again; unwritable, it is skipped)."""
     cache = run_dir / "diagnostics.json"
     key = json.dumps({k: v for k, v in sorted(options.items()) if v is not None})
-    stored = json.loads(cache.read_text()) if cache.is_file() else {}
-    if key in stored:
-        return Norms(**{k: tuple(v) for k, v in stored[key].items()})
+    stored = _cached(cache)
+    try:
+        return Norms(**{name: (float(low), float(high))
+                        for name, (low, high) in stored[key].items()})
+    except (KeyError, TypeError, AttributeError, ValueError):
+        pass  # not computed for these settings yet (or a damaged entry): compute them
     recipe = Recipe.load(run_dir / "recipe.yaml")
-    path = Path(recipe.data.root) / f"{recipe.data.dev}.{recipe.data.src_lang}"
-    if not path.is_file():
-        raise NmtError(f"{path}: the run's dev set is needed once for the diagnostics' norms "
-                       f"and is not there (data.root moved?)")
-    sources = [line for line in read_lines(path) if line.strip()]
+    try:  # in whatever format the run was trained from (text, tsv, jsonl, hub)
+        dev = load_split(recipe.data, Path(recipe.data.root), recipe.data.dev, run_dir / "cache")
+    except NmtError as error:
+        raise NmtError(f"the diagnostics' norms need the run's dev set once: {error}") from None
+    sources = [line for line in dev.sources if line.strip()]
+    if not sources:
+        raise NmtError(f"{', '.join(map(str, dev.files)) or recipe.data.hub_name}: the run's dev "
+                       f"set has no sentences to compute the diagnostics' norms from")
     hyps = translator.translate(sources, **options)
     ratios = [len(h.text.split()) / max(len(s.split()), 1) for s, h in zip(sources, hyps)]
     confidence = [h.log_prob / (len(h.tokens) + 1) for h in hyps]
     norms = Norms(tuple(np.percentile(ratios, [5, 95]).round(4).tolist()),
                   tuple(np.percentile(confidence, [5, 95]).round(4).tolist()))
     stored[key] = asdict(norms)
-    atomic_write_text(cache, json.dumps(stored, indent=2) + "\n")
+    try:
+        atomic_write_text(cache, json.dumps(stored, indent=2) + "\n")
+    except OSError as error:
+        log.warning("%s: cannot cache the diagnostics' norms (%s); they are computed again next "
+                    "time", cache, error.strerror)
     return norms
+
+
+def _cached(path: Path) -> dict:
+    """The norms cached so far; none when the file is missing or damaged."""
+    try:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return stored if isinstance(stored, dict) else {}

@@ -58,6 +58,8 @@ def corpus_chrf(hypotheses: list[str], references: list[str]) -> float:
 
 def score(hypotheses: list[str], references: list[list[str]]) -> ScoreReport:
     """BLEU, chrF and TER of detokenized hypotheses against one or more reference streams."""
+    if not hypotheses:
+        raise NmtError("no sentences to score")
     for number, stream in enumerate(references, start=1):
         if len(stream) != len(hypotheses):
             raise NmtError(f"reference {number} has {len(stream)} lines but the hypotheses have "

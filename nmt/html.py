@@ -1,4 +1,8 @@
-"""The scoring report as one self-contained HTML page: no network, no scripts, images inline."""
+"""The scoring report as one self-contained HTML page: no network, no scripts, images inline.
+
+Every value that comes from the user's files (sources, outputs, references, system names i.e.
+hypothesis paths, the --diagnostics JSON lines) goes through `_e`, numbers included: a
+--diagnostics file is free-form JSON, so its "line" may be a string of markup."""
 
 from __future__ import annotations
 
@@ -53,7 +57,7 @@ def render(document: dict, title: str = "nmt-score report") -> str:
                          "<th class='text'>source</th><th class='text'>output</th>"
                          "<th class='text'>reference</th></tr>")
             for row in entry["worst"]:
-                parts.append(f"<tr><td>{row['line']}</td><td>{row['chrf']:.1f}</td>"
+                parts.append(f"<tr><td>{_e(row['line'])}</td><td>{row['chrf']:.1f}</td>"
                              f"<td class='text'>{_e(row['source'] or '')}</td>"
                              f"<td class='text'>{_e(row['hypothesis'])}</td>"
                              f"<td class='text'>{_e(row['reference'])}</td></tr>")
@@ -63,12 +67,12 @@ def render(document: dict, title: str = "nmt-score report") -> str:
                      "<th class='text'>flags</th><th class='text'>source</th>"
                      "<th class='text'>output</th><th class='text'>evidence</th></tr>")
         for entry in document["diagnostics"]:
-            evidence = [f"{w['word']} ({w['attention']:.2f})" for w in
+            evidence = [f"{w['word']} ({_num(w['attention'], '.2f')})" for w in
                         entry["under_attended"] + entry["over_attended"]]
             evidence += [f"repeated: {gram}" for gram in entry["repeated_ngrams"]]
             evidence += [f"length ratio {entry['length_ratio']}",
                          f"mean log-prob {entry['mean_log_prob']}"]
-            parts.append(f"<tr><td>{entry['line']}</td><td class='text'>"
+            parts.append(f"<tr><td>{_e(entry['line'])}</td><td class='text'>"
                          f"{_e(', '.join(entry['flags']))}</td>"
                          f"<td class='text'>{_e(entry['source'])}</td>"
                          f"<td class='text'>{_e(entry['output'])}</td>"
@@ -84,12 +88,12 @@ def _comparison(comparison: dict) -> str:
     for s in comparison["scores"]:
         p = s["p_value"]
         cls = " class='significant'" if p is not None and p < 0.05 else ""
-        rows.append(f"<tr{cls}><td>{_e(s['system'])}</td><td>{s['metric']}</td>"
+        rows.append(f"<tr{cls}><td>{_e(s['system'])}</td><td>{_e(s['metric'])}</td>"
                     f"<td>{s['score']:.2f}</td><td>{s['mean']:.2f} ± {s['interval']:.2f}</td>"
                     f"<td>{'-' if p is None else f'{p:.4f}'}</td></tr>")
     test = "paired bootstrap resampling" if comparison["test"] == "bs" else \
         "approximate randomization"
-    rows.append(f"</table><p>p: {test} ({comparison['samples']} samples) against the first "
+    rows.append(f"</table><p>p: {test} ({_e(comparison['samples'])} samples) against the first "
                 f"system; bold: p &lt; 0.05.</p>")
     return "\n".join(rows)
 
@@ -104,7 +108,10 @@ def _table(rows: list[dict], keys: list[str]) -> str:
 def _bucket_plot(buckets: dict[str, list[dict]]) -> str:
     figure, axis = pyplot().subplots(figsize=(6, 3.2), dpi=100)
     for name, rows in buckets.items():
-        axis.plot([r["source_words"] for r in rows], [r["bleu"] for r in rows], "o-", label=name)
+        # A system name is a file name: a "$" in it would start matplotlib's mathtext (and
+        # "$\\x$" would make the plot, hence the report, fail).
+        axis.plot([r["source_words"] for r in rows], [r["bleu"] for r in rows], "o-",
+                  label=name.replace("$", r"\$"))
     axis.set_xlabel("source words")
     axis.set_ylabel("BLEU")
     axis.grid(alpha=0.3)
@@ -113,5 +120,10 @@ def _bucket_plot(buckets: dict[str, list[dict]]) -> str:
     return "data:image/png;base64," + base64.b64encode(png_bytes(figure)).decode()
 
 
-def _e(text: str) -> str:
+def _e(text: object) -> str:
     return html.escape(str(text), quote=True)
+
+
+def _num(value: object, spec: str) -> str:
+    """A number formatted by `spec`; anything else (a hand-edited JSON line) as it is."""
+    return format(value, spec) if isinstance(value, (int, float)) else str(value)

@@ -7,6 +7,8 @@ import io
 from pathlib import Path
 
 from nmt.checkpoint import atomic_write_bytes
+from nmt.data.corpus import read_lines
+from nmt.errors import NmtError
 
 
 def pyplot():
@@ -31,21 +33,16 @@ def png_bytes(figure) -> bytes:
 
 def plot_learning_curves(metrics_csv: Path, png: Path) -> None:
     """Training and dev loss (left axis) and dev BLEU (right axis) against updates."""
-    train, valid = [], []
-    with open(metrics_csv, newline="") as handle:
-        for row in csv.DictReader(handle):
-            (train if row["kind"] == "train" else valid).append(row)
+    train, valid = _curves(metrics_csv)
     figure, loss_axis = pyplot().subplots(figsize=(8, 4.5), dpi=100)
     if train:
-        loss_axis.plot([int(r["step"]) for r in train], [float(r["loss"]) for r in train],
-                       color="tab:blue", alpha=0.6, label="train loss (smoothed labels)")
+        loss_axis.plot(*zip(*train), color="tab:blue", alpha=0.6,
+                       label="train loss (smoothed labels)")
     if valid:
-        steps = [int(r["step"]) for r in valid]
-        loss_axis.plot(steps, [float(r["dev_loss"]) for r in valid], "o-", color="tab:orange",
-                       label="dev loss")
+        steps, losses, bleus = zip(*valid)
+        loss_axis.plot(steps, losses, "o-", color="tab:orange", label="dev loss")
         bleu_axis = loss_axis.twinx()
-        bleu_axis.plot(steps, [float(r["dev_bleu"]) for r in valid], "s-", color="tab:green",
-                       label="dev BLEU (greedy)")
+        bleu_axis.plot(steps, bleus, "s-", color="tab:green", label="dev BLEU (greedy)")
         bleu_axis.set_ylabel("BLEU")
         bleu_axis.legend(loc="upper right")
     loss_axis.set_xlabel("update")
@@ -54,6 +51,29 @@ def plot_learning_curves(metrics_csv: Path, png: Path) -> None:
     loss_axis.grid(alpha=0.3)
     figure.tight_layout()
     atomic_write_bytes(png, png_bytes(figure))
+
+
+def _curves(metrics_csv: Path) -> tuple[list[tuple[int, float]],
+                                         list[tuple[int, float, float]]]:
+    """(step, train loss) and (step, dev loss, dev BLEU) from a run's metrics.csv, which may
+    have been edited or damaged since training wrote it."""
+    train, valid = [], []
+    reader = csv.DictReader(read_lines(metrics_csv))  # UTF-8 checked, line by line
+    try:
+        for row in reader:
+            if row["kind"] == "train":
+                train.append((int(row["step"]), float(row["loss"])))
+            else:
+                valid.append((int(row["step"]), float(row["dev_loss"]), float(row["dev_bleu"])))
+    except KeyError as missing:
+        raise NmtError(f"{metrics_csv}: no column {missing}; not a metrics.csv of "
+                       f"nmt-train") from None
+    except (TypeError, ValueError, csv.Error):  # a short row, or text for a number
+        raise NmtError(f"{metrics_csv}:{reader.line_num}: not a row of nmt-train's "
+                       f"metrics.csv") from None
+    if not (train or valid):
+        raise NmtError(f"{metrics_csv}: no rows yet; nothing to draw")
+    return train, valid
 
 
 def plot_attention(record: dict, png: Path, title: str = "") -> None:

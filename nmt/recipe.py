@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -193,15 +194,23 @@ class DecodeConfig:
                                       "(log P / |y|^alpha) or `gnmt` (log P / ((5+|y|)/6)^alpha); "
                                       "|y| counts the end-of-sentence token.",
                               choices=("none", "avg", "gnmt"))
-    alpha: float = option(0.6, "Strength of the length normalization.", min=0.0)
+    alpha: float = option(0.6, "Strength of the length normalization.", min=0.0, max=10.0)
     max_len_a: float = option(1.5, "Outputs stop at max_len_a · |source tokens| + max_len_b tokens.",
                               min=0.0)
     max_len_b: int = option(10, "See `max_len_a`.", min=1)
+    stopping: str = option("exact", "When beam search stops a sentence before its length limit: "
+                                    "`exact` once no hypothesis left in the beam can still beat "
+                                    "the n-th best finished one (the result of running the beam "
+                                    "to the limit), `first` once `beam` hypotheses have finished "
+                                    "(a better one may still be in the beam). `exact` is the "
+                                    "default: on the quickstart it is as fast, and it removes "
+                                    "the search errors of `first` (README, `nmt-score`).",
+                           choices=("exact", "first"))
     batch_size: int = option(64, "Sentences translated together.", min=1)
     coverage_penalty: float = option(0.0, "GNMT coverage penalty β: adds β·Σ_i log(min(total "
                                            "attention on source token i, 1)) to beam scores, "
                                            "favouring outputs that cover the whole source.",
-                                     min=0.0)
+                                     min=0.0, max=10.0)
     min_len: int = option(0, "Outputs have at least this many subword tokens.", min=0)
     no_repeat_ngram: int = option(0, "No n-gram of this size occurs twice in an output "
                                       "(0: off).", min=0)
@@ -221,7 +230,8 @@ class DecodeConfig:
     top_k: int = option(0, "Sample only among the k most probable tokens (0: all).", min=0)
     top_p: float = option(1.0, "Sample only within the smallest set of tokens whose probability "
                                "reaches p (nucleus sampling; 1: all).", min=0.0, max=1.0)
-    seed: int = option(1, "Seed of sampling; the same seed and input give the same samples.")
+    seed: int = option(1, "Seed of sampling; the same seed and input give the same samples.",
+                       min=-2**63, max=2**64 - 1)  # the seeds torch.Generator takes
 
 
 @dataclass(frozen=True)
@@ -317,6 +327,7 @@ class Recipe:
                                f"90s, not {self.train.max_time!r}") from None
         if self.data.format == "hub" and not self.data.hub_name:
             raise NmtError(f"{where}: data.hub_name is required with data.format: hub")
+        check_decoding(self.decode, where)
 
     # ---------------------------------------------------------------- saving
 
@@ -329,16 +340,37 @@ class Recipe:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
-def with_changes(config: Any, changes: dict[str, Any], section: str) -> Any:
-    """A copy of a recipe section with some keys changed, each checked like a recipe value."""
+def with_changes(config: Any, changes: dict[str, Any], section: str, where: str = "option",
+                 labels: dict[str, str] | None = None) -> Any:
+    """A copy of a recipe section with some keys changed, each checked like a recipe value.
+
+    Errors name a key as `labels` spell it (a command's flags), else as SECTION.KEY."""
     fields = {f.name: f for f in recipe_fields(type(config))}
     hints = get_type_hints(type(config))
     checked = {}
     for key, value in changes.items():
         if key not in fields:
-            raise _unknown_key(type(config), key, f"{section}.", "option")
-        checked[key] = _coerce(value, hints[key], fields[key], f"{section}.{key}", "option")
+            raise _unknown_key(type(config), key, f"{section}.", where)
+        checked[key] = _coerce(value, hints[key], fields[key],
+                               (labels or {}).get(key, f"{section}.{key}"), where)
     return dataclasses.replace(config, **checked)
+
+
+def check_decoding(decode: DecodeConfig, where: str, labels: dict[str, str] | None = None
+                   ) -> None:
+    """Decoding values that are each valid but cannot work together (or at all)."""
+    def name(key: str) -> str:
+        return (labels or {}).get(key, f"decode.{key}")
+
+    if decode.min_len > decode.max_len_b:
+        raise NmtError(f"{where}: {name('min_len')} {decode.min_len} is more than "
+                       f"{name('max_len_b')} {decode.max_len_b}, the output length limit of the "
+                       f"shortest sources; raise {name('max_len_b')} or lower {name('min_len')}")
+    if decode.top_p == 0:
+        raise NmtError(f"{where}: {name('top_p')} must be above 0 (0 leaves no token to sample)")
+    if decode.sample and decode.temperature == 0:
+        raise NmtError(f"{where}: {name('temperature')} must be above 0 to sample; for the most "
+                       f"probable output, search instead (beam 1 is greedy)")
 
 
 def parse_duration(text: str) -> float:
@@ -442,7 +474,8 @@ def _coerce(value: Any, kind: Any, f: dataclasses.Field, key: str, where: str) -
                 value = float(value)
             except ValueError:
                 pass
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and _finite(value)
         value = float(value) if ok else value
     elif kind is str:
         ok = isinstance(value, (str, int, float)) and not isinstance(value, bool)
@@ -464,8 +497,17 @@ def _coerce(value: Any, kind: Any, f: dataclasses.Field, key: str, where: str) -
     return value
 
 
+def _finite(number: int | float) -> bool:
+    """NaN, infinities and ints beyond a float's range are no value for a float key."""
+    try:
+        return math.isfinite(number)
+    except OverflowError:
+        return False
+
+
 def _type_name(kind: Any) -> str:
-    return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(
+    return {bool: "true or false", int: "an integer", float: "a finite number",
+            str: "a string"}.get(
         kind, getattr(kind, "__name__", str(kind)))
 
 

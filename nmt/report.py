@@ -3,11 +3,14 @@ scores by sentence length, and the sentences that went worst. All through sacreB
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 
 from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest
 
+from nmt.data.corpus import read_lines
 from nmt.errors import NmtError
 
 
@@ -107,6 +110,58 @@ def worst_sentences(sources: list[str] | None, hypotheses: list[str], references
              "source": sources[i] if sources else None,
              "hypothesis": hypotheses[i], "reference": references[i]}
             for chrf, i in sorted(scored)[:count] if chrf < 100.0]
+
+
+def _words(value: object) -> bool:
+    return isinstance(value, list) and all(
+        isinstance(w, dict) and isinstance(w.get("word"), str) and _number(w.get("attention"))
+        for w in value)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _strings(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+DIAGNOSTIC_FIELDS = {  # what nmt-translate --diagnose writes, and what the reports read
+    "line": (lambda v: isinstance(v, int) and not isinstance(v, bool), "a line number"),
+    "flags": (_strings, "a list of strings"),
+    "source": (lambda v: isinstance(v, str), "a string"),
+    "output": (lambda v: isinstance(v, str), "a string"),
+    "under_attended": (_words, 'a list of {"word": ..., "attention": ...}'),
+    "over_attended": (_words, 'a list of {"word": ..., "attention": ...}'),
+    "repeated_ngrams": (_strings, "a list of strings"),
+    "length_ratio": (_number, "a number"),
+    "mean_log_prob": (_number, "a number"),
+}
+
+
+def read_diagnostics(path: Path, sentences: int) -> list[dict]:
+    """The JSON lines of `nmt-translate --diagnose` for a translation of `sentences` lines,
+    checked: a report must not fail half-way on a hand-edited or foreign file."""
+    entries = []
+    for number, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise NmtError(f"{path}:{number}: invalid JSON: {error.msg}; expected the JSON "
+                           f"lines of nmt-translate --diagnose") from None
+        if not isinstance(entry, dict):
+            raise NmtError(f"{path}:{number}: expected a JSON object of nmt-translate --diagnose, "
+                           f"not {type(entry).__name__}")
+        for field, (valid, kind) in DIAGNOSTIC_FIELDS.items():
+            if not valid(entry.get(field)):
+                raise NmtError(f"{path}:{number}: field {field!r} must be {kind}")
+        if not 1 <= entry["line"] <= sentences:
+            raise NmtError(f"{path}:{number}: line {entry['line']} is outside the "
+                           f"{sentences} lines scored")
+        entries.append(entry)
+    return entries
 
 
 def format_breakdown(rows: list[dict]) -> str:

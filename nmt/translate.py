@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 import torch
 import yaml
@@ -22,9 +23,9 @@ from nmt.evaluate import corpus_bleu, corpus_chrf
 from nmt.lexicon import Lexicon, lexicon_for_run
 from nmt.model.ensemble import Ensemble
 from nmt.model.seq2seq import Seq2Seq
-from nmt.recipe import DecodeConfig, Recipe, with_changes
+from nmt.recipe import DecodeConfig, Recipe, check_decoding, with_changes
 from nmt.search import Hypothesis, beam_search, greedy_search
-from nmt.search.hypothesis import finished
+from nmt.search.hypothesis import coverage_bonus, finished
 from nmt.search.sampling import sample
 from nmt.search.steps import StepRules
 
@@ -95,17 +96,13 @@ class Translator:
 
         `prefixes` (plain text, one per line, "" for none) force how each translation begins.
         `options` are keys of the recipe's decode section (beam, length_norm, alpha, max_len_a,
-        max_len_b, batch_size, coverage_penalty, min_len, no_repeat_ngram, shortlist,
+        max_len_b, stopping, batch_size, coverage_penalty, min_len, no_repeat_ngram, shortlist,
         shortlist_frequent, sample, temperature, top_k, top_p, seed); unset ones (None) keep the
         run's defaults. Lines are sorted by length into batches (less padding) and results come
         back in input order; an empty line gives an empty translation. `progress` draws a bar on
         stderr.
         """
-        settings = with_changes(self.decode, {k: v for k, v in options.items() if v is not None},
-                                "decode")
-        if nbest > settings.beam and not settings.sample:
-            raise NmtError(f"--nbest {nbest} needs a beam of at least {nbest} "
-                           f"(beam is {settings.beam})")
+        settings = self.settings(nbest, **options)
         generator = torch.Generator(self.device).manual_seed(settings.seed)
         if looks_segmented(lines):
             log.warning("the input looks already segmented into subwords (many '\u2581' or '@@'); "
@@ -117,6 +114,7 @@ class Translator:
         results: list[list[Hypothesis]] = [[] for _ in lines]
         order = sorted((i for i, ids in enumerate(encoded) if lines[i].strip()),
                        key=lambda i: len(encoded[i]))
+        self._check_memory(settings, nbest, min(max(len(order), 1), settings.batch_size))
         for i, line in enumerate(lines):
             if not line.strip():
                 results[i] = [Hypothesis([], 0.0, 0.0)] * nbest
@@ -125,8 +123,18 @@ class Translator:
         for start in range(0, len(order), settings.batch_size):
             chunk = order[start:start + settings.batch_size]
             chunk_prefixes = [forced[i] for i in chunk] if forced else None
-            for i, hyps in zip(chunk, self._search([encoded[i] for i in chunk], settings, nbest,
-                                                   keep_attention, generator, chunk_prefixes)):
+            try:
+                found = self._search([encoded[i] for i in chunk], settings, nbest,
+                                     keep_attention, generator, chunk_prefixes)
+            except RuntimeError as error:
+                if not _out_of_memory(error):
+                    raise
+                raise NmtError(f"out of memory on {self.device} searching {len(chunk)} sentences "
+                               f"with {settings.beam if not settings.sample else nbest} "
+                               f"{'samples' if settings.sample else 'beams'} each; lower the "
+                               f"batch size (--batch-size), the beam (--beam) or the samples "
+                               f"(--nbest)") from None
+            for i, hyps in zip(chunk, found):
                 for hyp in hyps:
                     hyp.text = self.tokenizer.decode_target(hyp.tokens)
                     if hyp.attention is not None:  # drop the batch's padding columns
@@ -135,6 +143,62 @@ class Translator:
             bar.update(len(chunk))
         bar.close()
         return results
+
+    def settings(self, nbest: int = 1, labels: dict[str, str] | None = None,
+                 **options) -> DecodeConfig:
+        """The run's decoding defaults changed by `options` (None: unchanged), each checked like
+        a recipe value, then together and against the model, before any work is done. Errors
+        name options as `labels` spell them (a command's flags), else as decode.KEY."""
+        def name(key: str) -> str:
+            return (labels or {}).get(key, "nbest" if key == "nbest" else f"decode.{key}")
+
+        given = {key: value for key, value in options.items() if value is not None}
+        settings = with_changes(self.decode, given, "decode", labels=labels)
+        check_decoding(settings, "option", labels)
+        if settings.sample:  # options given for nothing: the user meant something else
+            ignored = dict.fromkeys(("beam", "coverage_penalty"), "applies to search, not to "
+                                                                 "sampling")
+        else:
+            ignored = dict.fromkeys(("temperature", "top_k", "top_p", "seed"),
+                                    f"applies to sampling only; add {name('sample')}")
+            if settings.beam == 1:
+                ignored["coverage_penalty"] = "applies to beam search, not to greedy search " \
+                                              f"({name('beam')} 1)"
+        for key, reason in ignored.items():
+            if key in given:
+                raise NmtError(f"option: {name(key)} {reason}")
+        if nbest < 1:
+            raise NmtError(f"option: {name('nbest')} must be at least 1, not {nbest}")
+        if nbest > settings.beam and not settings.sample:
+            raise NmtError(f"option: {name('nbest')} {nbest} needs {name('beam')} {nbest} or more "
+                           f"(it is {settings.beam})")
+        vocabulary = self.tokenizer.target_vocab_size
+        if settings.beam > vocabulary and not settings.sample:
+            raise NmtError(f"option: {name('beam')} {settings.beam} is wider than the model's "
+                           f"target vocabulary ({vocabulary} subwords); use at most {vocabulary}")
+        if settings.no_repeat_ngram == 1:  # every output token differs: are there enough?
+            usable = (min(settings.shortlist_frequent, vocabulary) if settings.shortlist
+                      else vocabulary) - 3  # PAD, BOS and EOS are never output tokens
+            if settings.min_len > usable:
+                raise NmtError(f"option: {name('min_len')} {settings.min_len} needs as many "
+                               f"different subwords with {name('no_repeat_ngram')} 1, and only "
+                               f"{max(usable, 0)} are sure to be there; lower {name('min_len')}")
+        return settings
+
+    def _check_memory(self, settings: DecodeConfig, nbest: int, sentences: int) -> None:
+        """Refuse a search whose scores alone cannot fit in the device's memory: sentences ×
+        beam (or samples) × target vocabulary floats, a few copies of them at each step. Such a
+        search would not fail cleanly but swap, or be killed by the system."""
+        width = nbest if settings.sample else settings.beam
+        needed = 4 * sentences * width * self.tokenizer.target_vocab_size * 4
+        available = _device_memory(self.device)
+        if available and needed > available:
+            raise NmtError(f"option: {sentences} sentences × {width} "
+                           f"{'samples' if settings.sample else 'beams'} × "
+                           f"{self.tokenizer.target_vocab_size} target subwords need about "
+                           f"{needed / 2**30:,.1f} GiB at each step, more than the "
+                           f"{available / 2**30:,.1f} GiB of {self.device}; lower the batch size "
+                           f"(--batch-size), the beam (--beam) or the samples (--nbest)")
 
     def _limit(self, encoded: list[list[int]]) -> list[list[int]]:
         """Cut sources longer than any the model was trained on, with a warning: such input
@@ -170,15 +234,16 @@ class Translator:
         return sorted(rows, key=lambda row: (row["bleu"], row["chrf"]), reverse=True)
 
     @torch.no_grad()
-    def force(self, sources: list[str], targets: list[str], length_norm: str | None = None,
-              alpha: float | None = None) -> list[Hypothesis]:
-        """Score given translations: the model's log-probability of each target (EOS included),
-        normalized as search would normalize it. Runs the decoder step by step, exactly as
-        search does, so a forced score and a search score of the same output agree."""
-        settings = with_changes(self.decode, {k: v for k, v in
-                                              dict(length_norm=length_norm, alpha=alpha).items()
-                                              if v is not None}, "decode")
-        source_ids = self.tokenizer.encode_source(list(sources))
+    def force(self, sources: list[str], targets: list[str], **options) -> list[Hypothesis]:
+        """Score given translations as beam search scores them: the model's log-probability of
+        each target (EOS included), normalized, plus the coverage bonus when `coverage_penalty`
+        is set. A target search could not produce (beyond the sentence's length limit, or
+        shorter than `min_len`) gets `reachable` False. `options`: decode keys, as in `nbest`.
+        Runs the decoder step by step, exactly as search does, so a forced score and a search
+        score of the same output agree."""
+        settings = with_changes(self.decode, {k: v for k, v in options.items() if v is not None},
+                                "decode")
+        source_ids = self._limit(self.tokenizer.encode_source(list(sources)))
         target_ids = self.tokenizer.encode_target(list(targets))
         results: list[Hypothesis] = []
         for start in range(0, len(sources), settings.batch_size):
@@ -186,6 +251,7 @@ class Translator:
             source, lengths = pad_sources(source_ids[start:start + settings.batch_size])
             encoded = self.model.encode(source.to(self.device), lengths)
             state = self.model.initial_state(encoded)
+            limits = length_limits(settings, lengths).tolist()
             steps = max(len(t) for t in chunk_targets) + 1
             target = torch.full((len(chunk_targets), steps), PAD, dtype=torch.long)
             for row, ids in enumerate(chunk_targets):
@@ -195,20 +261,26 @@ class Translator:
             previous = torch.full((len(chunk_targets),), BOS, dtype=torch.long,
                                   device=self.device)
             total = torch.zeros(len(chunk_targets), device=self.device)
+            coverage = torch.zeros(source.shape, device=self.device)
             for t in range(steps):
-                log_probs, state, _ = self.model.decode_step(encoded, state, previous)
+                log_probs, state, weights = self.model.decode_step(encoded, state, previous)
                 picked = log_probs.gather(1, target[:, t:t + 1]).squeeze(1)
-                total += picked.masked_fill(target[:, t] == PAD, 0.0)
+                real = target[:, t] != PAD
+                total += picked.masked_fill(~real, 0.0)
+                coverage += weights * real[:, None]
                 previous = target[:, t]
-            for ids, log_prob in zip(chunk_targets, total.tolist()):
-                hyp = finished(ids, log_prob, settings.length_norm, settings.alpha)
+            bonuses = coverage_bonus(coverage, encoded.mask, settings.coverage_penalty).tolist()
+            for ids, log_prob, bonus, limit in zip(chunk_targets, total.tolist(), bonuses, limits):
+                hyp = finished(ids, log_prob, settings.length_norm, settings.alpha, bonus=bonus)
                 hyp.text = self.tokenizer.decode_target(ids)
+                hyp.reachable = settings.min_len <= len(ids) <= limit
                 results.append(hyp)
         return results
 
     def attention_record(self, line: str, hyp: Hypothesis) -> dict:
         """A hypothesis' attention with the subword pieces on both axes (for plots)."""
-        source = self.tokenizer.source_pieces(self.tokenizer.encode_source([line])[0])
+        ids = self.tokenizer.encode_source([line])[0][:self.max_source_tokens or None]
+        source = self.tokenizer.source_pieces(ids)  # cut as `_limit` cut what was translated
         target = self.tokenizer.target_pieces(hyp.tokens)
         weights = [] if hyp.attention is None else \
             [[round(w, 4) for w in row] for row in hyp.attention.tolist()]
@@ -238,7 +310,7 @@ class Translator:
                 prefixes: list[list[int]] | None) -> list[list[Hypothesis]]:
         source, lengths = pad_sources(sources)
         encoded = self.model.encode(source.to(self.device), lengths)
-        max_lengths = (settings.max_len_a * (lengths - 1) + settings.max_len_b).long()
+        max_lengths = length_limits(settings, lengths)
         prefix = None
         if prefixes and any(prefixes):
             prefix = torch.full((len(prefixes), max(map(len, prefixes))), PAD, dtype=torch.long)
@@ -260,7 +332,31 @@ class Translator:
         if settings.beam == 1:
             return greedy_search(self.model, encoded, max_lengths, **common)
         return beam_search(self.model, encoded, max_lengths, settings.beam, nbest,
-                           coverage_penalty=settings.coverage_penalty, **common)
+                           coverage_penalty=settings.coverage_penalty,
+                           stopping=settings.stopping, **common)
+
+
+def _device_memory(device: torch.device) -> int:
+    """Bytes of memory of a device; 0 where the system does not say."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not a POSIX system
+        return 0
+
+
+def _out_of_memory(error: RuntimeError) -> bool:
+    """A GPU out of memory, or the CPU allocator refusing a block (torch says so in words)."""
+    return isinstance(error, torch.cuda.OutOfMemoryError) or \
+        "can't allocate memory" in str(error)
+
+
+def length_limits(settings: DecodeConfig, lengths: torch.Tensor) -> torch.Tensor:
+    """Each output's length limit in subword tokens, max_len_a·|x| + max_len_b, from source
+    lengths that count the appended EOS (as `pad_sources` gives them)."""
+    limits = settings.max_len_a * (lengths - 1).double() + settings.max_len_b
+    return limits.clamp(max=2**62).long()  # a huge max_len_a must not wrap around to < 0
 
 
 def _load_run(run_dir: Path, checkpoint: str) -> tuple[Seq2Seq, Tokenizer, Recipe]:
@@ -296,7 +392,9 @@ def tuned_decoding(run_dir: Path, decode: DecodeConfig) -> DecodeConfig:
         raise NmtError(f"{path}: YAML syntax error: {error}") from None
     if not isinstance(values, dict):
         raise NmtError(f"{path}: expected a mapping of decode keys")
-    return with_changes(decode, values, "decode")
+    tuned = with_changes(decode, values, "decode", str(path))
+    check_decoding(tuned, str(path))
+    return tuned
 
 
 def save_tuned_decoding(run_dir: Path, values: dict) -> Path:

@@ -56,6 +56,19 @@ def tiny_recipe(tmp_path: Path) -> Path:
     return path
 
 
+def trained_run(base: Path) -> Path:
+    """A tiny run trained for two steps in `base` (corpus, recipe, run), keeping both
+    validations as step-1 and step-2 for nmt-average."""
+    from nmt.recipe import Recipe
+    from nmt.train import train
+
+    write_slice(base / "corpus")
+    (base / "tiny.yaml").write_text(TINY_RECIPE, encoding="utf-8")
+    train(Recipe.load(base / "tiny.yaml", ["train.max_steps=2", "train.valid_every=1",
+                                           "train.keep_best=2"]), base / "run")
+    return base / "run"
+
+
 def tiny_model(vocab: int = 11, seed: int = 0, **changes) -> Seq2Seq:
     """A small randomly initialised model in eval mode, for search and masking tests."""
     torch.manual_seed(seed)

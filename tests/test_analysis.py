@@ -50,3 +50,32 @@ def test_search_error_and_model_error_are_told_apart(translator):
     # Identical output and reference are neither.
     assert analyze(translator, [source], [output.text], [output.text]).verdicts == []
     assert "1 search errors (100.0%)" in search_case.format()
+
+
+def test_forced_scores_include_the_coverage_bonus_search_applied(translator):
+    sources = (translator.tokenizer.target_path.parent.parent / "corpus" / "dev.de").read_text()
+    sources = sources.splitlines()[:30]
+    found = translator.translate(sources, beam=3, coverage_penalty=0.5)
+    forced = translator.force(sources, [h.text for h in found], coverage_penalty=0.5)
+    same = [(h, f) for h, f in zip(found, forced) if h.tokens == f.tokens]
+    assert len(same) >= 3
+    assert [f.score for _, f in same] == pytest.approx([h.score for h, _ in same], abs=1e-5)
+    plain = translator.force(sources, [h.text for h in found])
+    assert all(f.score <= p.score for f, p in zip(forced, plain))  # the bonus is at most 0
+    assert any(f.score < p.score for f, p in zip(forced, plain))
+
+
+def test_a_reference_beyond_the_length_limit_is_no_search_error(translator):
+    source, reference, worse = "zwei Katzen", "two cats", "x " * 40
+    forced = translator.force([source] * 2, [reference, worse])
+    assert forced[0].score > forced[1].score and len(forced[0].tokens) >= 2
+    assert analyze(translator, [source], [worse], [reference]).verdicts[0].kind == "search"
+    # The model prefers the reference, but a search with this limit could not produce it.
+    limit = dict(max_len_a=0.0, max_len_b=len(forced[0].tokens) - 1)
+    case = analyze(translator, [source], [worse], [reference], **limit)
+    assert [v.kind for v in case.verdicts] == ["limit"]
+    assert "0 search errors (0.0%)" in case.format() and "1 limit errors" in case.format()
+    assert forced[0].reachable
+    assert not translator.force([source], [reference], **limit)[0].reachable
+    too_short = dict(min_len=len(forced[0].tokens) + 1)
+    assert not translator.force([source], [reference], **too_short)[0].reachable

@@ -1,10 +1,21 @@
 """Bad input through the commands: one line naming the file, line or key, and exit code 2."""
 
+import errno
+import io
+import json
+import os
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
+import yaml
 
-from nmt.cli import train_main, translate_main
+from nmt import cli
+from nmt.checkpoint import (average_checkpoints, checkpoint_exists, delete_checkpoint,
+                            load_checkpoint)
+from nmt.cli import average_main, score_main, train_main, translate_main
+from nmt.errors import NmtError
 from nmt.recipe import Recipe
 from nmt.train import train
 
@@ -25,14 +36,9 @@ def fails_cleanly(main, argv, capsys) -> str:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny trained run to translate with."""
-    from conftest import TINY_RECIPE, write_slice
+    from conftest import trained_run
 
-    base = tmp_path_factory.mktemp("trained")
-    write_slice(base / "corpus")
-    (base / "tiny.yaml").write_text(TINY_RECIPE, encoding="utf-8")
-    train(Recipe.load(base / "tiny.yaml", ["train.max_steps=2", "train.valid_every=2"]),
-          base / "run")
-    return base / "run"
+    return trained_run(tmp_path_factory.mktemp("trained"))
 
 
 def replace_line(path, number, text):
@@ -144,3 +150,239 @@ def test_control_characters_and_nul_bytes_are_translated(trained, tmp_path, caps
     out, err = capsys.readouterr()
     assert exit_code.value.code == 0, err
     assert len(out.split("\n")) == 5  # four lines and the final newline: one output per input
+
+
+def one_line_error(main, argv, capsys) -> str:
+    """Run a command that must refuse its arguments before doing any work: its whole stderr is
+    the one line of the error (no usage dump, no progress bar)."""
+    with pytest.raises(SystemExit) as exit_code:
+        main([str(a) for a in argv])
+    _, err = capsys.readouterr()
+    assert exit_code.value.code == 2, err
+    prog = f"nmt-{main.__name__.removesuffix('_main')}"
+    assert len(err.splitlines()) == 1 and err.startswith(f"{prog}: error: "), err
+    return err.strip()
+
+
+OPTION_FAULTS = {  # flags that cannot work alone or together: refused, naming the flags
+    "min-len-over-max-len": (["--min-len", 50], ["--min-len 50", "--max-len-b 10"]),
+    "top-p-zero": (["--sample", "--top-p", 0], ["--top-p", "above 0"]),
+    "nbest-over-beam": (["--nbest", 4, "--beam", 2], ["--nbest 4", "--beam"]),
+    "negative-top-k": (["--sample", "--top-k", -1], ["--top-k", "at least 0"]),
+    "temperature-zero": (["--sample", "--temperature", 0], ["--temperature", "above 0"]),
+    "nan": (["--alpha", "nan"], ["--alpha", "finite"]),
+    "infinity": (["--max-len-a", "inf"], ["--max-len-a", "finite"]),
+    "beam-over-vocabulary": (["--beam", 100000], ["--beam 100000", "vocabulary"]),
+    "samples-over-memory": (["--sample", "--nbest", 10**12], ["--nbest", "GiB"]),
+    "seed-too-big": (["--sample", "--seed", 2**70], ["--seed", "at most"]),
+    "sampling-option-without-sampling": (["--top-p", 0.5], ["--top-p", "--sample"]),
+    "distinct-tokens-run-out": (["--no-repeat-ngram", 1, "--min-len", 200, "--max-len-b", 300],
+                                ["--min-len 200", "--no-repeat-ngram 1"]),
+    "not-a-number": (["--beam", "five"], ["--beam", "invalid int value"]),
+    "checkpoint-path": (["--checkpoint", "../../elsewhere/best"], ["--checkpoint", "not a path"]),
+    "plot-lines-alone": (["--plot-lines", 1], ["--plot-lines", "--plot-attention"]),
+    "dev-set-without-tune": (["--dev-src", "x.de"], ["--dev-src", "--tune"]),
+}
+
+
+@pytest.mark.parametrize("fault", OPTION_FAULTS, ids=list(OPTION_FAULTS))
+def test_translate_refuses_options_that_cannot_work(trained, capsys, fault):
+    flags, expected = OPTION_FAULTS[fault]
+    message = one_line_error(translate_main, ["-m", trained, "-i", trained.parent / "corpus" /
+                                              "test.de", *flags], capsys)
+    assert all(part in message for part in expected), message
+
+
+@pytest.mark.parametrize("options, expected", [
+    ({"min_len": 50}, "decode.min_len"), ({"top_p": 0.0, "sample": True}, "decode.top_p"),
+    ({"alpha": float("nan")}, "decode.alpha"), ({"beam": 10**6}, "decode.beam"),
+    ({"temperature": 0.0, "sample": True}, "decode.temperature"),
+    ({"max_len_a": float("inf")}, "decode.max_len_a"),
+    ({"nbest": 3, "beam": 2}, "nbest 3 needs decode.beam 3")])
+def test_translate_keywords_are_checked_like_recipe_values(trained, options, expected):
+    from nmt.translate import Translator
+
+    with pytest.raises(NmtError, match=expected):
+        Translator.from_run(trained).nbest(["drei"], **options)
+
+
+def test_samples_beyond_memory_are_refused_even_for_empty_lines(trained):
+    from nmt.translate import Translator
+
+    with pytest.raises(NmtError, match="GiB"):
+        Translator.from_run(trained).nbest(["", ""], nbest=10**30, sample=True)
+
+
+def test_empty_and_uneven_files_are_refused(trained, tmp_path, capsys):
+    empty, two, three = tmp_path / "empty.en", tmp_path / "two.en", tmp_path / "three.de"
+    empty.write_text("")
+    two.write_text("a\nb\n")
+    three.write_text("drei\nvier\nfünf\n")
+    for argv, expected in (
+            (["-r", empty, "-i", empty], [str(empty), "empty"]),
+            (["-r", two, "-i", empty], [str(empty), "empty"]),
+            (["-r", two, "-i", three], [str(three), "3 lines", str(two)]),
+            (["-r", two, "-i", two, "-s", three], [str(three), "3 lines"])):
+        message = fails_cleanly(score_main, argv, capsys)
+        assert all(part in message for part in expected), message
+    for argv, expected in (
+            (["-i", three, "--ref", empty], [str(empty), "empty"]),
+            (["-i", empty, "--ref", empty], [str(empty), "empty"]),
+            (["-i", three, "--ref", two], [str(two), "2 lines"]),
+            (["--tune", "--dev-src", empty, "--dev-ref", empty], [str(empty), "empty"]),
+            (["--tune", "--dev-src", three, "--dev-ref", two], [str(two), "2 lines"])):
+        message = one_line_error(translate_main, ["-m", trained, *argv], capsys)
+        assert all(part in message for part in expected), message
+
+
+@pytest.mark.parametrize("data, expected", [
+    (b"eins\ngr\xfc\xdfe\n", "<stdin>:2: invalid UTF-8 (byte 0xfc)"),
+    (bytes(range(256)) * 4, "<stdin>: a binary file"),
+])
+@pytest.mark.parametrize("output", [False, True])
+def test_stdin_is_checked_like_a_file(trained, tmp_path, capsys, monkeypatch, data, expected,
+                                      output):
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
+    message = fails_cleanly(translate_main, ["-m", trained, *(["-o", tmp_path / "out.en"]
+                                                             if output else [])], capsys)
+    assert expected in message, message
+    assert not (tmp_path / "out.en").exists()
+
+
+def test_diagnose_lines_longer_than_training_and_runs_of_any_corpus_format(trained, tmp_path,
+                                                                             capsys):
+    long_line = tmp_path / "long.de"
+    long_line.write_text(" ".join(["dreiundzwanzig"] * 200) + "\nvier\n")
+    tsv_run = tmp_path / "tsv-run"  # the same run, as if trained from a TSV corpus
+    shutil.copytree(trained, tsv_run)
+    (tsv_run / "diagnostics.json").unlink(missing_ok=True)  # the norms come from its dev set
+    recipe = yaml.safe_load((tsv_run / "recipe.yaml").read_text())
+    corpus = Path(recipe["data"]["root"])
+    (tmp_path / "tsv").mkdir()
+    (tmp_path / "tsv" / "dev.tsv").write_text("".join(
+        f"{de}\t{en}\n" for de, en in zip((corpus / "dev.de").read_text().splitlines(),
+                                          (corpus / "dev.en").read_text().splitlines())))
+    recipe["data"].update(format="tsv", root=str(tmp_path / "tsv"))
+    (tsv_run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
+    for run in (trained, tsv_run):
+        diagnosed = tmp_path / f"{run.name}.jsonl"
+        with pytest.raises(SystemExit) as exit_code:
+            translate_main(["-m", str(run), "-i", str(long_line), "-o", str(tmp_path / "out.en"),
+                            "--diagnose", str(diagnosed)])
+        _, err = capsys.readouterr()
+        assert exit_code.value.code == 0, err
+        assert [json.loads(line)["line"] for line in diagnosed.read_text().splitlines()] == [1, 2]
+
+
+DIAGNOSTICS_FAULTS = {
+    "not-json": ("flagged: line 1\n", ":1: invalid JSON"),
+    "not-an-object": ("[1, 2]\n", ":1: expected a JSON object"),
+    "no-flags": ('{"line": 1}\n', "'flags'"),
+    "wrong-type": ('{"line": 1, "flags": "low-confidence"}\n', "'flags' must be a list"),
+    "line-out-of-range": (None, "line 99 is outside the 2 lines"),
+}
+
+
+@pytest.mark.parametrize("fault", DIAGNOSTICS_FAULTS, ids=list(DIAGNOSTICS_FAULTS))
+def test_malformed_diagnostics_files_are_refused(tmp_path, capsys, fault):
+    text, expected = DIAGNOSTICS_FAULTS[fault]
+    good = {"line": 99, "flags": ["low-confidence"], "source": "drei", "output": "three",
+            "under_attended": [], "over_attended": [{"word": "drei", "attention": 3.1}],
+            "repeated_ngrams": [], "length_ratio": 1.0, "mean_log_prob": -2.5}
+    diagnostics = tmp_path / "diag.jsonl"
+    diagnostics.write_text(text or json.dumps(good) + "\n")
+    (tmp_path / "hyp.en").write_text("three\nfour\n")
+    message = fails_cleanly(score_main, ["-r", tmp_path / "hyp.en", "-i", tmp_path / "hyp.en",
+                                         "--diagnostics", diagnostics, "--html",
+                                         tmp_path / "report.html"], capsys)
+    assert str(diagnostics) in message and expected in message, message
+    assert not (tmp_path / "report.html").exists()
+
+
+@pytest.mark.parametrize("text, expected", [
+    (b"step,kind\n1,train\n", "metrics.csv: no column 'loss'"),
+    (b"step,kind,loss,dev_loss,dev_bleu\n1,train,2.5,,\n2,valid,,1.5\n",
+     "metrics.csv:3: not a row"),
+    (b"step,kind\n\xff\n", "metrics.csv:2: invalid UTF-8"),
+    (b"step,kind,loss\n", "metrics.csv: no rows yet")])
+def test_a_damaged_metrics_csv_is_named(tmp_path, capsys, text, expected):
+    (tmp_path / "metrics.csv").write_bytes(text)
+    message = fails_cleanly(score_main, ["--curves", tmp_path], capsys)
+    assert expected in message, message
+
+
+def test_outputs_are_checked_before_translating_and_never_replace_inputs(trained, tmp_path,
+                                                                        capsys):
+    source = tmp_path / "in.de"
+    source.write_text("drei\nvier\n")
+    (tmp_path / "a-file").write_text("")
+    for flags, expected in (
+            (["-o", tmp_path], "a folder"),
+            (["-o", tmp_path / "a-file" / "out.en"], "cannot write there"),
+            (["-o", source], "an input of this command (-i)"),
+            (["--ref", source, "-o", tmp_path / "." / "in.de"], "(-i)"),
+            (["--attention", source], "(-i)"),
+            (["-o", tmp_path / "x", "--diagnose", tmp_path / "x"], "(-o)"),
+            (["-o", trained / "checkpoints" / "best.json"], "checkpoints"),
+            (["-o", trained / "recipe.yaml"], f"-m {trained}"),
+            (["--plot-attention", tmp_path / "a-file"], "not a folder")):
+        message = one_line_error(translate_main, ["-m", trained, "-i", source, *flags], capsys)
+        assert expected in message, message
+    assert source.read_text() == "drei\nvier\n"
+    message = one_line_error(score_main, ["-r", source, "-i", source, "--json", source], capsys)
+    assert "(-r)" in message and source.read_text() == "drei\nvier\n"
+
+
+def test_an_output_that_fails_at_write_time_is_one_line(trained, tmp_path, capsys,
+                                                        monkeypatch):
+    def disk_full(path, text):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(cli, "atomic_write_text", disk_full)
+    (tmp_path / "in.de").write_text("drei\n")
+    message = fails_cleanly(translate_main, ["-m", trained, "-i", tmp_path / "in.de", "-o",
+                                             tmp_path / "out.en"], capsys)
+    assert message.endswith(f"-o {tmp_path / 'out.en'}: cannot write: "
+                            f"{os.strerror(errno.ENOSPC)}")
+    message = fails_cleanly(score_main, ["-r", tmp_path / "in.de", "-i", tmp_path / "in.de",
+                                         "--json", tmp_path / "report.json"], capsys)
+    assert "--json" in message and "cannot write" in message
+
+
+def test_average_refuses_names_that_clobber_checkpoints_or_leave_the_run(trained, capsys):
+    before = {p.name: p.read_bytes() for p in (trained / "checkpoints").iterdir()}
+    for name in ("best", "last", "step-1", "step-7", "../x", "/tmp/x", "", ".hidden"):
+        message = one_line_error(average_main, ["-m", trained, "-o", name], capsys)
+        assert f"-o {name}" in message or f"-o {name!r}" in message, message
+    assert {p.name: p.read_bytes() for p in (trained / "checkpoints").iterdir()} == before
+
+
+def test_a_dotted_checkpoint_name_round_trips(trained, tmp_path, capsys):
+    run = tmp_path / "run"
+    shutil.copytree(trained, run)
+    best = (run / "checkpoints" / "best.json").read_bytes()
+    with pytest.raises(SystemExit) as exit_code:
+        average_main(["-m", str(run), "-c", "step-1", "step-2", "-o", "best.avg"])
+    _, err = capsys.readouterr()
+    assert exit_code.value.code == 0, err
+    assert (run / "checkpoints" / "best.json").read_bytes() == best  # not best.json: best.avg
+    assert checkpoint_exists(run / "checkpoints" / "best.avg")
+    (tmp_path / "in.de").write_text("drei\nvierzehn\n")
+    with pytest.raises(SystemExit) as exit_code:
+        translate_main(["-m", str(run), "--checkpoint", "best.avg", "-i", str(tmp_path / "in.de")])
+    out, err = capsys.readouterr()
+    assert exit_code.value.code == 0, err
+    from nmt.translate import Translator
+
+    averaged = Translator.from_run(run, "best.avg").translate(["drei", "vierzehn"])
+    assert out == "".join(h.text + "\n" for h in averaged)
+    # Writing and deleting `best` leaves `best.avg` (whose files also begin with "best.") whole.
+    average_checkpoints([run / "checkpoints" / "step-1"], run / "checkpoints" / "best")
+    delete_checkpoint(run / "checkpoints" / "best")
+    load_checkpoint(run / "checkpoints" / "best.avg")
+
+
+def test_an_error_quoting_a_file_name_with_a_newline_stays_one_line(trained, tmp_path, capsys):
+    message = one_line_error(translate_main, ["-m", trained, "-i", tmp_path / "in\nput.de"],
+                             capsys)
+    assert "in\\nput.de: cannot read" in message, message

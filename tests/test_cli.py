@@ -1,5 +1,6 @@
 """The whole path through the three commands on a tiny corpus: train → translate → score."""
 
+import io
 import json
 import subprocess
 import sys
@@ -73,7 +74,7 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     assert len(sampled[0][1].splitlines()) == 21
     code, _, err = run(translate_main, ["-m", run_dir, "--beam", 0, "-i", tmp_path / "in.de"],
                        capsys)
-    assert code == 2 and "decode.beam must be at least 1" in err
+    assert code == 2 and "--beam must be at least 1" in err
 
     (tmp_path / "prefix.en").write_text("the\n\nthe\n\n\n\nthe\n")
     code, out, err = run(translate_main, ["-m", run_dir, "-i", tmp_path / "in.de", "--beta", 0.2,
@@ -153,7 +154,8 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     assert "Traceback" not in piped.stderr and "Error" not in piped.stderr
 
     # stdin → stdout, as in a shell pipe.
-    monkeypatch.setattr(sys, "stdin", iter([s + "\n" for s in source[:2]]))
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(
+        "".join(s + "\n" for s in source[:2]).encode())))
     code, out, err = run(translate_main, ["-m", run_dir, "--beam", 1], capsys)
     assert code == 0, err
     greedy = [h.text for h in translator.translate(source[:2], beam=1)]

@@ -94,3 +94,111 @@ def test_html_report_opens_in_headless_chromium_without_console_errors(tmp_path,
     assert "data:image/png;base64," in dom
     assert "Flagged by nmt-translate --diagnose" in dom and "Schnee (0.01)" in dom
     assert "CONSOLE" not in result.stderr and "Uncaught" not in result.stderr
+
+
+# Markup through every user-derived field of the HTML report: script tags, event handlers, a
+# `</script>` that would end an enclosing script, quotes that would end an attribute, a
+# `</title>`, and a "$\x$" that matplotlib would read as (invalid) mathtext in the plot's legend.
+PWN = "document.title='pwned'"
+PAYLOADS = {
+    "source": f"<script>{PWN}</script> Ein Mann.",
+    "hypothesis": f"<img src=x onerror=\"{PWN}\"> & a man",
+    "reference": f"</script><script>{PWN}</script> ' \" a man",
+    "diag_flag": f"<img src=x onerror={PWN}>",
+    "diag_source": f"'><svg onload=\"{PWN}\">",
+    "diag_output": f"</td></table><script>{PWN}</script>",
+    "diag_word": f"</style><script>{PWN}</script>",
+    "diag_gram": f"<iframe srcdoc=\"<script>{PWN}</script>\"></iframe>",
+}
+SYSTEM_NAMES = [f"sys' \"><img src=x onerror={PWN}>", f"b</script><script>{PWN}</script>$\\x$"]
+REF_NAME = f"ref</title><script>{PWN}</script>"
+
+
+def _hostile_report(tmp_path):
+    """Writes the report of two hostile systems (paths, lines, --diagnostics) and returns it."""
+    sources = [PAYLOADS["source"], "Zwei Hunde.", "Eine Frau singt."]
+    hypotheses = [PAYLOADS["hypothesis"], "Two dogs.", "A woman is singing."]
+    references = [PAYLOADS["reference"], "Two dogs play.", "A woman sings."]
+    files = {"src": sources, REF_NAME: references, SYSTEM_NAMES[0]: hypotheses,
+             SYSTEM_NAMES[1]: hypotheses[::-1]}
+    for name, lines in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+    # Numeric fields (line, attention, length_ratio) are checked as numbers when read (a string
+    # there is refused; tests/test_bad_input.py), so markup can come only through the text ones.
+    flagged = {"line": 1, "flags": [PAYLOADS["diag_flag"]],
+               "source": PAYLOADS["diag_source"], "output": PAYLOADS["diag_output"],
+               "under_attended": [{"word": PAYLOADS["diag_word"], "attention": 0.1}],
+               "over_attended": [], "repeated_ngrams": [PAYLOADS["diag_gram"]],
+               "length_ratio": 0.4, "mean_log_prob": -0.5}
+    (tmp_path / "diag.jsonl").write_text(json.dumps(flagged) + "\n")
+    page = tmp_path / "report.html"
+    with pytest.raises(SystemExit) as code:
+        score_main(["-r", str(tmp_path / REF_NAME), "-i"]
+                   + [str(tmp_path / name) for name in SYSTEM_NAMES]
+                   + ["-s", str(tmp_path / "src"), "--samples", "5", "--worst", "10",
+                      "--html", str(page), "--diagnostics", str(tmp_path / "diag.jsonl")])
+    assert code.value.code == 0
+    texts = [*PAYLOADS.values(), *(str(tmp_path / name) for name in SYSTEM_NAMES),
+             f"nmt-score: {tmp_path / REF_NAME}"]
+    return page, texts
+
+
+def test_html_report_escapes_every_user_derived_field(tmp_path, capsys):
+    import html
+
+    page, texts = _hostile_report(tmp_path)
+    capsys.readouterr()
+    text = page.read_text()
+    for value in texts:
+        assert html.escape(value, quote=True) in text, value
+    lowered = text.lower()
+    assert "<script" not in lowered and "<svg" not in lowered and "<iframe" not in lowered
+    assert lowered.count("<img") == 1 and "<img alt='bleu by source length' src='data:" in lowered
+
+
+def test_html_report_with_markup_in_every_field_runs_no_script_in_chromium(tmp_path, capsys):
+    import shutil
+    from html.parser import HTMLParser
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("needs Debian's chromium (.ci/run installs it)")
+    page, texts = _hostile_report(tmp_path)
+    capsys.readouterr()
+    result = subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu",
+                             "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    class Dom(HTMLParser):  # the elements and text of the DOM as Chromium built it
+        def __init__(self):
+            super().__init__(convert_charrefs=True)
+            self.tags, self.open, self.text, self.title = [], [], [], ""
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append((tag, dict(attrs)))
+            self.open.append(tag)
+
+        def handle_endtag(self, tag):
+            while self.open and self.open.pop() != tag:
+                pass
+
+        def handle_data(self, data):
+            if self.open and self.open[-1] == "title":
+                self.title += data
+            elif not self.open or self.open[-1] != "style":
+                self.text.append(data)
+
+    dom = Dom()
+    dom.feed(result.stdout)
+    assert dom.title == f"nmt-score: {tmp_path / REF_NAME}"  # no script set document.title
+    names = [tag for tag, _ in dom.tags]
+    assert not {"script", "svg", "iframe", "b", "i"} & set(names), names
+    images = [attrs for tag, attrs in dom.tags if tag == "img"]
+    assert len(images) == 1 and images[0]["src"].startswith("data:image/png;base64,")
+    assert not [a for _, attrs in dom.tags for a in attrs if a.startswith("on")]
+    shown = "".join(dom.text)
+    for value in texts[:-1]:
+        assert value in shown, value  # each shows literally, as text
+    assert "Uncaught" not in result.stderr and "CONSOLE" not in result.stderr

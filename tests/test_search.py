@@ -1,4 +1,5 @@
 import itertools
+import random
 
 import pytest
 import torch
@@ -6,6 +7,8 @@ import torch
 from nmt.data.batching import pad_sources
 from nmt.data.subwords import EOS
 from nmt.search import beam_search, greedy_search, length_penalty
+from nmt.search.beam import STOPPING
+from nmt.search.hypothesis import MIN_COVERAGE
 from nmt.search.steps import StepRules
 from conftest import tiny_model
 
@@ -269,3 +272,159 @@ def test_length_normalization_changes_the_winner():
     assert average.tokens == [4]
     assert average.score == pytest.approx(float(torch.tensor(0.36).log()) / 2)
     assert greedy_search(model, encoded, limits)[0][0].tokens == [4]  # greedy takes 'a' first
+
+
+class PrefixTable:
+    """A stand-in model whose next-token probabilities depend on the output so far:
+    `table[prefix]` maps tokens to probabilities (a prefix not in it ends: EOS has p=1).
+    `attention[prefix]` gives that step's attention (default: uniform over real tokens)."""
+
+    class State:
+        def __init__(self, prefixes, mask):
+            self.prefixes, self.mask, self.device = prefixes, mask, torch.device("cpu")
+
+        def index_select(self, index):
+            return PrefixTable.State([self.prefixes[i] for i in index.tolist()],
+                                     self.mask.index_select(0, index))
+
+    def __init__(self, table, attention=None):
+        self.table, self.attention = table, attention or {}
+
+    def encode(self, mask):
+        return self.State([()] * mask.size(0), mask)
+
+    def initial_state(self, encoded):
+        return encoded
+
+    def decode_step(self, encoded, state, previous):
+        prefixes = [p if token == 2 else p + (token,)
+                    for p, token in zip(state.prefixes, previous.tolist())]
+        probs = torch.zeros(len(prefixes), VOCAB)
+        weights = state.mask / state.mask.sum(-1, keepdim=True)
+        for row, prefix in enumerate(prefixes):
+            for token, p in self.table.get(prefix, {EOS: 1.0}).items():
+                probs[row, token] = p
+            if prefix in self.attention:
+                weights[row] = torch.tensor(self.attention[prefix])
+        return probs.log(), self.State(prefixes, state.mask), weights
+
+
+# 'a' then EOS beats EOS at once, and 'a a' then EOS beats both, under every length
+# normalization; but when 'a' ends, two hypotheses (beam 2) have finished while 'a a' is alive.
+A = 4
+OVERTAKEN = {(): {A: 0.7, EOS: 0.2, 5: 0.1}, (A,): {A: 0.55, EOS: 0.45},
+             (A, A): {EOS: 0.99, 5: 0.01}}
+
+
+@pytest.mark.parametrize("form, alpha", [("none", 0.0), ("avg", 1.0), ("gnmt", 0.6),
+                                         ("gnmt", 1.0)])
+def test_exact_stopping_finds_what_stopping_at_the_first_beam_finished_misses(form, alpha):
+    model = PrefixTable(OVERTAKEN)
+    encoded, limits = model.encode(torch.ones(1, 3, dtype=torch.bool)), torch.tensor([4])
+
+    def search(stopping, nbest=1):
+        return beam_search(model, encoded, limits, beam=2, nbest=nbest, length_norm=form,
+                           alpha=alpha, stopping=stopping)[0]
+
+    first, exact = search("first")[0], search("exact")[0]
+    assert first.tokens == [A]
+    assert exact.tokens == [A, A]
+    assert exact.log_prob == pytest.approx(float(torch.tensor(0.7 * 0.55 * 0.99).log()))
+    assert exact.score > first.score
+    assert [h.tokens for h in search("exact", nbest=2)] == [[A, A], [A]]
+
+
+def test_a_real_source_token_without_attention_is_penalized():
+    """'a' is likelier than 'b' but never attends to the source's last real token (attention
+    exactly 0, as when it underflows); the last column is padding, also never attended."""
+    zero, half = [0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]
+    model = PrefixTable({(): {A: 0.5, 5: 0.4, EOS: 0.1}, (A,): {EOS: 1.0}, (5,): {EOS: 1.0}},
+                        attention={(): zero, (A,): zero, (5,): half})
+    encoded = model.encode(torch.tensor([[True, True, True, False]]))
+    found = beam_search(model, encoded, torch.tensor([3]), beam=2, nbest=2, length_norm="none",
+                        coverage_penalty=1.0)[0]
+    assert [h.tokens for h in found] == [[5], [A]]
+    dropped = float(torch.tensor(MIN_COVERAGE).log())  # token 3 of 'a', about -23
+    assert found[1].score == pytest.approx(float(torch.tensor(0.5).log()) + dropped, abs=1e-4)
+    # 'b' covers tokens 1 and 2 by 0.5 each, token 3 fully; the padding column counts nothing.
+    assert found[0].score == pytest.approx(float(torch.tensor(0.4 * 0.25).log()), abs=1e-5)
+
+
+@torch.no_grad()
+def unstopped_beam_search(model, source, max_len, beam, form, alpha, min_len, beta):
+    """Beam search in plain Python with beam_search's pruning (of the 2·beam best extensions,
+    EOS ones ranked within the beam finish and the `beam` best others go on) but no early
+    stopping: it runs to the length limit. Every finished hypothesis, best first."""
+    encoded = encode(model, [source])
+    state = model.initial_state(encoded)
+    live = [([], 0.0, torch.zeros(len(source) + 1))]  # tokens, log-prob, coverage; row of state
+    done = []
+    for t in range(max_len + 1):
+        previous = torch.tensor([tokens[-1] if tokens else 2 for tokens, _, _ in live])
+        log_probs, state, weights = model.decode_step(
+            encoded.index_select(torch.zeros(len(live), dtype=torch.long)), state, previous)
+        allowed = [EOS] if t >= max_len else [1, *(w for w in range(4, log_probs.size(1)))] + \
+            ([] if t < min_len else [EOS])
+        candidates = []
+        for row, (tokens, log_prob, coverage) in enumerate(live):
+            coverage = coverage + weights[row]
+            for token in allowed:
+                candidates.append((log_prob + float(log_probs[row, token]), tokens, token, row,
+                                   coverage))
+        candidates = sorted(candidates, key=lambda c: c[0], reverse=True)[:2 * beam]
+        for rank, (log_prob, tokens, token, _, coverage) in enumerate(candidates):
+            if token == EOS and rank < beam:
+                bonus = beta * float(coverage.clamp(MIN_COVERAGE, 1.0).log().sum())
+                done.append((log_prob / length_penalty(len(tokens) + 1, form, alpha) + bonus,
+                             tokens))
+        go_on = [c for c in candidates if c[2] != EOS][:beam]
+        if not go_on:
+            break
+        state = state.index_select(torch.tensor([c[3] for c in go_on]))
+        live = [(tokens + [token], log_prob, coverage)
+                for log_prob, tokens, token, _, coverage in go_on]
+    return sorted(done, key=lambda d: d[0], reverse=True)
+
+
+def random_case(seed):
+    """A tiny model with sharpened (seeded) output distributions and a random search setting."""
+    rng = random.Random(seed)
+    model = tiny_model(vocab=VOCAB, seed=seed)
+    with torch.no_grad():
+        model.output.weight.mul_(rng.uniform(1.0, 8.0))
+        model.output.bias.mul_(rng.uniform(1.0, 8.0))
+    sources = [[rng.randrange(4, VOCAB) for _ in range(rng.randint(1, 4))] for _ in range(3)]
+    max_lens = [rng.randint(1, 6) for _ in sources]
+    beam = rng.randint(1, 3)
+    form, alpha = rng.choice([("none", 0.0), ("avg", 1.0), ("avg", 0.0), ("gnmt", 0.6),
+                              ("gnmt", 2.0)])
+    return dict(model=model, sources=sources, max_lens=max_lens, beam=beam,
+                nbest=rng.randint(1, beam), form=form, alpha=alpha,
+                min_len=min(rng.choice([0, 0, 1, 2]), *max_lens),
+                beta=rng.choice([0.0, 0.0, 0.3]))
+
+
+def test_exact_stopping_equals_beam_search_run_to_the_length_limit():
+    """Over many random tiny models and settings with beams narrower than the hypothesis space,
+    stopping early by the exact rule gives what the same beam gives without stopping early; the
+    fast rule differs in some of them and is never better."""
+    differ = 0
+    for seed in range(100):
+        case = random_case(seed)
+        model, beam, nbest = case["model"], case["beam"], case["nbest"]
+        run = {stopping: beam_search(
+            model, encode(model, case["sources"]), torch.tensor(case["max_lens"]), beam, nbest,
+            case["form"], case["alpha"], rules=StepRules(min_len=case["min_len"]),
+            coverage_penalty=case["beta"], stopping=stopping) for stopping in STOPPING}
+        for i, (source, max_len) in enumerate(zip(case["sources"], case["max_lens"])):
+            reference = unstopped_beam_search(model, source, max_len, beam, case["form"],
+                                              case["alpha"], case["min_len"],
+                                              case["beta"])[:nbest]
+            exact, first = run["exact"][i], run["first"][i]
+            where = f"seed {seed}, sentence {i}: {case}"
+            assert [h.tokens for h in exact] == [tokens for _, tokens in reference], where
+            assert [h.score for h in exact] == pytest.approx([s for s, _ in reference],
+                                                             abs=1e-5), where
+            assert exact[0].score >= first[0].score - 1e-6, where
+            differ += [h.tokens for h in first] != [h.tokens for h in exact]
+    assert differ >= 10  # the rule matters in these cases

@@ -24,6 +24,11 @@ class MemberStates:
     def device(self) -> torch.device:
         return self.members[0].device
 
+    @property
+    def mask(self) -> torch.Tensor:
+        """Real source tokens (True), as the coverage penalty needs: the members read one source."""
+        return self.members[0].mask
+
     def index_select(self, index: torch.Tensor) -> "MemberStates":
         return MemberStates([state.index_select(index) for state in self.members])
 

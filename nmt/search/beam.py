@@ -2,8 +2,8 @@
 
 All sentences of a batch advance together as one (sentences × beam) batch; each step is a
 handful of tensor operations (top-k over sentences' beams × vocabulary, one `index_select` of the
-decoder state). A sentence leaves the batch as soon as it has `beam` finished hypotheses, so
-finished sentences cost nothing more.
+decoder state). A sentence leaves the batch as soon as its result is settled (see `stopping`),
+so finished sentences cost nothing more.
 """
 
 from __future__ import annotations
@@ -12,8 +12,11 @@ import torch
 
 from nmt.data.subwords import BOS, EOS
 from nmt.model.seq2seq import EncoderState, Seq2Seq
-from nmt.search.hypothesis import Hypothesis, finished
+from nmt.search.hypothesis import Hypothesis, coverage_bonus, length_penalty
 from nmt.search.steps import StepRules, to_columns, to_ids
+
+
+STOPPING = ("exact", "first")  # when a sentence's search ends; see `beam_search`
 
 
 @torch.no_grad()
@@ -21,7 +24,8 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
                 nbest: int = 1, length_norm: str = "gnmt", alpha: float = 0.6,
                 keep_attention: bool = False, rules: StepRules = StepRules(),
                 prefix: torch.Tensor | None = None, coverage_penalty: float = 0.0,
-                vocabulary: torch.Tensor | None = None) -> list[list[Hypothesis]]:
+                vocabulary: torch.Tensor | None = None, stopping: str = "exact"
+                ) -> list[list[Hypothesis]]:
     """The `nbest` best hypotheses per sentence, best first by normalized score.
 
     `prefix` (B, P), PAD-padded, forces each output's first tokens. `coverage_penalty` β adds
@@ -29,9 +33,16 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
     favours outputs that attend to every source token. `vocabulary` (K,): the sorted target ids
     of a shortlist the model's output layer scores (see `Seq2Seq.shortlisted`); the search runs
     in its columns and maps them back to ids.
+
+    A sentence stops at its length limit, or earlier as `stopping` says. `exact`: once no
+    hypothesis left in its beam can score above its `nbest`-th best finished one, so the result
+    is what the same beam run to the length limit would give. `first`: once `beam` hypotheses
+    have finished, although one still in the beam may score better (faster, not exact).
     """
     if nbest > beam:
         raise ValueError(f"nbest ({nbest}) cannot exceed the beam size ({beam})")
+    if stopping not in STOPPING:
+        raise ValueError(f"unknown stopping rule {stopping!r}; use one of {', '.join(STOPPING)}")
     batch, device = max_lengths.size(0), encoded.device
     max_lengths = max_lengths.to(device)
     sentence_ids = torch.arange(batch, device=device)  # original index of each sentence still searched
@@ -48,8 +59,12 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
     if prefix is not None:
         prefix = to_columns(vocabulary, prefix.to(device))
     results: list[list[Hypothesis]] = [[] for _ in range(batch)]
-    found = torch.zeros(batch, dtype=torch.long, device=device)  # finished, per active sentence
-    row_limits, row_prefix = _per_row(max_lengths, prefix, beam)
+    # The `beam` best normalized scores finished so far per sentence, in float64 as
+    # `hypothesis.finished` computes them.
+    best = torch.full((batch, beam), float("-inf"), dtype=torch.float64, device=device)
+    top_penalty = length_penalty(max_lengths.double() + 1, length_norm, alpha)
+    row_limits, row_prefix, row_real = _per_row(max_lengths, prefix, beam, encoded,
+                                                coverage_penalty)
 
     for t in range(int(max_lengths.max()) + 1):
         n = sentence_ids.size(0)
@@ -70,32 +85,39 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
             history = step if history is None else torch.cat([history, step], 1)
         if coverage_penalty:
             coverage = weights if coverage is None else coverage + weights
-            # Padding gets exactly zero attention, so real source tokens are those with any.
-            bonus = coverage_penalty * torch.where(
-                coverage > 0, coverage.clamp(max=1.0).log(), torch.zeros_like(coverage)).sum(-1)
+            bonus = coverage_bonus(coverage, row_real, coverage_penalty)
 
         # Hypotheses ending here: EOS candidates ranked within the beam, with a finite score.
         ends = (token == EOS) & torch.isfinite(top_scores)
         ends[:, beam:] = False
-        found += ends.sum(1)
         if bool(ends.any()):  # gathered together: one copy out of tensors, not one per item
+            normalized = top_scores.double() / length_penalty(t + 1, length_norm, alpha)
+            if coverage_penalty:
+                normalized = normalized + bonus[rows].double()
+            best = torch.cat([best, normalized.masked_fill(~ends, float("-inf"))], 1
+                             ).topk(beam, dim=1).values
             sentence, candidate = ends.nonzero(as_tuple=True)
             ended = rows[sentence, candidate]
-            bonuses = bonus[ended].tolist() if coverage_penalty else [0.0] * ended.numel()
-            for i, (index, ids, score) in enumerate(zip(
+            for i, (index, ids, log_prob, score) in enumerate(zip(
                     sentence_ids[sentence].tolist(),
                     to_ids(vocabulary, tokens[ended, 1:]).tolist(),
-                    top_scores[sentence, candidate].tolist())):
-                results[index].append(finished(
-                    ids, score, length_norm, alpha,
-                    history[ended[i]].cpu() if keep_attention else None, bonuses[i]))
+                    top_scores[sentence, candidate].tolist(),
+                    normalized[sentence, candidate].tolist())):
+                results[index].append(Hypothesis(
+                    ids, log_prob, score, history[ended[i]].cpu() if keep_attention else None))
 
         # The beam continues with the best candidates that did not end.
         alive_scores, picks = top_scores.masked_fill(token == EOS, float("-inf")).topk(beam, dim=1)
         alive_rows = rows.gather(1, picks)
         alive_tokens = token.gather(1, picks)
 
-        done = (found >= beam) | (max_lengths <= t) | ~torch.isfinite(alive_scores[:, 0])
+        if stopping == "exact":
+            # Log-probabilities only fall and the largest length penalty is the limit's, so a
+            # live hypothesis ends at best at its score / that penalty (a coverage bonus ≤ 0).
+            settled = best[:, nbest - 1] >= alive_scores[:, 0].double() / top_penalty
+        else:
+            settled = torch.isfinite(best[:, -1])  # `beam` hypotheses have finished
+        done = settled | (max_lengths <= t) | ~torch.isfinite(alive_scores[:, 0])
         if bool(done.all()):
             break
         keep = (~done).nonzero().squeeze(1)
@@ -109,17 +131,21 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
             coverage = coverage[row_index]
         if keep.size(0) < n:  # sentences left the batch: shrink what is fixed per sentence
             encoded = encoded.index_select(keep)
-            sentence_ids, max_lengths, found = sentence_ids[keep], max_lengths[keep], found[keep]
+            sentence_ids, max_lengths, best = sentence_ids[keep], max_lengths[keep], best[keep]
+            top_penalty = length_penalty(max_lengths.double() + 1, length_norm, alpha)
             if prefix is not None:
                 prefix = prefix[keep]
-            row_limits, row_prefix = _per_row(max_lengths, prefix, beam)
+            row_limits, row_prefix, row_real = _per_row(max_lengths, prefix, beam, encoded,
+                                                        coverage_penalty)
 
     return [sorted(found, key=lambda h: h.score, reverse=True)[:nbest] for found in results]
 
 
-def _per_row(max_lengths: torch.Tensor, prefix: torch.Tensor | None, beam: int
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Each sentence's length limit and forced prefix repeated for its beams: remade only when
-    sentences leave the batch, not at every step."""
+def _per_row(max_lengths: torch.Tensor, prefix: torch.Tensor | None, beam: int,
+             encoded: EncoderState, coverage_penalty: float
+             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Each sentence's length limit, forced prefix and (for the coverage penalty) real source
+    tokens, repeated for its beams: remade only when sentences leave the batch, not every step."""
     return (max_lengths.repeat_interleave(beam),
-            None if prefix is None else prefix.repeat_interleave(beam, 0))
+            None if prefix is None else prefix.repeat_interleave(beam, 0),
+            encoded.mask.repeat_interleave(beam, 0) if coverage_penalty else None)
