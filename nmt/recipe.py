@@ -203,8 +203,8 @@ class DecodeConfig:
                                     "the n-th best finished one (the result of running the beam "
                                     "to the limit), `first` once `beam` hypotheses have finished "
                                     "(a better one may still be in the beam). `exact` is the "
-                                    "default: on the quickstart it is as fast, and it removes "
-                                    "the search errors of `first` (README, `nmt-score`).",
+                                    "default: on Multi30k it gains 0.15 BLEU for 4-14% more "
+                                    "search time (benchmarks/README.md).",
                            choices=("exact", "first"))
     batch_size: int = option(64, "Sentences translated together.", min=1)
     coverage_penalty: float = option(0.0, "GNMT coverage penalty β: adds β·Σ_i log(min(total "
