@@ -57,7 +57,7 @@ def main() -> None:
         translator.lexicon  # loaded (or built, the first time) before anything is timed
     load_s = time.perf_counter() - started
     options = dict(shortlist=args.shortlist, shortlist_frequent=args.shortlist_frequent,
-                   stopping=args.stopping)
+                   stopping=args.stopping, sample=False)
     translator.translate(sources[:32], beam=1, **options)  # warm-up
     print(f"{len(sources)} sentences from {src}; device {translator.device}, "
           f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}; "

@@ -66,6 +66,11 @@ def _command(name: str) -> Callable:
             except BrokenPipeError:  # the reader went away (`| head`): end quietly
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
                 code = 0
+            except OSError as error:  # a path the system refuses: too long, no permission, ...
+                where = f"{error.filename}: " if error.filename is not None else ""
+                print(f"{name}: error: {_one_line(where + (error.strerror or str(error)))}",
+                      file=sys.stderr)
+                code = 2
             if argv is None:  # a program of its own, whose outputs are all written and closed:
                 _exit_now(code)  # skip the interpreter's teardown of torch (~0.4 s)
             sys.exit(code)
@@ -132,8 +137,10 @@ def translate_main(argv: list[str] | None = None) -> int:
                              "runs that share a vocabulary")
     parser.add_argument("--checkpoint", default="best",
                         help="checkpoint name: best, last, step-N, or one made by nmt-average")
-    parser.add_argument("-i", "--input", help="file to translate, one sentence a line")
-    parser.add_argument("-o", "--output", help="file to write (written whole, atomically)")
+    parser.add_argument("-i", "--input",
+                        help="file to translate, one sentence a line (default or `-`: stdin)")
+    parser.add_argument("-o", "--output",
+                        help="file to write, whole and atomically (default or `-`: stdout)")
     parser.add_argument("--beam", type=int, help=f"beam size; 1 is greedy (recipe default "
                                                  f"{defaults.beam})")
     parser.add_argument("--length-norm", choices=("none", "avg", "gnmt"),
@@ -201,6 +208,8 @@ def translate_main(argv: list[str] | None = None) -> int:
                         help="int8 linear layers: faster on a CPU for a little BLEU (see "
                              "benchmarks/README.md)")
     args = parser.parse_args(argv)
+    args.input, args.output = (None if path == "-" else path  # `-`: stdin, stdout
+                               for path in (args.input, args.output))
     if args.plot_lines and not args.plot_attention:
         raise NmtError("--plot-lines goes with --plot-attention DIR")
     if (args.dev_src or args.dev_ref) and not args.tune:
@@ -320,6 +329,10 @@ def _check_paths(inputs: list[tuple[str, str | None]], outputs: list[tuple[str, 
         if path is None:
             continue
         target = Path(path)
+        if target.exists() and not target.is_dir() and not target.is_file():
+            if not os.access(target, os.W_OK):  # a device or pipe, such as /dev/stdout
+                raise NmtError(f"{flag} {path}: cannot write there (not writable)")
+            continue  # written in place, replacing nothing
         if target.is_dir() != is_folder and target.exists():
             raise NmtError(f"{flag} {path}: " + ("not a folder" if is_folder else
                                                  "a folder; give a file name"))
@@ -393,7 +406,7 @@ def _tune(translator, args: argparse.Namespace) -> int:
         raise NmtError("--tune needs one -m RUN_DIR, --dev-src and --dev-ref")
     _check_paths([], [("--tune", str(Path(args.model[0]) / TUNED))])
     for beam in args.beams:  # every setting of the grid checked before the first is tried
-        translator.settings(beam=beam, labels={"beam": "--beams"})
+        translator.settings(beam=beam, sample=False, labels={"beam": "--beams"})
     for alpha in args.alphas:
         translator.settings(alpha=alpha, labels={"alpha": "--alphas"})
     sources, references = read_lines(Path(args.dev_src)), read_lines(Path(args.dev_ref))
@@ -502,7 +515,7 @@ def score_main(argv: list[str] | None = None) -> int:
 
         translator = Translator.from_run(args.model)
         for beam in args.beams or ():
-            translator.settings(beam=beam, labels={"beam": "--beams"})
+            translator.settings(beam=beam, sample=False, labels={"beam": "--beams"})
     named_references = [(ref, read_lines(Path(ref))) for ref in args.ref]
     references = [lines for _, lines in named_references]
     systems = [(path, read_lines(Path(path))) for path in args.input]
@@ -560,7 +573,7 @@ def _analyze(args: argparse.Namespace, translator, sources: list[str], hypothese
         print(f"\n{'beam':>4} {'BLEU':>6} {'differ':>6} {'search':>7} {'model':>7} {'limit':>7}")
         from nmt.evaluate import corpus_bleu
         for beam in args.beams:
-            outputs = [h.text for h in translator.translate(sources, beam=beam)]
+            outputs = [h.text for h in translator.translate(sources, beam=beam, sample=False)]
             result = analyze(translator, sources, outputs, references)
             print(f"{beam:>4} {corpus_bleu(outputs, references):6.2f} "
                   f"{len(result.verdicts):>6} {result.share('search'):6.1f}% "

@@ -362,11 +362,13 @@ def check_decoding(decode: DecodeConfig, where: str, labels: dict[str, str] | No
     def name(key: str) -> str:
         return (labels or {}).get(key, f"decode.{key}")
 
-    if decode.min_len > decode.max_len_b:
-        raise NmtError(f"{where}: {name('min_len')} {decode.min_len} is more than "
-                       f"{name('max_len_b')} {decode.max_len_b}, the output length limit of the "
-                       f"shortest sources; raise {name('max_len_b')} or lower {name('min_len')}")
-    if decode.top_p == 0:
+    shortest = math.floor(decode.max_len_a + decode.max_len_b)  # the limit of a one-token source
+    if decode.min_len > shortest:
+        raise NmtError(f"{where}: {name('min_len')} {decode.min_len} is more than {shortest}, "
+                       f"the output length limit of a one-token source ({name('max_len_a')} + "
+                       f"{name('max_len_b')}); raise {name('max_len_b')} or lower "
+                       f"{name('min_len')}")
+    if decode.sample and decode.top_p == 0:
         raise NmtError(f"{where}: {name('top_p')} must be above 0 (0 leaves no token to sample)")
     if decode.sample and decode.temperature == 0:
         raise NmtError(f"{where}: {name('temperature')} must be above 0 to sample; for the most "

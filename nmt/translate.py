@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from pathlib import Path
@@ -149,10 +150,15 @@ class Translator:
         """The run's decoding defaults changed by `options` (None: unchanged), each checked like
         a recipe value, then together and against the model, before any work is done. Errors
         name options as `labels` spell them (a command's flags), else as decode.KEY."""
-        def name(key: str) -> str:
-            return (labels or {}).get(key, "nbest" if key == "nbest" else f"decode.{key}")
-
         given = {key: value for key, value in options.items() if value is not None}
+        add_sample = (labels or {}).get("sample", "sample=True")  # how the caller would say it
+        # A value the caller gave is named as they gave it; one from the run, as decode.KEY.
+        labels = {key: label for key, label in (labels or {}).items()
+                  if key in given or key == "nbest"}
+
+        def name(key: str) -> str:
+            return labels.get(key, "nbest" if key == "nbest" else f"decode.{key}")
+
         settings = with_changes(self.decode, given, "decode", labels=labels)
         check_decoding(settings, "option", labels)
         if settings.sample:  # options given for nothing: the user meant something else
@@ -160,12 +166,12 @@ class Translator:
                                                                  "sampling")
         else:
             ignored = dict.fromkeys(("temperature", "top_k", "top_p", "seed"),
-                                    f"applies to sampling only; add {name('sample')}")
+                                    f"applies to sampling only; add {add_sample}")
             if settings.beam == 1:
                 ignored["coverage_penalty"] = "applies to beam search, not to greedy search " \
                                               f"({name('beam')} 1)"
-        for key, reason in ignored.items():
-            if key in given:
+        for key, reason in ignored.items():  # a neutral value (--beta 0) is no mistake
+            if key in given and given[key] != _DEFAULTS[key]:
                 raise NmtError(f"option: {name(key)} {reason}")
         if nbest < 1:
             raise NmtError(f"option: {name('nbest')} must be at least 1, not {nbest}")
@@ -226,8 +232,8 @@ class Translator:
             grid.extend((beam, form, alpha) for form, alpha in forms)
         rows = []
         for beam, form, alpha in tqdm(grid, desc="tuning", unit="setting", leave=False):
-            hypotheses = [h.text for h in self.translate(sources, beam=beam, length_norm=form,
-                                                         alpha=alpha)]
+            hypotheses = [h.text for h in self.translate(sources, beam=beam, sample=False,
+                                                         length_norm=form, alpha=alpha)]
             rows.append({"beam": beam, "length_norm": form, "alpha": alpha,
                          "bleu": round(corpus_bleu(hypotheses, references), 2),
                          "chrf": round(corpus_chrf(hypotheses, references), 2)})
@@ -334,6 +340,9 @@ class Translator:
         return beam_search(self.model, encoded, max_lengths, settings.beam, nbest,
                            coverage_penalty=settings.coverage_penalty,
                            stopping=settings.stopping, **common)
+
+
+_DEFAULTS = {field.name: field.default for field in dataclasses.fields(DecodeConfig)}
 
 
 def _device_memory(device: torch.device) -> int:

@@ -165,7 +165,10 @@ def one_line_error(main, argv, capsys) -> str:
 
 
 OPTION_FAULTS = {  # flags that cannot work alone or together: refused, naming the flags
-    "min-len-over-max-len": (["--min-len", 50], ["--min-len 50", "--max-len-b 10"]),
+    "min-len-over-max-len": (["--min-len", 50], ["--min-len 50", "more than 11",
+                                                  "decode.max_len_a + decode.max_len_b"]),
+    "min-len-over-given-max-len": (["--min-len", 9, "--max-len-a", 0, "--max-len-b", 8],
+                                   ["--min-len 9", "more than 8", "--max-len-a + --max-len-b"]),
     "top-p-zero": (["--sample", "--top-p", 0], ["--top-p", "above 0"]),
     "nbest-over-beam": (["--nbest", 4, "--beam", 2], ["--nbest 4", "--beam"]),
     "negative-top-k": (["--sample", "--top-k", -1], ["--top-k", "at least 0"]),
@@ -386,3 +389,49 @@ def test_an_error_quoting_a_file_name_with_a_newline_stays_one_line(trained, tmp
     message = one_line_error(translate_main, ["-m", trained, "-i", tmp_path / "in\nput.de"],
                              capsys)
     assert "in\\nput.de: cannot read" in message, message
+
+
+@pytest.mark.parametrize("flags", [["--beam", 1, "--beta", 0], ["--temperature", 1.0],
+                                   ["--top-k", 0, "--beam", 2], ["--sample", "--beta", 0]])
+def test_a_neutral_value_of_an_option_that_does_nothing_is_no_mistake(trained, capsys, flags):
+    with pytest.raises(SystemExit) as code:
+        translate_main(["-m", str(trained), "-i", str(trained.parent / "corpus" / "test.de"),
+                        *map(str, flags)])
+    assert code.value.code == 0, capsys.readouterr().err
+
+
+def test_dash_and_devices_are_stdin_and_stdout(trained, capsys, monkeypatch, tmp_path):
+    """`-o -` and `-o /dev/stdout` write to standard output (a device is written in place,
+    never renamed over); `-i -` reads standard input."""
+    source = trained.parent / "corpus" / "test.de"
+    with pytest.raises(SystemExit) as code:
+        translate_main(["-m", str(trained), "-i", str(source), "-o", "-"])
+    assert code.value.code == 0
+    expected = capsys.readouterr().out
+    assert len(expected.splitlines()) == len(source.read_text().splitlines())
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(source.read_bytes())))
+    with pytest.raises(SystemExit) as code:
+        translate_main(["-m", str(trained), "-i", "-"])
+    assert code.value.code == 0 and capsys.readouterr().out == expected
+    device = tmp_path / "device"
+    os.mkfifo(device)  # a pipe stands for /dev/stdout: not a regular file
+    reader = os.open(device, os.O_RDONLY | os.O_NONBLOCK)
+    try:
+        with pytest.raises(SystemExit) as code:
+            translate_main(["-m", str(trained), "-i", str(source), "-o", str(device)])
+        assert code.value.code == 0
+        assert os.read(reader, 1 << 20).decode() == expected
+    finally:
+        os.close(reader)
+    assert device.is_fifo()  # still the pipe, not a file renamed over it
+
+
+@pytest.mark.parametrize("main", [translate_main, score_main])
+def test_a_path_the_system_refuses_is_one_line(trained, capsys, main):
+    """A name longer than the file system allows: the system's words, no traceback."""
+    source = trained.parent / "corpus" / "test.de"
+    long_name = str(trained.parent / ("x" * 300))
+    argv = ["-m", str(trained), "-i", long_name] if main is translate_main else \
+        ["-r", str(source), "-i", str(source), "--json", long_name]
+    message = one_line_error(main, argv, capsys)
+    assert "x" * 300 in message

@@ -5,6 +5,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import string
 import sys
 import tempfile
@@ -16,7 +17,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from nmt.checkpoint import load_checkpoint
-from nmt.cli import average_main, score_main, translate_main
+from nmt.cli import average_main, score_main, train_main, translate_main
 from nmt.data.corpus import load_split, read_lines
 from nmt.errors import NmtError
 from nmt.recipe import DataConfig, Recipe
@@ -122,6 +123,7 @@ def parser_of(main) -> argparse.ArgumentParser:
         raise LookupError  # stops the command here
 
     with mock.patch.object(argparse.ArgumentParser, "parse_args", catch), \
+            mock.patch.object(argparse.ArgumentParser, "parse_intermixed_args", catch), \
             contextlib.suppress(LookupError):
         main([])
     return caught[0]
@@ -288,3 +290,47 @@ def test_average_command_fuzzed(commands, data):
         load_checkpoint(checkpoints / args.output)
     for path in made:
         path.unlink()
+
+
+OVERRIDE_KEYS = ["name", "seed", "data.root", "data.format", "tokenizer.vocab_size",
+                 "model.hidden_size", "model.attention", "train.lr", "train.max_time",
+                 "train.keep_best", "decode.beam", "decode.min_len", "decode.top_p", "nokey",
+                 "model", "train.lr.x", ""]
+OVERRIDES = st.builds(lambda key, value: f"{key}={value}" if value is not None else key,
+                      st.sampled_from(OVERRIDE_KEYS),
+                      st.none() | JUNK | FLOATS | INTS | st.sampled_from(["[1, 2]", "{a: 1}",
+                                                                           "5m", "luong-dot"]))
+RECIPES = [File(name) for name in ("tiny.yaml", "in", "other", "empty", "missing", "folder")]
+RUN_DIRS = [File(name) for name in ("new-run", "run", "folder", "a-file", "a-file/x",
+                                    "user-folder")] + [""]
+
+
+@COMMAND_FUZZ
+@given(data=st.data(), contents=st.tuples(CONTENTS, CONTENTS))
+def test_train_command_fuzzed(commands, data, contents, monkeypatch):
+    """nmt-train's arguments up to training itself, which is stubbed: recipe files, KEY=VALUE
+    overrides, --run-dir, --resume and --overwrite, against a folder holding a run, a folder
+    of the user's, a file and nothing."""
+    import importlib
+
+    training = importlib.import_module("nmt.train")
+
+    def set_up_only(recipe, run_dir, resume=False, overwrite=False):
+        training.prepare_run_dir(Path(run_dir), recipe, resume, overwrite)
+        return training.TrainResult(Path(run_dir), 0, 0, 0.0, "bleu", 0.0, False)
+
+    monkeypatch.setattr(training, "train", set_up_only)
+    parser = parser_of(train_main)
+    argv = data.draw(arguments(parser, [File("tiny.yaml")] * 4 + RECIPES,
+                               pools={**POOLS, "run_dir": st.sampled_from(RUN_DIRS)}))
+    argv += data.draw(st.lists(OVERRIDES, max_size=3))
+    with example_folder(contents) as name:
+        folder = Path(name)
+        recipe = (commands / "recipe.yaml").read_text(encoding="utf-8")
+        (folder / "tiny.yaml").write_text(recipe, encoding="utf-8")
+        shutil.copytree(commands, folder / "run", ignore=shutil.ignore_patterns("cache"))
+        (folder / "user-folder").mkdir()
+        (folder / "user-folder" / "recipe.yaml").write_text("mine\n")
+        code, out, err = run_command(train_main, argv, folder, commands)
+        assert_clean("nmt-train", code, err)
+        assert (folder / "user-folder" / "recipe.yaml").read_text() == "mine\n"

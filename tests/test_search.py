@@ -428,3 +428,18 @@ def test_exact_stopping_equals_beam_search_run_to_the_length_limit():
             assert exact[0].score >= first[0].score - 1e-6, where
             differ += [h.tokens for h in first] != [h.tokens for h in exact]
     assert differ >= 10  # the rule matters in these cases
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_sampling_with_no_repeat_unigrams_when_some_samples_end_early(seed):
+    """A finished sample keeps "producing" EOS; blocking repeated unigrams must not leave it
+    with nothing to draw (all log-probabilities -inf), which made torch.multinomial fail."""
+    from nmt.search.sampling import sample
+
+    model = tiny_model(vocab=VOCAB, seed=seed)
+    sources = [[4, 5], [5]]
+    drawn = sample(model, encode(model, sources), torch.tensor([1, 6]), 4,
+                   torch.Generator().manual_seed(seed), rules=StepRules(no_repeat_ngram=1))
+    for hyps in drawn:  # the first sentence's samples end at step 1, the second goes on
+        for hyp in hyps:
+            assert len(set(hyp.tokens)) == len(hyp.tokens)  # no token twice

@@ -51,6 +51,10 @@ def follow_path(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
         # Only n-gram blocking reads the history: do not restack it every step otherwise.
         history = torch.stack(steps, 1) if steps and rules.no_repeat_ngram else None
         log_probs = rules.apply(log_probs, t, max_lengths, history, prefix)
+        if rules.no_repeat_ngram and bool(done.any()):
+            # A finished row keeps taking EOS, which blocking bans once it is in the row: give
+            # it EOS back, or past its length limit nothing is left to draw from.
+            log_probs[done, EOS] = 0.0
         previous = pick(log_probs).masked_fill(done, EOS)
         log_prob += log_probs.gather(1, previous[:, None]).squeeze(1).masked_fill(done, 0.0)
         steps.append(previous)
