@@ -1,8 +1,8 @@
 """The scoring report as one self-contained HTML page: no network, no scripts, images inline.
 
 Every value that comes from the user's files (sources, outputs, references, system names i.e.
-hypothesis paths, the --diagnostics JSON lines) goes through `_e`, numbers included: a
---diagnostics file is free-form JSON, so its "line" may be a string of markup."""
+hypothesis paths, the --diagnostics JSON lines) goes through `_e`, numbers included: the
+command checks a --diagnostics file's types, but `render` also takes documents built in Python."""
 
 from __future__ import annotations
 
