@@ -6,7 +6,7 @@ achieved FLOP/s as a share of this device's measured matrix-multiply rate.
     python benchmarks/train_speed.py RECIPE --profile   # and where the time goes, by operator
     python benchmarks/train_speed.py RECIPE --compile both   # a torch.compile trial
 
-It runs the real training update (nmt.train.Updater) on the recipe's batches, after a warm-up,
+It runs the real training update (nmt.training.Updater) on the recipe's batches, after a warm-up,
 in a temporary directory. FLOPs are counted from the model's shapes: 2 per multiply-add, forward
 and backward together taken as 3 × forward. The last line printed is a one-line summary.
 """
@@ -26,7 +26,8 @@ from nmt.device import pick_device
 from nmt.model.seq2seq import Seq2Seq
 from nmt.optim import build_optimizer
 from nmt.recipe import ModelConfig, Recipe
-from nmt.train import Updater, prepare_data
+from nmt.data.prepare import prepare_data
+from nmt.training import Updater
 
 
 def forward_flops(config: ModelConfig, vocab: int, source_tokens: int, target_tokens: int,

@@ -1,16 +1,37 @@
 """nmt: attention-based recurrent neural machine translation.
 
 The Python API mirrors the commands: `Recipe` + `train` (nmt-train), `Translator`
-(nmt-translate) and `score` (nmt-score).
+(nmt-translate) and `score` (nmt-score). Names are imported when first used (PEP 562), so
+`import nmt` is cheap and scoring never loads PyTorch.
 """
 
-from nmt.errors import NmtError
-from nmt.evaluate import ScoreReport, score
-from nmt.recipe import Recipe
-from nmt.search import Hypothesis
-from nmt.train import TrainResult, train
-from nmt.translate import Translator
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Hypothesis", "NmtError", "Recipe", "ScoreReport", "TrainResult", "Translator",
-           "score", "train", "__version__"]
+_WHERE = {"Hypothesis": "nmt.search.hypothesis", "NmtError": "nmt.errors",
+          "Recipe": "nmt.recipe", "ScoreReport": "nmt.evaluate", "score": "nmt.evaluate",
+          "TrainResult": "nmt.training", "train": "nmt.training", "Translator": "nmt.translate"}
+__all__ = [*sorted(_WHERE), "__version__"]
+
+if TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` imports
+    from nmt.errors import NmtError
+    from nmt.evaluate import ScoreReport, score
+    from nmt.recipe import Recipe
+    from nmt.search.hypothesis import Hypothesis
+    from nmt.training import TrainResult, train
+    from nmt.translate import Translator
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'nmt' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_WHERE[name]), name)
+    globals()[name] = value  # found once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_WHERE])

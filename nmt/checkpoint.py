@@ -15,7 +15,6 @@ import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -25,50 +24,9 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from nmt.errors import NmtError
+from nmt import files  # writes go through the module, so a test can stand in for them
 
 FORMAT_VERSION = 2
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the new one, never a part."""
-    path = Path(path)
-    if path.exists() and not path.is_file() and not path.is_dir():
-        with open(path, "wb") as handle:  # a device or pipe (/dev/stdout): never renamed over
-            handle.write(data)
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file the usual mode
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, metadata: dict[str, Any],
@@ -104,8 +62,8 @@ def _write_checkpoint(path: Path, data: bytes, meta: dict[str, Any]) -> None:
     weights = path.with_name(f"{path.name}.{digest[:12]}.safetensors")
     meta = dict(meta, format_version=FORMAT_VERSION, weights_file=weights.name,
                 weights_sha256=digest, weights_bytes=len(data))
-    atomic_write_bytes(weights, data)
-    atomic_write_text(_meta_path(path), json.dumps(meta, indent=2) + "\n")
+    files.atomic_write_bytes(weights, data)
+    files.atomic_write_text(_meta_path(path), json.dumps(meta, indent=2) + "\n")
     for stale in _weights_files(path):
         if stale != weights:
             stale.unlink(missing_ok=True)

@@ -21,7 +21,7 @@ from typing import Callable, Iterator
 
 from tqdm import tqdm
 
-from nmt.checkpoint import atomic_write_text
+from nmt.files import atomic_write_text
 from nmt.data.corpus import decode_stream, read_lines
 from nmt.errors import NmtError, Terminated
 from nmt.recipe import DecodeConfig, Recipe
@@ -111,7 +111,7 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true",
                         help="start again in a run directory that already holds a run")
     args = parser.parse_intermixed_args(argv)
-    from nmt.train import train  # torch and datasets load only once the arguments are fine
+    from nmt.training import train  # torch and datasets load only once the arguments are fine
 
     recipe = Recipe.load(args.recipe, args.overrides)
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / recipe.name

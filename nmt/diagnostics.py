@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from nmt.checkpoint import atomic_write_text
+from nmt.files import atomic_write_text
 from nmt.data.corpus import load_split
 from nmt.errors import NmtError
 from nmt.recipe import Recipe

@@ -6,7 +6,7 @@ import csv
 import io
 from pathlib import Path
 
-from nmt.checkpoint import atomic_write_bytes
+from nmt.files import atomic_write_bytes
 from nmt.data.corpus import read_lines
 from nmt.errors import NmtError
 

@@ -15,14 +15,16 @@ import torch
 import yaml
 from tqdm import tqdm
 
-from nmt.checkpoint import atomic_write_text, load_checkpoint, restore
+from nmt.checkpoint import load_checkpoint, restore
+from nmt.files import atomic_write_text
 from nmt.data.batching import pad_sources
 from nmt.data.subwords import BOS, EOS, PAD, Tokenizer, looks_segmented
 from nmt.device import pick_device
 from nmt.errors import NmtError
 from nmt.evaluate import corpus_bleu, corpus_chrf
-from nmt.lexicon import Lexicon, lexicon_for_run
+from nmt.data.lexicon import Lexicon, lexicon_for_run
 from nmt.model.ensemble import Ensemble
+from nmt.model.quantize import quantize as quantized
 from nmt.model.seq2seq import Seq2Seq
 from nmt.recipe import DecodeConfig, Recipe, check_decoding, with_changes
 from nmt.search import Hypothesis, beam_search, greedy_search
@@ -70,8 +72,6 @@ class Translator:
         target = pick_device(device)
         model = model.to(target)
         if quantize:
-            from nmt.quantize import quantize as quantized
-
             model = quantized(model, quantize)
         return cls(model, tokenizer, tuned_decoding(Path(run_dirs[0]), recipe.decode),
                    target, recipe.data.max_len, Path(run_dirs[0]))

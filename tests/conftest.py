@@ -60,7 +60,7 @@ def trained_run(base: Path) -> Path:
     """A tiny run trained for two steps in `base` (corpus, recipe, run), keeping both
     validations as step-1 and step-2 for nmt-average."""
     from nmt.recipe import Recipe
-    from nmt.train import train
+    from nmt.training import train
 
     write_slice(base / "corpus")
     (base / "tiny.yaml").write_text(TINY_RECIPE, encoding="utf-8")

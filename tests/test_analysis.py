@@ -4,7 +4,7 @@ import pytest
 
 from nmt.analysis import analyze
 from nmt.recipe import Recipe
-from nmt.train import train
+from nmt.training import train
 from nmt.translate import Translator
 
 

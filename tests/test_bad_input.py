@@ -17,7 +17,7 @@ from nmt.checkpoint import (average_checkpoints, checkpoint_exists, delete_check
 from nmt.cli import average_main, score_main, train_main, translate_main
 from nmt.errors import NmtError
 from nmt.recipe import Recipe
-from nmt.train import train
+from nmt.training import train
 
 
 def fails_cleanly(main, argv, capsys) -> str:

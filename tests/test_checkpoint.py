@@ -79,11 +79,11 @@ class Killed(BaseException):
 
 @pytest.mark.parametrize("dies_at", [0, 1])  # while writing the weights, or just before the JSON
 def test_a_crash_during_a_save_leaves_the_previous_checkpoint(tmp_path, monkeypatch, dies_at):
-    import nmt.checkpoint as checkpoint
+    import nmt.files as files
 
     old, new = tiny_model(seed=1), tiny_model(seed=2)
     save_checkpoint(tmp_path / "last", old, {"step": 1})
-    real_write, writes = checkpoint.atomic_write_bytes, []
+    real_write, writes = files.atomic_write_bytes, []
 
     def dying_write(path, data):
         writes.append(path)
@@ -93,10 +93,10 @@ def test_a_crash_during_a_save_leaves_the_previous_checkpoint(tmp_path, monkeypa
             raise Killed
         real_write(path, data)
 
-    monkeypatch.setattr(checkpoint, "atomic_write_bytes", dying_write)
+    monkeypatch.setattr(files, "atomic_write_bytes", dying_write)
     with pytest.raises(Killed):
         save_checkpoint(tmp_path / "last", new, {"step": 2})
-    monkeypatch.setattr(checkpoint, "atomic_write_bytes", real_write)
+    monkeypatch.setattr(files, "atomic_write_bytes", real_write)
     tensors, meta = load_checkpoint(tmp_path / "last")
     assert meta["step"] == 1
     for key, value in old.state_dict().items():
@@ -109,7 +109,7 @@ def test_a_crash_during_a_save_leaves_the_previous_checkpoint(tmp_path, monkeypa
 def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     import os
 
-    from nmt.checkpoint import atomic_write_text
+    from nmt.files import atomic_write_text
 
     atomic_write_text(tmp_path / "out.txt", "hello\n")
     mask = os.umask(0)

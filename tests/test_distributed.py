@@ -12,7 +12,7 @@ import torch
 from nmt.checkpoint import load_checkpoint
 from nmt.distributed import Cluster
 from nmt.recipe import Recipe
-from nmt.train import train
+from nmt.training import train
 
 # Gradient accumulation too, so that both DDP paths (no_sync, then sync) run.
 SETTINGS = ["train.valid_every=3", "train.log_every=1", "train.accumulate=2", "train.threads=1"]

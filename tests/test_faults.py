@@ -16,7 +16,7 @@ import torch
 from nmt.checkpoint import load_checkpoint
 from nmt.errors import NmtError
 from nmt.recipe import Recipe
-from nmt.train import train
+from nmt.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
 # Many small validations, so that kills also land in checkpoint writes and validation; kept
@@ -125,19 +125,19 @@ def test_a_disk_too_small_for_the_checkpoints_is_refused(tiny_recipe, tmp_path, 
 
 
 def test_disk_full_during_a_save_keeps_the_best_checkpoint(tiny_recipe, tmp_path, monkeypatch):
-    import nmt.checkpoint as checkpoint
+    import nmt.files as files
 
     run_dir = tmp_path / "run"
     train(Recipe.load(tiny_recipe, ["train.max_steps=4", "train.valid_every=2"]), run_dir)
     before, meta = load_checkpoint(run_dir / "checkpoints" / "best")
-    real_write = checkpoint.atomic_write_bytes
+    real_write = files.atomic_write_bytes
 
     def full_disk(path, data):
         if path.suffix == ".safetensors":
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real_write(path, data)
 
-    monkeypatch.setattr(checkpoint, "atomic_write_bytes", full_disk)
+    monkeypatch.setattr(files, "atomic_write_bytes", full_disk)
     with pytest.raises(NmtError, match="No space left on device.*intact"):
         train(Recipe.load(tiny_recipe, ["train.max_steps=8", "train.valid_every=2"]), run_dir,
               resume=True)
@@ -147,7 +147,7 @@ def test_disk_full_during_a_save_keeps_the_best_checkpoint(tiny_recipe, tmp_path
 
 
 def test_out_of_memory_names_the_batch_size_key(tiny_recipe, tmp_path, monkeypatch):
-    from nmt.train import Updater
+    from nmt.training import Updater
 
     def no_memory(self, *args):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -161,7 +161,7 @@ def test_out_of_memory_names_the_batch_size_key(tiny_recipe, tmp_path, monkeypat
 
 
 def test_resume_before_the_first_checkpoint_starts_from_the_beginning(tiny_recipe, tmp_path):
-    from nmt.train import prepare_run_dir
+    from nmt.training import prepare_run_dir
 
     recipe = Recipe.load(tiny_recipe, ["train.max_steps=4", "train.valid_every=2"])
     prepare_run_dir(tmp_path / "run", recipe, resume=False, overwrite=False)  # then: kill -9

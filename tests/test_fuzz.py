@@ -311,9 +311,7 @@ def test_train_command_fuzzed(commands, data, contents, monkeypatch):
     """nmt-train's arguments up to training itself, which is stubbed: recipe files, KEY=VALUE
     overrides, --run-dir, --resume and --overwrite, against a folder holding a run, a folder
     of the user's, a file and nothing."""
-    import importlib
-
-    training = importlib.import_module("nmt.train")
+    import nmt.training as training
 
     def set_up_only(recipe, run_dir, resume=False, overwrite=False):
         training.prepare_run_dir(Path(run_dir), recipe, resume, overwrite)

@@ -11,7 +11,6 @@ tests/test_faults.py kills real processes at random moments.
 from __future__ import annotations
 
 import csv
-import importlib
 import shutil
 import signal
 from pathlib import Path
@@ -19,13 +18,13 @@ from pathlib import Path
 import pytest
 import torch
 
-import nmt.checkpoint
+import nmt.files
+import nmt.training as training
 from nmt.checkpoint import load_checkpoint
 from nmt.errors import Terminated
 from nmt.recipe import Recipe
-from nmt.train import train
+from nmt.training import train
 
-training = importlib.import_module("nmt.train")  # the module (nmt.train is also the function)
 
 # Early stopping on chrF, which this tiny model improves on and off: some validations become
 # `best`, some are pushed out of the kept set, and the plateau schedule decays the rate.
@@ -96,14 +95,14 @@ def unbroken(tmp_path_factory):
     recipe = base / "tiny.yaml"
     recipe.write_text(TINY_RECIPE, encoding="utf-8")
     writes: list[str] = []
-    real_write = nmt.checkpoint.atomic_write_bytes
+    real_write = nmt.files.atomic_write_bytes
 
     def recording(path, data):
         writes.append(Path(path).name)
         real_write(path, data)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(nmt.checkpoint, "atomic_write_bytes", recording)
+        patch.setattr(nmt.files, "atomic_write_bytes", recording)
         train(Recipe.load(recipe, SETTINGS), base / "run")
     result = outcome(base / "run")
     history = result["history"]
@@ -143,7 +142,7 @@ def set_up(unbroken, tmp_path_factory):
     encoded, no checkpoint yet. Resumed, it starts from the beginning and writes what the
     unbroken run writes, in the same order (so crash tests need not train SentencePiece again)."""
     run_dir = tmp_path_factory.mktemp("set-up") / "run"
-    real_write = nmt.checkpoint.atomic_write_bytes
+    real_write = nmt.files.atomic_write_bytes
 
     def crash_after_manifest(path, data):
         real_write(path, data)
@@ -151,7 +150,7 @@ def set_up(unbroken, tmp_path_factory):
             raise Crash
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(nmt.checkpoint, "atomic_write_bytes", crash_after_manifest)
+        patch.setattr(nmt.files, "atomic_write_bytes", crash_after_manifest)
         with pytest.raises(Crash):
             train(Recipe.load(unbroken["recipe"], SETTINGS), run_dir)
     return run_dir
@@ -162,7 +161,7 @@ def test_a_crash_at_any_write_resumes_into_the_unbroken_run(unbroken, set_up, tm
     """A crash just before every write of checkpoints and metrics, and after the last: every
     instant between two writes is one of these (what comes between them, deleting step-N files
     pushed out and drawing the curves, is done again on resume)."""
-    real_write = nmt.checkpoint.atomic_write_bytes
+    real_write = nmt.files.atomic_write_bytes
     monkeypatch.setattr(training, "plot_learning_curves", lambda *paths: None)  # time only
     targets = checkpoint_writes(unbroken["writes"])
     for target, when in [*((target, "before") for target in targets), (targets[-1], "after")]:
@@ -178,10 +177,10 @@ def test_a_crash_at_any_write_resumes_into_the_unbroken_run(unbroken, set_up, tm
 
         run_dir = tmp_path / f"{when}-{target}"
         shutil.copytree(set_up, run_dir)
-        monkeypatch.setattr(nmt.checkpoint, "atomic_write_bytes", crashing)
+        monkeypatch.setattr(nmt.files, "atomic_write_bytes", crashing)
         with pytest.raises(Crash):
             resume_to_the_end(unbroken["recipe"], run_dir)
-        monkeypatch.setattr(nmt.checkpoint, "atomic_write_bytes", real_write)
+        monkeypatch.setattr(nmt.files, "atomic_write_bytes", real_write)
         resume_to_the_end(unbroken["recipe"], run_dir)
         assert_same(outcome(run_dir), unbroken["outcome"])
 
@@ -251,7 +250,7 @@ def test_a_signal_inside_an_update_or_a_validation_stops_at_the_next_safe_point(
 def test_a_signal_inside_a_checkpoint_write_is_honoured_after_the_validation(
         unbroken, tmp_path, monkeypatch, kind):
     target = write_kinds(unbroken["writes"])[kind]
-    real_write = nmt.checkpoint.atomic_write_bytes
+    real_write = nmt.files.atomic_write_bytes
     count = {"n": 0}
 
     def signalled(path, data):
@@ -260,7 +259,7 @@ def test_a_signal_inside_a_checkpoint_write_is_honoured_after_the_validation(
             signal.raise_signal(signal.SIGINT)
         real_write(path, data)
 
-    monkeypatch.setattr(nmt.checkpoint, "atomic_write_bytes", signalled)
+    monkeypatch.setattr(nmt.files, "atomic_write_bytes", signalled)
     with pytest.raises(KeyboardInterrupt):
         train(Recipe.load(unbroken["recipe"], SETTINGS), tmp_path / "run")
     monkeypatch.undo()

@@ -3,7 +3,7 @@ import torch
 
 from nmt.data.batching import Batch
 from nmt.data.subwords import BOS, EOS, PAD
-from nmt.train import batch_loss
+from nmt.training import batch_loss
 from conftest import tiny_model
 
 # Every attention score × flow × input feeding, then the other architecture choices.

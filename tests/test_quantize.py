@@ -8,7 +8,7 @@ from torch.ao.nn.quantized.dynamic import Linear as DynamicQuantizedLinear
 
 from nmt.errors import NmtError
 from nmt.model.cells import INT8_PRODUCTS
-from nmt.quantize import quantize
+from nmt.model.quantize import quantize
 from conftest import tiny_model
 from test_model import padded_batch
 

@@ -9,8 +9,8 @@ import torch
 from nmt.data.corpus import EncodedSplit
 from nmt.data.subwords import EOS, PAD
 from nmt.errors import NmtError
-from nmt.lexicon import LEXICON_FILE, Lexicon, build_lexicon
-from nmt.quantize import quantize
+from nmt.data.lexicon import LEXICON_FILE, Lexicon, build_lexicon
+from nmt.model.quantize import quantize
 from nmt.search import beam_search, greedy_search, length_penalty
 from conftest import tiny_model
 from test_search import encode
@@ -129,7 +129,7 @@ def test_a_shortlist_of_the_whole_vocabulary_changes_nothing(kind):
 
 
 def test_int8_rows_are_the_int8_layers_rows():
-    from nmt.quantize import quantized_rows
+    from nmt.model.int8 import quantized_rows
 
     layer = quantize(torch.nn.Sequential(torch.nn.Linear(16, 50)), "int8")[0]
     rows = torch.tensor([0, 3, 7, 49])

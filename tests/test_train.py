@@ -8,7 +8,7 @@ import torch
 from nmt.checkpoint import load_checkpoint
 from nmt.errors import NmtError
 from nmt.recipe import Recipe
-from nmt.train import train
+from nmt.training import train
 from nmt.translate import Translator
 
 STEPS = ["train.max_steps=8", "train.valid_every=4", "model.dropout=0.2", "train.log_every=1"]
@@ -166,9 +166,7 @@ def test_sigterm_saves_and_exits_143(tiny_recipe, tmp_path, monkeypatch, capsys)
 
 
 def test_non_finite_losses_are_skipped_then_stop_training(tiny_recipe, tmp_path, monkeypatch):
-    import importlib
-
-    training = importlib.import_module("nmt.train")  # the module, not nmt.train the function
+    import nmt.training as training
 
     original = training.batch_loss
     calls = {"n": 0}
@@ -314,9 +312,7 @@ def test_a_crash_between_the_two_sentencepiece_models_resumes(tiny_recipe, tmp_p
 
 def test_an_overwrite_cut_short_can_be_done_again(tiny_recipe, tmp_path, monkeypatch):
     """The stored recipe, which marks the folder as a run, is removed last."""
-    import importlib
-
-    training = importlib.import_module("nmt.train")
+    import nmt.training as training
     steps = ["train.max_steps=2", "train.valid_every=2"]
     train(Recipe.load(tiny_recipe, steps), tmp_path / "run")
     real = training.delete_checkpoint_files

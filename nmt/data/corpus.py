@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Iterable, Iterator
 import numpy as np
 
 from nmt.errors import NmtError
+from nmt.files import sha256_file
 from nmt.recipe import DataConfig
 
 if TYPE_CHECKING:
@@ -119,8 +120,6 @@ def load_split(config: DataConfig, root: Path, split: str,
 
 def _load_text(files: list[Path], split: str, cache_dir: Path | None) -> TextSplit:
     import pyarrow as pa
-
-    from nmt.checkpoint import sha256_file
 
     digest = hashlib.sha256("".join(sha256_file(path) for path in files).encode()).hexdigest()
     schema = pa.schema([("src", pa.string()), ("tgt", pa.string())])

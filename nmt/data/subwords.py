@@ -15,7 +15,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-from nmt.checkpoint import atomic_write_bytes, sha256_file
+from nmt.files import atomic_write_bytes, sha256_file
 from nmt.errors import NmtError
 from nmt.recipe import TokenizerConfig
 

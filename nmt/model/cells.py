@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 State = torch.Tensor | tuple[torch.Tensor, torch.Tensor]
-# An RNN quantized for translation (nmt/quantize.py) carries int8 versions of the products below
+# An RNN quantized for translation (nmt/model/quantize.py) carries int8 versions of the products below
 # under this attribute: {"embedded", "extra", "hiddenL", "inputL"} → a function of the input.
 INT8_PRODUCTS = "int8_products"
 

@@ -16,6 +16,7 @@ from torch.nn import functional as F
 from nmt.data.subwords import PAD
 from nmt.model.decoder import Decoder, DecoderState
 from nmt.model.encoder import Encoder
+from nmt.model.int8 import quantized_rows
 from nmt.recipe import ModelConfig
 
 
@@ -109,8 +110,6 @@ def linear_rows(layer: nn.Module, rows: torch.Tensor) -> Callable[[torch.Tensor]
     if isinstance(layer, nn.Linear):
         weight, bias = layer.weight[rows], layer.bias[rows]
         return lambda x: F.linear(x, weight, bias)
-    from nmt.quantize import quantized_rows
-
     return quantized_rows(layer, rows)
 
 

@@ -32,14 +32,16 @@ import torch
 from tqdm import tqdm
 
 from nmt import distributed
-from nmt.checkpoint import (atomic_write_text, checkpoint_exists, checkpoint_step,
-                            delete_checkpoint, delete_checkpoint_files, delete_unnamed_weights,
-                            load_checkpoint, restore, save_checkpoint, sha256_file)
+from nmt.checkpoint import (checkpoint_exists, checkpoint_step, delete_checkpoint,
+                            delete_checkpoint_files, delete_unnamed_weights, load_checkpoint,
+                            restore, save_checkpoint)
 from nmt.data.batching import Batch, collate, make_batches
-from nmt.data.corpus import EncodedSplit, TextSplit, encode_split, load_split
+from nmt.data.corpus import EncodedSplit, TextSplit
+from nmt.data.prepare import prepare_data
 from nmt.data.subwords import JOINT_MODEL, PAD, SOURCE_MODEL, TARGET_MODEL, Tokenizer
 from nmt.distributed import Cluster
 from nmt.errors import NmtError, Terminated
+from nmt.files import atomic_write_text, sha256_file
 from nmt.evaluate import corpus_bleu, corpus_chrf
 from nmt.loss import output_loss
 from nmt.model.seq2seq import Seq2Seq
@@ -308,33 +310,6 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, cluster
                        elapsed, stopped_early)
 
 
-def prepare_data(recipe: Recipe, run_dir: Path
-                 ) -> tuple[TextSplit, TextSplit, Tokenizer, EncodedSplit, EncodedSplit]:
-    """Read train and dev, train (or reuse) SentencePiece in `run_dir`, encode and filter."""
-    root = Path(recipe.data.root)
-    train_text = load_split(recipe.data, root, recipe.data.train, run_dir / "cache")
-    dev_text = load_split(recipe.data, root, recipe.data.dev, run_dir / "cache")
-    for split in (train_text, dev_text):
-        if len(split.dataset) == 0:
-            raise NmtError(f"{_describe(split)}: the {split.name} split is empty")
-    if Tokenizer.exists(run_dir):
-        tokenizer = Tokenizer.load(run_dir)
-    else:
-        log.info("training SentencePiece (%s, %d pieces%s)", recipe.tokenizer.type,
-                 recipe.tokenizer.vocab_size, ", joint" if recipe.tokenizer.joint else "")
-        sources, targets = train_text.sample(recipe.tokenizer.max_sentences, recipe.seed)
-        tokenizer = Tokenizer.train(recipe.tokenizer, sources, targets, run_dir, recipe.seed)
-    train_data, counts = encode_split(train_text, tokenizer, run_dir / "cache",
-                                      recipe.data.max_len, recipe.data.max_ratio)
-    log.info("training data: %s", counts.describe())
-    if counts.kept == 0:
-        raise NmtError(f"{_describe(train_text)}: every pair was filtered out "
-                       f"(see data.max_len={recipe.data.max_len}, "
-                       f"data.max_ratio={recipe.data.max_ratio})")
-    dev_data, _ = encode_split(dev_text, tokenizer, run_dir / "cache")
-    return train_text, dev_text, tokenizer, train_data, dev_data
-
-
 class Updater:
     """One optimizer update over a group of batches (gradient accumulation), with mixed
     precision on CUDA when the recipe asks for it."""
@@ -549,10 +524,6 @@ def _tensorboard(run_dir: Path):
     except ImportError:
         return None
     return SummaryWriter(str(run_dir / "tensorboard"))
-
-
-def _describe(split: TextSplit) -> str:
-    return " + ".join(str(p) for p in split.files) or f"split {split.name!r}"
 
 
 # ------------------------------------------------------------------ run directory

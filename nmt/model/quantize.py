@@ -17,6 +17,8 @@ from torch import nn
 
 from nmt.errors import NmtError
 from nmt.model import cells
+from nmt.model.int8 import int8_linear
+from nmt.model.seq2seq import Seq2Seq
 
 QUANTIZATIONS = ("int8",)
 QUANTIZABLE_RNNS = (nn.LSTM, nn.GRU)  # what torch.ao quantizes dynamically
@@ -28,9 +30,7 @@ def quantize(model: nn.Module, kind: str) -> nn.Module:
         raise NmtError(f"--quantize {kind}: expected one of {', '.join(QUANTIZATIONS)}")
     if next(model.parameters()).device.type != "cpu":
         raise NmtError("--quantize int8 is for translating on a CPU; add --device cpu")
-    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic
-
-    from nmt.model.seq2seq import Seq2Seq
+    from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic  # slow import
 
     stepwise = {f"{name}.decoder.rnn".lstrip(".") for name, module in model.named_modules()
                 if isinstance(module, Seq2Seq) and module.decoder.stepwise}
@@ -50,31 +50,3 @@ def quantize(model: nn.Module, kind: str) -> nn.Module:
                     name: int8_linear(weight, bias) for name, (weight, bias) in
                     cells.step_weights(rnn, module.config.embedding_size).items()})
     return quantized
-
-
-def int8_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
-    """`x ↦ x Wᵀ + b` with int8 weights, quantized as the linear layers are."""
-    from torch.ao.quantization import quantize_dynamic
-
-    linear = nn.Linear(weight.size(1), weight.size(0), bias=bias is not None)
-    with torch.no_grad():
-        linear.weight.copy_(weight)
-        if bias is not None:
-            linear.bias.copy_(bias)
-    return quantize_dynamic(nn.Sequential(linear), {nn.Linear}, dtype=torch.qint8)[0]
-
-
-def quantized_rows(layer: nn.Module, rows: torch.Tensor):
-    """The outputs `rows` of a dynamically quantized linear layer, as a function: the same int8
-    weights, sliced and packed once per call (for vocabulary shortlists). Unpacking the layer's
-    weights is slow, so it happens once per layer."""
-    if not hasattr(layer, "unpacked"):
-        weight = layer.weight()
-        if weight.qscheme() != torch.per_tensor_affine:
-            raise NmtError(f"a shortlist needs per-tensor int8 weights, not {weight.qscheme()}")
-        layer.unpacked = (weight.int_repr(), weight.q_scale(), weight.q_zero_point(),
-                          layer.bias())
-    integers, scale, zero_point, bias = layer.unpacked
-    sliced = torch._make_per_tensor_quantized_tensor(integers[rows], scale, zero_point)
-    packed = torch.ops.quantized.linear_prepack(sliced, None if bias is None else bias[rows])
-    return lambda x: torch.ops.quantized.linear_dynamic(x, packed, reduce_range=True)

@@ -21,8 +21,10 @@ import numpy as np
 import torch
 
 from nmt.data.corpus import EncodedSplit
+from nmt.data.prepare import prepare_data  # the training data exactly as training read it
 from nmt.data.subwords import EOS, PAD
 from nmt.errors import NmtError
+from nmt.files import atomic_write_bytes
 from nmt.recipe import SHORTLIST_WIDTH as WIDTH  # translations kept per source token
 from nmt.recipe import Recipe
 
@@ -64,7 +66,6 @@ class Lexicon:
     def save(self, path: Path) -> None:
         from safetensors.torch import save
 
-        from nmt.checkpoint import atomic_write_bytes
 
         atomic_write_bytes(path, save({"translations": self.translations.contiguous(),
                                        "by_frequency": self.by_frequency.contiguous()},
@@ -147,7 +148,6 @@ def lexicon_for_run(run_dir: Path) -> Lexicon:
     path = run_dir / LEXICON_FILE
     if path.is_file():
         return Lexicon.load(path)
-    from nmt.train import prepare_data  # the training data exactly as training read it
 
     recipe = Recipe.load(run_dir / "recipe.yaml")
     try:

@@ -1,0 +1,119 @@
+"""The package's imports point one way, down the data flow, and never in a circle.
+
+Every `import` in nmt/ counts, those inside functions too: a local import is for start-up time
+(nmt-score must not load PyTorch), never a way around a cycle.
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+PACKAGE = Path(__file__).resolve().parent.parent / "nmt"
+# Bottom to top: a module may import its own layer and the layers below it. The package's
+# __init__ (a lazy namespace over all of them) stands outside.
+LAYERS = [
+    ["nmt.errors", "nmt.files"],
+    ["nmt.recipe"],
+    ["nmt.device", "nmt.data"],
+    ["nmt.model"],
+    ["nmt.search", "nmt.loss", "nmt.optim", "nmt.checkpoint", "nmt.distributed"],
+    ["nmt.evaluate", "nmt.report", "nmt.plots", "nmt.html"],
+    ["nmt.translate"],
+    ["nmt.analysis", "nmt.diagnostics"],
+    ["nmt.training"],
+    ["nmt.cli", "nmt.__main__"],
+]
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def modules() -> dict[str, Path]:
+    return {module_name(path): path for path in PACKAGE.rglob("*.py")}
+
+
+def imports(path: Path, known: set[str]) -> set[str]:
+    """The nmt modules a file imports (`from nmt.x import y` counts nmt.x.y when that is a
+    module, else nmt.x)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names if alias.name.startswith("nmt")}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0 \
+                and node.module.startswith("nmt"):
+            for alias in node.names:
+                child = f"{node.module}.{alias.name}"
+                found.add(child if child in known else node.module)
+    return found
+
+
+def layer_of(module: str) -> int:
+    for index, layer in enumerate(LAYERS):
+        if any(module == prefix or module.startswith(prefix + ".") for prefix in layer):
+            return index
+    raise AssertionError(f"{module} belongs to no layer: add it to LAYERS in {__file__}")
+
+
+def graph() -> dict[str, set[str]]:
+    known = modules()
+    return {name: imports(path, set(known)) - {name, "nmt"} for name, path in known.items()
+            if name != "nmt"}
+
+
+def test_every_import_points_down_the_layers():
+    upward = [f"{module} (layer {layer_of(module)}) imports {target} (layer {layer_of(target)})"
+              for module, targets in graph().items() for target in targets
+              if layer_of(target) > layer_of(module)]
+    assert not upward, "\n".join(upward)
+
+
+def test_no_import_cycles():
+    edges = graph()
+    state: dict[str, str] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(edges.get(module, ())):
+            if state.get(target) == "open":
+                cycle = path[path.index(target):] + [target]
+                raise AssertionError("import cycle: " + " → ".join(cycle))
+            if target not in state:
+                visit(target, [*path, target])
+        state[module] = "done"
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [module])
+
+
+def test_the_check_sees_a_cycle_and_an_upward_import(tmp_path, monkeypatch):
+    """The checks above can fail: on a planted cycle and a planted upward import."""
+    import pytest
+
+    planted = {"nmt.data.corpus": {"nmt.training"}, "nmt.training": {"nmt.data.corpus"}}
+    monkeypatch.setattr(sys.modules[__name__], "graph", lambda: planted)
+    with pytest.raises(AssertionError, match="imports nmt.training"):
+        test_every_import_points_down_the_layers()
+    with pytest.raises(AssertionError, match="import cycle"):
+        test_no_import_cycles()
+
+
+def test_plain_scoring_starts_without_torch_or_datasets(tmp_path):
+    """`nmt-score -r REF -i HYP` needs sacreBLEU only: loading PyTorch would cost it a second."""
+    import subprocess
+
+    (tmp_path / "ref").write_text("a small dog runs\ntwo cats\n", encoding="utf-8")
+    (tmp_path / "hyp").write_text("a dog runs\ntwo cats\n", encoding="utf-8")
+    probe = ("import sys, contextlib, io\n"
+             "from nmt.cli import score_main\n"
+             "with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()):\n"
+             f"    score_main(['-r', {str(tmp_path / 'ref')!r}, '-i', {str(tmp_path / 'hyp')!r}])\n"
+             "print(sorted(m for m in ('torch', 'datasets', 'pyarrow', 'sentencepiece')"
+             " if m in sys.modules))\n")
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          cwd=tmp_path, check=True)
+    assert done.stdout.strip() == "[]", done.stdout + done.stderr
