@@ -21,7 +21,7 @@ import torch
 
 from nmt import Recipe, Translator
 from nmt.data.corpus import read_lines
-from nmt.evaluate import corpus_bleu
+from nmt.scoring.metrics import corpus_bleu
 
 
 def main() -> None:

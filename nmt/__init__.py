@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 _WHERE = {"Hypothesis": "nmt.search.hypothesis", "NmtError": "nmt.errors",
-          "Recipe": "nmt.recipe", "ScoreReport": "nmt.evaluate", "score": "nmt.evaluate",
-          "TrainResult": "nmt.training", "train": "nmt.training", "Translator": "nmt.translate"}
+          "Recipe": "nmt.recipe", "ScoreReport": "nmt.scoring.metrics",
+          "score": "nmt.scoring.metrics", "TrainResult": "nmt.training", "train": "nmt.training",
+          "Translator": "nmt.translate"}
 __all__ = [*sorted(_WHERE), "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` imports
     from nmt.errors import NmtError
-    from nmt.evaluate import ScoreReport, score
+    from nmt.scoring.metrics import ScoreReport, score
     from nmt.recipe import Recipe
     from nmt.search.hypothesis import Hypothesis
     from nmt.training import TrainResult, train

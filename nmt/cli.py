@@ -279,7 +279,7 @@ def translate_main(argv: list[str] | None = None) -> int:
     if wants_attention:
         _write_attention(args, translator, lines, results, options)
     if references is not None:
-        from nmt.evaluate import score
+        from nmt.scoring.metrics import score
 
         report = score([hyps[0].text for hyps in results], [references])
         print(report.format(), file=sys.stderr if not args.output else sys.stdout)
@@ -373,7 +373,7 @@ def _write_attention(args: argparse.Namespace, translator, lines: list[str],
     """--attention (JSON lines), --plot-attention (PNG per sentence) and --diagnose."""
     records = [translator.attention_record(line, hyps[0]) for line, hyps in zip(lines, results)]
     if args.diagnose:
-        from nmt.diagnostics import dev_norms, diagnose
+        from nmt.scoring.diagnostics import dev_norms, diagnose
 
         norms = dev_norms(translator, Path(args.model[0]), **options)
         found = [diagnose(i + 1, line, record, hyps[0], norms) for i, (line, record, hyps)
@@ -506,8 +506,8 @@ def score_main(argv: list[str] | None = None) -> int:
                   *_run_inputs([args.model] if args.model else [])],
                  [("--json", args.json), ("--html", args.html)],
                  protected=[Path(args.model) / "checkpoints"] if args.model else [])
-    from nmt import report as reports
-    from nmt.evaluate import score
+    from nmt.scoring import report as reports
+    from nmt.scoring.metrics import score
 
     translator = None
     if args.analyze:  # loaded first: its mistakes are found before any work
@@ -551,7 +551,7 @@ def score_main(argv: list[str] | None = None) -> int:
             atomic_write_text(Path(args.json), json.dumps(document, indent=2,
                                                           ensure_ascii=False) + "\n")
     if args.html:
-        from nmt.html import render
+        from nmt.scoring.html import render
 
         with _writing("--html", args.html):
             atomic_write_text(Path(args.html), render(document, f"nmt-score: {args.ref[0]}"))
@@ -562,7 +562,7 @@ def score_main(argv: list[str] | None = None) -> int:
 
 def _analyze(args: argparse.Namespace, translator, sources: list[str], hypotheses: list[str],
              references: list[str]) -> None:
-    from nmt.analysis import analyze
+    from nmt.scoring.analysis import analyze
 
     decode = translator.decode
     print(f"\nerror analysis of {args.input[0]} (length normalization {decode.length_norm}, "
@@ -571,7 +571,7 @@ def _analyze(args: argparse.Namespace, translator, sources: list[str], hypothese
     print(analyze(translator, sources, hypotheses, references).format())
     if args.beams:
         print(f"\n{'beam':>4} {'BLEU':>6} {'differ':>6} {'search':>7} {'model':>7} {'limit':>7}")
-        from nmt.evaluate import corpus_bleu
+        from nmt.scoring.metrics import corpus_bleu
         for beam in args.beams:
             outputs = [h.text for h in translator.translate(sources, beam=beam, sample=False)]
             result = analyze(translator, sources, outputs, references)

@@ -42,7 +42,7 @@ from nmt.data.subwords import JOINT_MODEL, PAD, SOURCE_MODEL, TARGET_MODEL, Toke
 from nmt.distributed import Cluster
 from nmt.errors import NmtError, Terminated
 from nmt.files import atomic_write_text, sha256_file
-from nmt.evaluate import corpus_bleu, corpus_chrf
+from nmt.scoring.metrics import corpus_bleu, corpus_chrf
 from nmt.loss import output_loss
 from nmt.model.seq2seq import Seq2Seq
 from nmt.optim import build_optimizer, learning_rate, set_learning_rate

@@ -21,7 +21,7 @@ from nmt.data.batching import pad_sources
 from nmt.data.subwords import BOS, EOS, PAD, Tokenizer, looks_segmented
 from nmt.device import pick_device
 from nmt.errors import NmtError
-from nmt.evaluate import corpus_bleu, corpus_chrf
+from nmt.scoring.metrics import corpus_bleu, corpus_chrf
 from nmt.data.lexicon import Lexicon, lexicon_for_run
 from nmt.model.ensemble import Ensemble
 from nmt.model.quantize import quantize as quantized

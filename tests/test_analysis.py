@@ -2,7 +2,7 @@
 
 import pytest
 
-from nmt.analysis import analyze
+from nmt.scoring.analysis import analyze
 from nmt.recipe import Recipe
 from nmt.training import train
 from nmt.translate import Translator

@@ -19,9 +19,9 @@ LAYERS = [
     ["nmt.device", "nmt.data"],
     ["nmt.model"],
     ["nmt.search", "nmt.loss", "nmt.optim", "nmt.checkpoint", "nmt.distributed"],
-    ["nmt.evaluate", "nmt.report", "nmt.plots", "nmt.html"],
+    ["nmt.scoring", "nmt.plots"],  # metrics, reports, the HTML page: no model needed
     ["nmt.translate"],
-    ["nmt.analysis", "nmt.diagnostics"],
+    ["nmt.scoring.analysis", "nmt.scoring.diagnostics"],
     ["nmt.training"],
     ["nmt.cli", "nmt.__main__"],
 ]
@@ -52,10 +52,11 @@ def imports(path: Path, known: set[str]) -> set[str]:
 
 
 def layer_of(module: str) -> int:
-    for index, layer in enumerate(LAYERS):
-        if any(module == prefix or module.startswith(prefix + ".") for prefix in layer):
-            return index
-    raise AssertionError(f"{module} belongs to no layer: add it to LAYERS in {__file__}")
+    """The layer of the longest prefix in LAYERS that names `module` or a package holding it."""
+    matches = [(len(prefix), index) for index, layer in enumerate(LAYERS) for prefix in layer
+               if module == prefix or module.startswith(prefix + ".")]
+    assert matches, f"{module} belongs to no layer: add it to LAYERS in {__file__}"
+    return max(matches)[1]
 
 
 def graph() -> dict[str, set[str]]:

@@ -1,6 +1,6 @@
 """Per-sentence diagnostics on constructed attention matrices."""
 
-from nmt.diagnostics import Norms, diagnose, merge_pieces, repeated_ngrams
+from nmt.scoring.diagnostics import Norms, diagnose, merge_pieces, repeated_ngrams
 from nmt.search import Hypothesis
 
 NORMS = Norms(length_ratio=(0.5, 2.0), mean_log_prob=(-1.0, -0.1))

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from nmt.cli import score_main
-from nmt.report import compare_systems, length_breakdown, worst_sentences
+from nmt.scoring.report import compare_systems, length_breakdown, worst_sentences
 
 REFERENCES = ["A man is riding a bicycle down the street.", "Two dogs play in the snow.",
               "A woman sings on a stage.", "Children are playing football in a park.",
