@@ -1,7 +1,8 @@
-"""Training: the whole loop in one place.
+"""Training: the whole loop in one place (`_train`), over the named steps of `_Run`.
 
 recipe → corpus → subwords → batches → model → Adam steps, with validation (loss, perplexity,
-greedy BLEU on dev) every `train.valid_every` updates, best/last checkpoints and early stopping.
+greedy BLEU on dev) every `train.valid_every` updates, best/last checkpoints and early
+stopping.
 Everything a run makes lives in its run directory, so it can be resumed, translated from and
 reproduced from that directory alone.
 """
@@ -9,6 +10,7 @@ reproduced from that directory alone.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import logging
@@ -114,200 +116,269 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
 
 def _train(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, cluster: Cluster,
            device: torch.device) -> TrainResult:
-    if not cluster.is_main:
-        log.setLevel(logging.WARNING)  # rank 0 speaks for the run
-    torch.manual_seed(recipe.seed)
-    if recipe.train.threads:
-        torch.set_num_threads(recipe.train.threads)
-    config = recipe.train
+    """The loop: epochs of seeded token batches, one update per `train.accumulate` batches,
+    validation every `train.valid_every` updates, stop requests honoured between updates."""
+    run = _Run.start(recipe, run_dir, resume, overwrite, cluster, device)
+    progress = run.progress
+    with _StopRequests() as stop:
+        while not run.finished(stop):
+            batches = run.epoch_batches()
+            bar = tqdm(total=len(batches), initial=progress.batch_in_epoch, unit="batch",
+                       desc=f"epoch {progress.epoch + 1}", dynamic_ncols=True, mininterval=1.0,
+                       leave=False, disable=not cluster.is_main)
+            while progress.batch_in_epoch < len(batches) and not run.finished(stop):
+                start = progress.batch_in_epoch
+                chosen = batches[start:start + run.config.accumulate]  # one update's batches
+                if run.update(chosen):  # False: a non-finite loss, the update skipped
+                    run.log(bar)
+                    if progress.step % run.config.valid_every == 0:
+                        run.validate()
+                bar.update(len(chosen))
+            bar.close()
+            if progress.batch_in_epoch >= len(batches):
+                progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
+        stopped_early = run.stopper.patience_ran_out(progress)
+        if not progress.history or progress.history[-1]["step"] != progress.step:
+            run.validate()  # at the end too, unless this step was just validated
+        run.finished(stop)  # a signal during the final validation still ends with its exit code
+    return run.result(stopped_early)
 
-    # ---- run directory, then data: corpus → subwords → encoded, filtered arrays (rank 0 first)
-    def setup():
-        resuming = None
-        if cluster.is_main:
-            resuming = prepare_run_dir(run_dir, recipe, resume, overwrite)
-            _log_to_file(run_dir / "train.log")
-        return resuming, prepare_data(recipe, run_dir)
 
-    resume, data = cluster.main_first(setup)
-    resume = cluster.from_main(resume)
-    train_text, dev_text, tokenizer, train_data, dev_data = data
+class _Run:
+    """One training run's state and its named steps: start (or resume), update, log, validate
+    and save. `_train` above is the loop over them."""
 
-    # ---- model and optimizer
-    model = Seq2Seq(recipe.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
-    model.to(device)
-    optimizer = build_optimizer(model.parameters(), config)
-    update = Updater(model, optimizer, config, device, cluster)
-    scaler = update.scaler
-    progress = Progress()
-    if resume:
-        tensors, meta = load_checkpoint(run_dir / "checkpoints" / "last")
-        restore(tensors, meta, model, optimizer)
-        progress = Progress(**meta["progress"])
-        if meta.get("grad_scaler"):
-            scaler.load_state_dict(meta["grad_scaler"])
-        log.info("resumed at step %d (epoch %d, batch %d)", progress.step, progress.epoch + 1,
-                 progress.batch_in_epoch)
-    elif cluster.is_main:
-        write_manifest(run_dir, recipe, [train_text, dev_text], tokenizer, model)
-        check_disk_space(run_dir, model, config.keep_best)
-    if cluster.is_main:
-        forget_after(run_dir, progress)
-    log.info("model: %s parameters on %s%s", f"{model.parameter_count:,}", device,
-             f", {cluster.world_size} processes" if cluster.distributed else "")
+    def __init__(self, recipe: Recipe, run_dir: Path, cluster: Cluster, device: torch.device,
+                 data: tuple, model: Seq2Seq, progress: Progress, resumed: bool):
+        self.recipe, self.config, self.run_dir = recipe, recipe.train, run_dir
+        self.cluster, self.device = cluster, device
+        self.train_text, self.dev_text, self.tokenizer, self.train_data, self.dev_data = data
+        self.model, self.progress = model, progress
+        self.optimizer = build_optimizer(model.parameters(), self.config)
+        self.updater = Updater(model, self.optimizer, self.config, device, cluster)
+        # Validation decodes greedily with fixed settings: the recipe's `decode` section is for
+        # translation time, and a sampled or shortlisted dev BLEU would steer early stopping
+        # at random.
+        self.translator = Translator(model, self.tokenizer, VALIDATION_DECODING, device)
+        self.stopper = _Stopper(self.config.max_steps, self.config.max_epochs,
+                                self.config.patience, parse_duration(self.config.max_time)
+                                if self.config.max_time else 0.0)
+        self.metrics: _MetricsFile | None = None  # opened once the run directory agrees with
+        self.board = None                         # the checkpoint it continues from
+        self.saved_at = _position(progress) if resumed else None  # where `last` stands
+        self.rate = learning_rate(self.config, max(progress.step, 1), progress.plateau_decays)
+        self.window_start = time.perf_counter()
+        # Computed once: the lengths are a pass over the whole corpus's offsets.
+        self.source_lengths = self.train_data.src_lengths
+        self.target_lengths = self.train_data.tgt_lengths
+        self.started = 0.0
 
-    # Validation decodes greedily with fixed settings: the recipe's `decode` section is for
-    # translation time, and a sampled or shortlisted dev BLEU would steer early stopping at random.
-    translator = Translator(model, tokenizer, VALIDATION_DECODING, device)
-    stopper = _Stopper(config.max_steps, config.max_epochs, config.patience,
-                       parse_duration(config.max_time) if config.max_time else 0.0)
-    metrics = _MetricsFile(run_dir / "metrics.csv") if cluster.is_main else None
-    board = _tensorboard(run_dir) if cluster.is_main else None
-    started = time.perf_counter() - progress.elapsed_s
-    stopper.started = started
-    saved_at = _position(progress) if resume else None  # where checkpoints/last stands
+    # ---------------------------------------------------------------- start or resume
 
-    def checkpoint(name: str) -> None:
-        nonlocal saved_at
+    @classmethod
+    def start(cls, recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool,
+              cluster: Cluster, device: torch.device) -> "_Run":
+        """Run directory, then data: corpus → subwords → encoded, filtered arrays (rank 0
+        first); then the model, from `checkpoints/last` when resuming."""
         if not cluster.is_main:
-            return
-        progress.elapsed_s = time.perf_counter() - started
-        try:
-            save_checkpoint(run_dir / "checkpoints" / name, model,
-                            {"progress": progress.__dict__, "spm_sha256": tokenizer.sha256,
-                             "source_vocab_size": tokenizer.source_vocab_size,
-                             "target_vocab_size": tokenizer.target_vocab_size,
-                             "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None},
-                            optimizer)
-        except OSError as error:
-            raise NmtError(f"{run_dir / 'checkpoints' / name}: cannot write the checkpoint "
-                           f"({error.strerror}); the checkpoints already there are intact") from None
-        if name == "last":
-            saved_at = _position(progress)
+            log.setLevel(logging.WARNING)  # rank 0 speaks for the run
+        torch.manual_seed(recipe.seed)
+        if recipe.train.threads:
+            torch.set_num_threads(recipe.train.threads)
 
-    if cluster.is_main and resume:
-        complete_commit(run_dir, progress, checkpoint)
+        def set_up() -> tuple:
+            resuming = None
+            if cluster.is_main:
+                resuming = prepare_run_dir(run_dir, recipe, resume, overwrite)
+                _log_to_file(run_dir / "train.log")
+            return resuming, prepare_data(recipe, run_dir)
 
-    def validate() -> None:
+        resume, data = cluster.main_first(set_up)
+        resume = cluster.from_main(resume)
+        _, _, tokenizer, _, _ = data
+        model = Seq2Seq(recipe.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
+        model.to(device)
+        run = cls(recipe, run_dir, cluster, device, data, model, Progress(), resume)
+        if resume:
+            run.restore()
+        elif cluster.is_main:
+            write_manifest(run_dir, recipe, [run.train_text, run.dev_text], tokenizer, model)
+            check_disk_space(run_dir, model, recipe.train.keep_best)
         if cluster.is_main:
-            validate_on_main()
-        if cluster.distributed:  # the others follow rank 0's early-stopping and schedule state
-            progress.__dict__.update(cluster.from_main(dict(progress.__dict__)))
+            forget_after(run_dir, run.progress)
+            run.metrics = _MetricsFile(run_dir / "metrics.csv")
+            run.board = _tensorboard(run_dir)
+        log.info("model: %s parameters on %s%s", f"{model.parameter_count:,}", device,
+                 f", {cluster.world_size} processes" if cluster.distributed else "")
+        run.started = time.perf_counter() - run.progress.elapsed_s
+        run.stopper.started = run.started
+        if cluster.is_main and resume:
+            complete_commit(run_dir, run.progress, run.save)
+        return run
 
-    def validate_on_main() -> None:
-        result = validation(model, translator, dev_text, dev_data, config, device)
-        outcome = record_validation(progress, result, config)
-        metrics.write(step=progress.step, epoch=progress.epoch + 1, kind="valid",
-                      elapsed_s=round(time.perf_counter() - started, 1), **result)
+    def restore(self) -> None:
+        """Weights, optimizer, RNG and position from `checkpoints/last`."""
+        tensors, meta = load_checkpoint(self.run_dir / "checkpoints" / "last")
+        restore(tensors, meta, self.model, self.optimizer)
+        self.progress.__dict__.update(Progress(**meta["progress"]).__dict__)
+        if meta.get("grad_scaler"):
+            self.updater.scaler.load_state_dict(meta["grad_scaler"])
+        self.rate = learning_rate(self.config, max(self.progress.step, 1),
+                                  self.progress.plateau_decays)
+        log.info("resumed at step %d (epoch %d, batch %d)", self.progress.step,
+                 self.progress.epoch + 1, self.progress.batch_in_epoch)
+
+    # ---------------------------------------------------------------- one update
+
+    def epoch_batches(self) -> list[np.ndarray]:
+        """This epoch's batches: token buckets in an order seeded by the epoch."""
+        return make_batches(self.source_lengths, self.target_lengths, self.config.batch_tokens,
+                            self.config.batch_sentences, self.recipe.seed, self.progress.epoch)
+
+    def update(self, chosen: list[np.ndarray]) -> bool:
+        """One optimizer update over `chosen` batches, their loss normalised by all their
+        target tokens (with EOS, on all processes together); each process takes its share of
+        every batch. False when the loss was not finite and the update skipped."""
+        progress, config = self.progress, self.config
+        tokens = sum(int(self.target_lengths[indices].sum()) + len(indices) for indices in chosen)
+        group = [_collate_share(self.train_data, self.cluster.share(indices), self.device)
+                 for indices in chosen]
+        self.rate = learning_rate(config, progress.step + 1, progress.plateau_decays)
+        set_learning_rate(self.optimizer, self.rate)
+        try:
+            loss = self.updater(group, tokens)
+        except torch.cuda.OutOfMemoryError:
+            raise NmtError(
+                f"out of memory on {self.device} at step {progress.step + 1} with batches of "
+                f"train.batch_tokens={config.batch_tokens}: lower train.batch_tokens (e.g. to "
+                f"{config.batch_tokens // 2}) and raise train.accumulate to keep the same "
+                f"effective batch") from None
+        progress.batch_in_epoch += len(group)
+        if loss is None:  # stop after several in a row
+            progress.nonfinite += 1
+            log.warning("step %d: non-finite loss, update skipped (%d in a row)",
+                        progress.step + 1, progress.nonfinite)
+            if progress.nonfinite >= MAX_NONFINITE:
+                raise NmtError(
+                    f"training diverged: {progress.nonfinite} non-finite losses in a row at step "
+                    f"{progress.step + 1}; checkpoints/last (step "
+                    f"{self.saved_at[0] if self.saved_at else 0}) is from before it. Lower "
+                    f"train.lr or set train.clip_norm, then --resume")
+            return False
+        progress.nonfinite = 0
+        progress.step += 1
+        progress.window_loss += loss
+        progress.window_tokens += tokens
+        return True
+
+    # ---------------------------------------------------------------- log
+
+    def log(self, bar: tqdm) -> None:
+        """Every `train.log_every` updates: a metrics row, the progress bar, TensorBoard."""
+        progress = self.progress
+        if progress.step % self.config.log_every:
+            return
+        if self.cluster.is_main:
+            seconds = time.perf_counter() - self.window_start
+            speed = progress.window_tokens / max(seconds, 1e-9)
+            loss = progress.window_loss / progress.window_tokens
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}", lr=f"{self.rate:.1e}")
+            self.metrics.write(step=progress.step, epoch=progress.epoch + 1, kind="train",
+                               loss=round(loss, 4), lr=self.rate,
+                               target_tokens_per_s=round(speed), elapsed_s=self._elapsed())
+            if self.board:
+                self.board.add_scalar("train_loss", loss, progress.step)
+                self.board.add_scalar("lr", self.rate, progress.step)
+        progress.window_loss, progress.window_tokens = 0.0, 0
+        self.window_start = time.perf_counter()
+
+    # ---------------------------------------------------------------- validate and record
+
+    def validate(self) -> None:
+        """Dev scores, recorded, then written at one commit point (see `_commit`); the other
+        processes follow rank 0's early-stopping and schedule state."""
+        if self.cluster.is_main:
+            result = validation(self.model, self.translator, self.dev_text, self.dev_data,
+                                self.config, self.device)
+            recorded, outcome = record_validation(self.progress, result, self.config)
+            self.progress.__dict__.update(recorded.__dict__)
+            self._commit(result, outcome)
+        if self.cluster.distributed:
+            self.progress.__dict__.update(self.cluster.from_main(dict(self.progress.__dict__)))
+
+    def _commit(self, result: dict[str, float], outcome: "ValidationOutcome") -> None:
+        """The metrics row, then `last` recording the validation: the commit point, after which
+        every other file follows from it (complete_commit writes what a crash left unwritten
+        when the run resumes). Then `best`, the step-N checkpoint, and the deletions."""
+        progress, config = self.progress, self.config
+        self.metrics.write(step=progress.step, epoch=progress.epoch + 1, kind="valid",
+                           elapsed_s=self._elapsed(), **result)
         log.info("step %d: dev loss %.3f, ppl %.2f, BLEU %.2f, chrF %.2f%s", progress.step,
                  result["dev_loss"], result["dev_ppl"], result["dev_bleu"], result["dev_chrf"],
                  " (best)" if outcome.improved else f" (best {_best_text(progress, config)} at "
                                                     f"step {progress.best_step})")
-        # The commit point: once `last` records this validation, every other file follows from
-        # it (complete_commit writes what a crash left unwritten when the run resumes).
-        checkpoint("last")
+        self.save("last")
         if outcome.improved:
-            checkpoint("best")
+            self.save("best")
         if outcome.kept:
-            checkpoint(f"step-{progress.step}")
+            self.save(f"step-{progress.step}")
         for step in outcome.dropped:
-            delete_checkpoint(run_dir / "checkpoints" / f"step-{step}")
-        if board:
+            delete_checkpoint(self.run_dir / "checkpoints" / f"step-{step}")
+        if self.board:
             for key, number in result.items():
-                board.add_scalar(key, number, progress.step)
-        plot_learning_curves(run_dir / "metrics.csv", run_dir / "curves.png")
+                self.board.add_scalar(key, number, progress.step)
+        plot_learning_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png")
 
-    window_start = time.perf_counter()
-    stopped_early = False
-    rate = learning_rate(config, max(progress.step, 1), progress.plateau_decays)
+    # ---------------------------------------------------------------- save
 
-    def finished() -> bool:
-        """A safe point, between updates: honour a stop request, then ask whether training is
-        done (rank 0's clock decides max_time)."""
-        if cluster.any(stop.requested):
-            if saved_at != _position(progress):
-                checkpoint("last")
+    def save(self, name: str) -> None:
+        """Write checkpoints/NAME (rank 0): weights, optimizer, RNG and the position."""
+        if not self.cluster.is_main:
+            return
+        self.progress.elapsed_s = time.perf_counter() - self.started
+        scaler = self.updater.scaler
+        path = self.run_dir / "checkpoints" / name
+        try:
+            save_checkpoint(path, self.model,
+                            {"progress": self.progress.__dict__,
+                             "spm_sha256": self.tokenizer.sha256,
+                             "source_vocab_size": self.tokenizer.source_vocab_size,
+                             "target_vocab_size": self.tokenizer.target_vocab_size,
+                             "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None},
+                            self.optimizer)
+        except OSError as error:
+            raise NmtError(f"{path}: cannot write the checkpoint ({error.strerror}); the "
+                           f"checkpoints already there are intact") from None
+        if name == "last":
+            self.saved_at = _position(self.progress)
+
+    # ---------------------------------------------------------------- between updates
+
+    def finished(self, stop: "_StopRequests") -> bool:
+        """A safe point, between updates: honour a stop request (save `last`, leave with the
+        signal's exit code), then say whether training is done (rank 0's clock decides
+        `max_time`)."""
+        if self.cluster.any(stop.requested):
+            if self.saved_at != _position(self.progress):
+                self.save("last")
             log.info("interrupted at step %d; saved checkpoints/last (continue with --resume)",
-                     progress.step)
-            cluster.barrier()  # no process leaves while rank 0 still writes
+                     self.progress.step)
+            self.cluster.barrier()  # no process leaves while rank 0 still writes
             stop.exit()
-        return cluster.from_main(stopper.done(progress))
+        return self.cluster.from_main(self.stopper.done(self.progress))
 
-    # Computed once: the lengths are a pass over the whole corpus's offsets.
-    source_lengths, target_lengths = train_data.src_lengths, train_data.tgt_lengths
-    with _StopRequests() as stop:
-        while not finished():
-            batches = make_batches(source_lengths, target_lengths,
-                                   config.batch_tokens, config.batch_sentences, recipe.seed,
-                                   progress.epoch)
-            bar = tqdm(total=len(batches), initial=progress.batch_in_epoch, unit="batch",
-                       desc=f"epoch {progress.epoch + 1}", dynamic_ncols=True, mininterval=1.0,
-                       leave=False, disable=not cluster.is_main)
-            while progress.batch_in_epoch < len(batches) and not finished():
-                # One update: `accumulate` batches, their loss normalised by all their tokens;
-                # each process takes its share of every batch.
-                chosen = batches[progress.batch_in_epoch:progress.batch_in_epoch + config.accumulate]
-                tokens = sum(int(target_lengths[indices].sum()) + len(indices)
-                             for indices in chosen)  # with EOS, on all processes together
-                group = [_collate_share(train_data, cluster.share(indices), device)
-                         for indices in chosen]
-                rate = learning_rate(config, progress.step + 1, progress.plateau_decays)
-                set_learning_rate(optimizer, rate)
-                try:
-                    result = update(group, tokens)
-                except torch.cuda.OutOfMemoryError:
-                    raise NmtError(
-                        f"out of memory on {device} at step {progress.step + 1} with batches of "
-                        f"train.batch_tokens={config.batch_tokens}: lower train.batch_tokens "
-                        f"(e.g. to {config.batch_tokens // 2}) and raise train.accumulate to keep "
-                        f"the same effective batch") from None
-                progress.batch_in_epoch += len(group)
-                bar.update(len(group))
-                if result is None:  # a non-finite loss: skip this update; stop after several
-                    progress.nonfinite += 1
-                    log.warning("step %d: non-finite loss, update skipped (%d in a row)",
-                                progress.step + 1, progress.nonfinite)
-                    if progress.nonfinite >= MAX_NONFINITE:
-                        raise NmtError(
-                            f"training diverged: {progress.nonfinite} non-finite losses in a row "
-                            f"at step {progress.step + 1}; checkpoints/last (step "
-                            f"{saved_at[0] if saved_at else 0}) is from before it. Lower "
-                            f"train.lr or set train.clip_norm, then --resume")
-                    continue
-                progress.nonfinite = 0
-                progress.step += 1
-                progress.window_loss += result
-                progress.window_tokens += tokens
-                if progress.step % config.log_every == 0 and cluster.is_main:
-                    seconds = time.perf_counter() - window_start
-                    speed = progress.window_tokens / max(seconds, 1e-9)
-                    loss = progress.window_loss / progress.window_tokens
-                    bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}", lr=f"{rate:.1e}")
-                    metrics.write(step=progress.step, epoch=progress.epoch + 1, kind="train",
-                                  loss=round(loss, 4), lr=rate, target_tokens_per_s=round(speed),
-                                  elapsed_s=round(time.perf_counter() - started, 1))
-                    if board:
-                        board.add_scalar("train_loss", loss, progress.step)
-                        board.add_scalar("lr", rate, progress.step)
-                if progress.step % config.log_every == 0:
-                    progress.window_loss, progress.window_tokens = 0.0, 0
-                    window_start = time.perf_counter()
-                if progress.step % config.valid_every == 0:
-                    validate()
-            bar.close()
-            if progress.batch_in_epoch >= len(batches):
-                progress.epoch, progress.batch_in_epoch = progress.epoch + 1, 0
-        stopped_early = stopper.patience_ran_out(progress)
-        if not progress.history or progress.history[-1]["step"] != progress.step:
-            validate()
-        finished()  # a signal during the final validation still ends with its exit code
-    elapsed = time.perf_counter() - started
-    log.info("finished after %d steps in %.0f s; best dev %s %s at step %d%s", progress.step,
-             elapsed, config.early_stopping, _best_text(progress, config), progress.best_step,
-             " (early stop)" if stopped_early else "")
-    best = -progress.best if config.early_stopping == "loss" else progress.best
-    return TrainResult(run_dir, progress.step, progress.best_step, best, config.early_stopping,
-                       elapsed, stopped_early)
+    def result(self, stopped_early: bool) -> TrainResult:
+        progress, config = self.progress, self.config
+        elapsed = time.perf_counter() - self.started
+        log.info("finished after %d steps in %.0f s; best dev %s %s at step %d%s", progress.step,
+                 elapsed, config.early_stopping, _best_text(progress, config),
+                 progress.best_step, " (early stop)" if stopped_early else "")
+        best = -progress.best if config.early_stopping == "loss" else progress.best
+        return TrainResult(self.run_dir, progress.step, progress.best_step, best,
+                           config.early_stopping, elapsed, stopped_early)
+
+    def _elapsed(self) -> float:
+        return round(time.perf_counter() - self.started, 1)
 
 
 class Updater:
@@ -492,29 +563,32 @@ class ValidationOutcome:
 
 
 def record_validation(progress: Progress, result: dict[str, float], config: TrainConfig
-                      ) -> ValidationOutcome:
-    """Enter a validation into `progress`: history, best, patience, the plateau schedule and
-    the set of kept step-N checkpoints (the `train.keep_best` best validations)."""
+                      ) -> tuple[Progress, ValidationOutcome]:
+    """The bookkeeping of one validation, as a pure function: `progress` with `result` entered
+    (history, best, patience, the plateau schedule, the kept step-N set of the
+    `train.keep_best` best validations), and what that changes on disk. `progress` itself is
+    left as it was."""
     value = -result["dev_loss"] if config.early_stopping == "loss" else \
         result[f"dev_{config.early_stopping}"]
+    new = dataclasses.replace(progress, history=[*progress.history,
+                                                 {"step": progress.step, **result}],
+                              kept=[list(entry) for entry in progress.kept])
     improved = progress.best is None or value > progress.best
     if improved:
-        progress.best, progress.best_step, progress.bad_validations = value, progress.step, 0
-        progress.plateau_wait = 0
+        new.best, new.best_step, new.bad_validations, new.plateau_wait = value, new.step, 0, 0
     else:
-        progress.bad_validations += 1
-        progress.plateau_wait += 1
-        if config.schedule == "plateau" and progress.plateau_wait >= config.plateau_patience:
-            progress.plateau_decays, progress.plateau_wait = progress.plateau_decays + 1, 0
-    progress.history.append({"step": progress.step, **result})
-    entry = [value, progress.step]
-    ranked = sorted([*progress.kept, entry], key=lambda item: -item[0])
+        new.bad_validations += 1
+        new.plateau_wait += 1
+        if config.schedule == "plateau" and new.plateau_wait >= config.plateau_patience:
+            new.plateau_decays, new.plateau_wait = new.plateau_decays + 1, 0
+    entry = [value, new.step]
+    ranked = sorted([*new.kept, entry], key=lambda item: -item[0])
     kept = config.keep_best > 0 and entry in ranked[:config.keep_best]
     dropped = []
     if kept:
-        progress.kept = ranked[:config.keep_best]
+        new.kept = ranked[:config.keep_best]
         dropped = [int(step) for _, step in ranked[config.keep_best:]]
-    return ValidationOutcome(improved, kept, dropped)
+    return new, ValidationOutcome(improved, kept, dropped)
 
 
 def _tensorboard(run_dir: Path):

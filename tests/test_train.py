@@ -326,3 +326,53 @@ def test_an_overwrite_cut_short_can_be_done_again(tiny_recipe, tmp_path, monkeyp
         train(Recipe.load(tiny_recipe, steps), tmp_path / "run", overwrite=True)
     monkeypatch.undo()
     assert train(Recipe.load(tiny_recipe, steps), tmp_path / "run", overwrite=True).steps == 2
+
+
+def _bookkeeping(**changes):
+    from nmt.recipe import TrainConfig
+
+    return TrainConfig(**{"keep_best": 2, "schedule": "plateau", "plateau_patience": 2,
+                          "early_stopping": "bleu", **changes})
+
+
+def _scores(bleu, loss=1.0):
+    return {"dev_loss": loss, "dev_ppl": 2.7, "dev_bleu": bleu, "dev_chrf": 50.0}
+
+
+def test_validation_bookkeeping_is_a_pure_function():
+    """Best, patience, the plateau schedule and the kept step-N set from (progress, scores,
+    config) alone; the progress given is left as it was."""
+    from nmt.training import Progress, record_validation
+
+    config = _bookkeeping()
+    progress, outcomes = Progress(), []
+    for step, bleu in [(10, 20.0), (20, 25.0), (30, 24.0), (40, 23.0), (50, 22.0), (60, 26.0)]:
+        progress.step = step
+        before = repr(progress)
+        progress, outcome = record_validation(progress, _scores(bleu), config)
+        assert repr(progress) != before
+        outcomes.append(outcome)
+    assert [o.improved for o in outcomes] == [True, True, False, False, False, True]
+    assert [o.kept for o in outcomes] == [True, True, True, False, False, True]
+    assert [o.dropped for o in outcomes] == [[], [], [10], [], [], [30]]
+    assert progress.best == 26.0 and progress.best_step == 60 and progress.bad_validations == 0
+    assert progress.plateau_decays == 1  # after the 2nd validation without improvement (step 40)
+    assert progress.plateau_wait == 0 and progress.kept == [[26.0, 60], [25.0, 20]]
+    assert [row["step"] for row in progress.history] == [10, 20, 30, 40, 50, 60]
+
+
+def test_validation_bookkeeping_leaves_its_input_alone_and_follows_the_config():
+    from nmt.training import Progress, record_validation
+
+    start = Progress(step=5, best=30.0, best_step=3, kept=[[30.0, 3]], history=[{"step": 3}])
+    copy = repr(start)
+    after, outcome = record_validation(start, _scores(10.0), _bookkeeping(keep_best=0))
+    assert repr(start) == copy  # nothing of the input changed, lists included
+    assert not outcome.improved and not outcome.kept and after.kept == [[30.0, 3]]
+    assert after.bad_validations == 1 and after.plateau_decays == 0
+    after, outcome = record_validation(Progress(step=1, best=-2.0), _scores(0.0, loss=1.5),
+                                       _bookkeeping(early_stopping="loss", schedule="constant"))
+    assert outcome.improved and after.best == -1.5  # a lower loss is better
+    after, _ = record_validation(Progress(step=1, best=-1.0, plateau_wait=1), _scores(0.0, 1.5),
+                                 _bookkeeping(early_stopping="loss", schedule="constant"))
+    assert after.plateau_decays == 0 and after.plateau_wait == 2  # no plateau schedule
