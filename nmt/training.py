@@ -83,6 +83,9 @@ class Progress:
 
 @dataclass
 class TrainResult:
+    """What `train` returns: the run directory, updates done, the best dev value of `metric`
+    (`train.early_stopping`) and its step, seconds taken, and whether early stopping ended it."""
+
     run_dir: Path
     steps: int
     best_step: int

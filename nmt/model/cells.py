@@ -7,6 +7,9 @@ for decoders without input feeding, and checkpoints are the same either way.
 
 The input-side product of layer 0 for the target embeddings does not depend on earlier steps, so
 `input_projection` computes it for all steps at once; each step adds only what is left.
+
+Shapes: N rows, T steps, E embedding size, H hidden size, L layers, G gate width (4H LSTM,
+3H GRU, H tanh-RNN), F the rest of layer 0's input (context and/or fed attentional vector).
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ def input_projection(rnn: nn.RNNBase, embedded: torch.Tensor) -> torch.Tensor:
     int8 = getattr(rnn, INT8_PRODUCTS, None)
     if int8 is not None:
         return int8["embedded"](embedded)
-    size = embedded.size(-1)
+    size = embedded.size(-1)  # E: layer 0's first input columns
     return F.linear(embedded, rnn.weight_ih_l0[:, :size], rnn.bias_ih_l0)
 
 
@@ -49,38 +52,43 @@ def step(rnn: nn.RNNBase, cell: str, gates_x: torch.Tensor, extra: torch.Tensor 
          state: State, dropout: float, training: bool) -> tuple[torch.Tensor, State]:
     """Advance every layer one step. `gates_x` (N, G) is layer 0's precomputed input part;
     `extra` (N, F) is the rest of layer 0's input (the fed attentional vector), if any.
-    Returns the top layer's output (N, H) and the new state (layers, N, H)."""
-    hidden, memory = state if isinstance(state, tuple) else (state, None)
+    Returns the top layer's output (N, H) and the new state (L, N, H)."""
+    hidden, memory = state if isinstance(state, tuple) else (state, None)  # (L, N, H), c only in LSTMs
     int8 = getattr(rnn, INT8_PRODUCTS, None)
     new_hidden, new_memory = [], []
     layer_input = None
     for layer in range(rnn.num_layers):
         w_ih = getattr(rnn, f"weight_ih_l{layer}")
         if layer == 0:
-            gates = gates_x
-            if extra is not None:
+            gates = gates_x  # (N, G)
+            if extra is not None:  # + W_ih[:, E:] · extra, (N, G)
                 gates = gates + int8["extra"](extra) if int8 else \
                     torch.addmm(gates, extra, w_ih[:, -extra.size(1):].t())
         else:
-            layer_input = F.dropout(layer_input, dropout, training)
+            layer_input = F.dropout(layer_input, dropout, training)  # (N, H)
             gates = int8[f"input{layer}"](layer_input) if int8 else \
-                F.linear(layer_input, w_ih, getattr(rnn, f"bias_ih_l{layer}"))
-        h = hidden[layer]
+                F.linear(layer_input, w_ih, getattr(rnn, f"bias_ih_l{layer}"))  # (N, G)
+        h = hidden[layer]  # (N, H)
+        # W_hh h + b_hh: (N, G)
         recurrent = int8[f"hidden{layer}"](h) if int8 else \
             F.linear(h, getattr(rnn, f"weight_hh_l{layer}"), getattr(rnn, f"bias_hh_l{layer}"))
         if cell == "lstm":
+            # Input, forget, cell and output gates, each (N, H), in PyTorch's order:
+            # c' = σ(f)·c + σ(i)·tanh(g), h' = σ(o)·tanh(c').
             i, f, g, o = (gates + recurrent).chunk(4, dim=1)
             c = torch.sigmoid(f) * memory[layer] + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
             new_memory.append(c)
         elif cell == "gru":
+            # Reset r and update z gates, each (N, H), as PyTorch's GRU:
+            # h' = (1 - z)·tanh(x_n + r·h_n) + z·h.
             x_r, x_z, x_n = gates.chunk(3, dim=1)
             h_r, h_z, h_n = recurrent.chunk(3, dim=1)
             r, z = torch.sigmoid(x_r + h_r), torch.sigmoid(x_z + h_z)
             h = (1 - z) * torch.tanh(x_n + r * h_n) + z * h
         else:
-            h = torch.tanh(gates + recurrent)
+            h = torch.tanh(gates + recurrent)  # (N, H)
         new_hidden.append(h)
         layer_input = h
-    hidden = torch.stack(new_hidden)
+    hidden = torch.stack(new_hidden)  # (L, N, H)
     return layer_input, ((hidden, torch.stack(new_memory)) if cell == "lstm" else hidden)

@@ -6,7 +6,11 @@ Two flows, one module:
 - Bahdanau et al. (2015): the previous state queries the memory first, and the context c is an
   input of the recurrent step, next to the embedding.
 Either way the attentional vector tanh(W [c; h]) feeds the output layer (and, with input
-feeding, the next step).
+feeding, the next step). `Decoder` writes both flows out.
+
+Shapes: N rows (sentences, or sentences × beam), T target steps, S source length, E embedding
+size, H decoder hidden size, M memory size (encoder output), L decoder layers, G gate width of
+layer 0 (4H LSTM, 3H GRU, H RNN).
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ from nmt.recipe import ModelConfig
 
 @dataclass
 class DecoderState:
-    """What the decoder carries from one step to the next, for N sequences."""
+    """What the decoder carries from one step to the next, for N sequences: the recurrent
+    state s_{t-1} and, with input feeding, the attentional vector h̃_{t-1} (see `Decoder`)."""
 
-    hidden: torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # (layers, N, H), LSTM: (h, c)
+    hidden: torch.Tensor | tuple[torch.Tensor, torch.Tensor]  # (L, N, H), LSTM: (h, c)
     feed: torch.Tensor | None  # (N, H): the previous attentional vector, with input feeding
 
     @property
@@ -35,16 +40,36 @@ class DecoderState:
         return (self.hidden[0] if isinstance(self.hidden, tuple) else self.hidden)[-1]
 
     def index_select(self, index: torch.Tensor) -> "DecoderState":
-        """Keep (and reorder) sequences: one gather per tensor, for beam search."""
+        """Keep (and reorder) sequences: one gather per tensor, for beam search. `index` (N',)
+        picks the rows of the new state."""
         if isinstance(self.hidden, tuple):
-            hidden = tuple(h.index_select(1, index) for h in self.hidden)
+            hidden = tuple(h.index_select(1, index) for h in self.hidden)  # each (L, N', H)
         else:
-            hidden = self.hidden.index_select(1, index)
-        feed = None if self.feed is None else self.feed.index_select(0, index)
+            hidden = self.hidden.index_select(1, index)  # (L, N', H)
+        feed = None if self.feed is None else self.feed.index_select(0, index)  # (N', H)
         return DecoderState(hidden, feed)
 
 
 class Decoder(nn.Module):
+    """The attentional decoder. With y_{t-1} the previous target embedding, s_t the recurrent
+    state (all layers), h_t its top layer, c_t the context and h̃_t the attentional vector:
+
+    Luong flow (Luong et al., 2015), `attention_flow: luong`: attend with the current state.
+        s_t = RNN(s_{t-1}, [y_{t-1}; h̃_{t-1}])     (h̃_{t-1} only with input feeding)
+        c_t = attend(h_t, memory)
+        h̃_t = tanh(W_c [c_t; h_t])
+
+    Bahdanau flow (Bahdanau et al., 2015), `attention_flow: bahdanau`: attend with the previous
+    state, then feed the context to the RNN.
+        c_t = attend(h_{t-1}, memory)
+        s_t = RNN(s_{t-1}, [y_{t-1}; c_t; h̃_{t-1}])  (h̃_{t-1} only with input feeding)
+        h̃_t = tanh(W_c [c_t; h_t])                  (Luong's output; Bahdanau's is a maxout layer)
+
+    Then p(y_t) = softmax(W_o h̃_t) (`Seq2Seq.output`). W_c has no bias; dropout follows the
+    tanh. `attend` is the score's class in nmt/model/attention.py; s_0 comes from
+    `initial_state`, h̃_0 = 0.
+    """
+
     def __init__(self, config: ModelConfig, memory_size: int):
         super().__init__()
         self.cell, self.layers = config.decoder_cell, config.decoder_layers
@@ -67,16 +92,17 @@ class Decoder(nn.Module):
 
     def initial_state(self, encoder_final: torch.Tensor) -> DecoderState:
         """Zeros, the encoder's final state, or a learned projection of it (the bridge)."""
-        batch = encoder_final.size(0)
+        batch = encoder_final.size(0)  # N; encoder_final is (N, M)
         if self.init == "zeros":
-            first = encoder_final.new_zeros(batch, self.hidden_size)
+            first = encoder_final.new_zeros(batch, self.hidden_size)  # (N, H)
         elif self.init == "last":
-            first = encoder_final
+            first = encoder_final  # (N, M), M = H
         else:
-            first = torch.tanh(self.bridge(encoder_final))
-        hidden = first.unsqueeze(0).repeat(self.layers, 1, 1).contiguous()
+            first = torch.tanh(self.bridge(encoder_final))  # (N, H)
+        hidden = first.unsqueeze(0).repeat(self.layers, 1, 1).contiguous()  # (L, N, H)
         if self.cell == "lstm":
-            hidden = (hidden, hidden.clone())
+            hidden = (hidden, hidden.clone())  # (h, c), each (L, N, H)
+        # h̃_0 = 0: (N, H)
         feed = encoder_final.new_zeros(batch, self.hidden_size) if self.input_feeding else None
         return DecoderState(hidden, feed)
 
@@ -89,29 +115,32 @@ class Decoder(nn.Module):
         attention, so the recurrent layer and the attention each run once over the whole sequence.
         """
         if not self.stepwise:
-            output, hidden = self.rnn(embedded, state.hidden)
-            context, weights = self.attention(output, keys, memory, mask)
+            output, hidden = self.rnn(embedded, state.hidden)  # (N, T, H), (L, N, H)
+            context, weights = self.attention(output, keys, memory, mask)  # (N, T, M), (N, T, S)
             return self._attentional(context, output), DecoderState(hidden, None), weights
         outputs, all_weights = [], []
         # All steps' input gates in one product; unbind (not indexing) keeps backward linear in T.
-        for gates_x in cells.input_projection(self.rnn, embedded).unbind(1):
-            extra = []
+        for gates_x in cells.input_projection(self.rnn, embedded).unbind(1):  # (N, G) per step
+            extra = []  # the rest of layer 0's input: [c_t;] [h̃_{t-1}]
             if self.flow == "bahdanau":
+                # c_t from h_{t-1}: (N, 1, M), weights (N, 1, S)
                 context, weights = self.attention(state.top.unsqueeze(1), keys, memory, mask)
-                extra.append(context.squeeze(1))
+                extra.append(context.squeeze(1))  # (N, M)
             if self.input_feeding:
-                extra.append(state.feed)
+                extra.append(state.feed)  # h̃_{t-1}: (N, H)
             output, hidden = cells.step(self.rnn, self.cell, gates_x,
                                         torch.cat(extra, -1) if extra else None, state.hidden,
-                                        self.rnn.dropout, self.training)
-            output = output.unsqueeze(1)
+                                        self.rnn.dropout, self.training)  # h_t (N, H), s_t
+            output = output.unsqueeze(1)  # (N, 1, H)
             if self.flow == "luong":
+                # c_t from h_t: (N, 1, M), weights (N, 1, S)
                 context, weights = self.attention(output, keys, memory, mask)
-            attentional = self._attentional(context, output)
+            attentional = self._attentional(context, output)  # h̃_t: (N, 1, H)
             state = DecoderState(hidden, attentional.squeeze(1) if self.input_feeding else None)
             outputs.append(attentional)
             all_weights.append(weights)
-        return torch.cat(outputs, 1), state, torch.cat(all_weights, 1)
+        return torch.cat(outputs, 1), state, torch.cat(all_weights, 1)  # (N, T, H), (N, T, S)
 
     def _attentional(self, context: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+        """h̃ = dropout(tanh(W_c [c; h])): (N, T, H) from c (N, T, M) and h (N, T, H)."""
         return self.dropout(torch.tanh(self.combine(torch.cat([context, output], dim=-1))))

@@ -1,4 +1,8 @@
-"""The encoder: a (bidirectional, multi-layer) recurrent network over source embeddings."""
+"""The encoder: a (bidirectional, multi-layer) recurrent network over source embeddings.
+
+Shapes: B sentences, S source length, E embedding size, L layers, D directions (2 if
+bidirectional), M = D × hidden_size the memory size (M/D per direction).
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,11 @@ RNN_CLASSES = {"lstm": nn.LSTM, "gru": nn.GRU, "rnn": nn.RNN}
 
 
 class Encoder(nn.Module):
+    """The source side of the model. Its memory m_1..m_S, which the decoder attends to, is the
+    top layer's output at each source position; bidirectional, both directions' states joined,
+    m_s = [→h_s; ←h_s] (as in Bahdanau et al., 2015). The top layer's final states, joined the
+    same way, start the decoder (`Decoder.initial_state`)."""
+
     def __init__(self, cell: str, input_size: int, hidden_size: int, layers: int,
                  bidirectional: bool, dropout: float):
         super().__init__()
@@ -27,10 +36,10 @@ class Encoder(nn.Module):
         starts at each sentence's real last token.
         """
         packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True,
-                                      enforce_sorted=False)
-        outputs, final = self.rnn(packed)
+                                      enforce_sorted=False)  # from (B, S, E)
+        outputs, final = self.rnn(packed)  # final: (L·D, B, M/D)
         memory, _ = pad_packed_sequence(outputs, batch_first=True,
-                                        total_length=embedded.size(1))
+                                        total_length=embedded.size(1))  # (B, S, M), 0 on padding
         hidden = final[0] if isinstance(final, tuple) else final  # LSTM: (h, c); use h
-        top = hidden.view(-1, self.directions, hidden.size(1), hidden.size(2))[-1]
-        return memory, torch.cat(list(top), dim=-1)
+        top = hidden.view(-1, self.directions, hidden.size(1), hidden.size(2))[-1]  # (D, B, M/D)
+        return memory, torch.cat(list(top), dim=-1)  # (B, S, M), (B, M)

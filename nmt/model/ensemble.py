@@ -2,6 +2,8 @@
 
 It offers search the same interface as a single model (`encode`, `initial_state`,
 `decode_step`); each step's log-probabilities are the members' average.
+
+Shapes: N rows, S source length, V target vocabulary (a shortlist's size when one is used).
 """
 
 from __future__ import annotations
@@ -34,6 +36,10 @@ class MemberStates:
 
 
 class Ensemble(nn.Module):
+    """Several `Seq2Seq` models as one: each step scores a token by the mean of the E members'
+    log-probabilities, (1/E) Σ_e log p_e(y_t | y_<t, x) (the log of their geometric mean, not
+    renormalized), and averages their attention."""
+
     def __init__(self, models: list[Seq2Seq]):
         super().__init__()
         self.members = nn.ModuleList(models)
@@ -54,6 +60,6 @@ class Ensemble(nn.Module):
         """The average of the members' log-probabilities (and of their attention)."""
         steps = [model.decode_step(e, s, previous) for model, e, s in
                  zip(self.members, encoded.members, state.members)]
-        log_probs = torch.stack([step[0] for step in steps]).mean(0)
-        attention = torch.stack([step[2] for step in steps]).mean(0)
+        log_probs = torch.stack([step[0] for step in steps]).mean(0)  # (members, N, V) → (N, V)
+        attention = torch.stack([step[2] for step in steps]).mean(0)  # (members, N, S) → (N, S)
         return log_probs, MemberStates([step[1] for step in steps]), attention

@@ -1,6 +1,9 @@
 """int8 matrix products: a linear layer's weights as int8 (`int8_linear`), and the rows of a
 quantized layer for a vocabulary shortlist (`quantized_rows`). The model uses them; quantizing a
-whole model is nmt/model/quantize.py."""
+whole model is nmt/model/quantize.py.
+
+Shapes: O a layer's outputs, I its inputs, R the rows kept (a shortlist's size), N input rows.
+"""
 
 from __future__ import annotations
 
@@ -27,12 +30,13 @@ def quantized_rows(layer: nn.Module, rows: torch.Tensor):
     weights, sliced and packed once per call (for vocabulary shortlists). Unpacking the layer's
     weights is slow, so it happens once per layer."""
     if not hasattr(layer, "unpacked"):
-        weight = layer.weight()
+        weight = layer.weight()  # (O, I), int8 per-tensor
         if weight.qscheme() != torch.per_tensor_affine:
             raise NmtError(f"a shortlist needs per-tensor int8 weights, not {weight.qscheme()}")
         layer.unpacked = (weight.int_repr(), weight.q_scale(), weight.q_zero_point(),
                           layer.bias())
     integers, scale, zero_point, bias = layer.unpacked
-    sliced = torch._make_per_tensor_quantized_tensor(integers[rows], scale, zero_point)
+    sliced = torch._make_per_tensor_quantized_tensor(integers[rows], scale, zero_point)  # (R, I)
     packed = torch.ops.quantized.linear_prepack(sliced, None if bias is None else bias[rows])
+    # x (N, I) → (N, R)
     return lambda x: torch.ops.quantized.linear_dynamic(x, packed, reduce_range=True)

@@ -2,6 +2,10 @@
 
 Search sees the model only through `encode` (once per batch) and `decode_step` (once per
 output token); training calls `forward` on whole target sequences.
+
+Shapes: B sentences, N rows (B, or B × beam once search repeats them), S source length,
+T target steps, E embedding size, M memory size (encoder output), H decoder hidden size,
+V target vocabulary (a shortlist's size when one is used).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ class EncoderState:
     """Everything the decoder needs from the source, computed once per batch."""
 
     memory: torch.Tensor  # (N, S, M)
-    keys: torch.Tensor    # attention's projection of the memory
+    keys: torch.Tensor    # attention's projection of the memory, (N, S, ·): see Attention.keys
     mask: torch.Tensor    # (N, S), True on real tokens
     final: torch.Tensor   # (N, M), the encoder's final state for the bridge
     # The output layer restricted to a shortlist of target ids (see `Seq2Seq.shortlisted`);
@@ -43,6 +47,15 @@ class EncoderState:
 
 
 class Seq2Seq(nn.Module):
+    """The attentional encoder-decoder of Bahdanau et al. (2015) and Luong et al. (2015):
+
+        p(y_t | y_<t, x) = softmax(W_o h̃_t)
+
+    source embeddings → `Encoder` (memory m_1..m_S) → `Decoder` (attentional vectors h̃_t) →
+    the output layer W_o (`output`, over the target vocabulary). The recipe's `model` section
+    (`ModelConfig`) picks cells, sizes, attention and initialisation.
+    """
+
     def __init__(self, config: ModelConfig, source_vocab_size: int, target_vocab_size: int):
         super().__init__()
         self.config = config
@@ -64,28 +77,30 @@ class Seq2Seq(nn.Module):
         return sum(p.numel() for p in self.parameters())
 
     def encode(self, source: torch.Tensor, source_lengths: torch.Tensor) -> EncoderState:
-        embedded = self.dropout(self.source_embedding(source))
-        memory, final = self.encoder(embedded, source_lengths)
-        mask = source != PAD
+        embedded = self.dropout(self.source_embedding(source))  # (B, S, E)
+        memory, final = self.encoder(embedded, source_lengths)  # (B, S, M), (B, M)
+        mask = source != PAD  # (B, S)
         return EncoderState(memory, self.decoder.attention.keys(memory), mask, final)
 
     def initial_state(self, encoded: EncoderState) -> DecoderState:
         return self.decoder.initial_state(encoded.final)
 
     def shortlisted(self, encoded: EncoderState, vocabulary: torch.Tensor) -> EncoderState:
-        """`encoded` with an output layer that scores only the target ids `vocabulary` (K,):
-        its rows are gathered once per batch, and each step's log-probabilities are (N, K),
+        """`encoded` with an output layer that scores only the target ids `vocabulary` (V,):
+        its rows are gathered once per batch, and each step's log-probabilities are (N, V),
         normalized over the shortlist."""
         return replace(encoded, output=linear_rows(self.output, vocabulary.to(encoded.device)))
 
     def decode_step(self, encoded: EncoderState, state: DecoderState, previous: torch.Tensor
                     ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
-        """One search step for N sequences: log-probabilities (N, V) (or over the shortlist,
-        (N, K)), new state, attention (N, S)."""
-        embedded = self.dropout(self.target_embedding(previous)).unsqueeze(1)
+        """One search step for N sequences, `previous` (N,) their last tokens: log-probabilities
+        (N, V) (over the shortlist's V ids with one), new state, attention (N, S)."""
+        embedded = self.dropout(self.target_embedding(previous)).unsqueeze(1)  # (N, 1, E)
+        # h̃_t (N, 1, H), attention (N, 1, S)
         attentional, state, weights = self.decoder(embedded, state, encoded.keys,
                                                    encoded.memory, encoded.mask)
         output = self.output if encoded.output is None else encoded.output
+        # (N, V), in float32 even under autocast
         log_probs = torch.log_softmax(output(attentional.squeeze(1)).float(), dim=-1)
         return log_probs, state, weights.squeeze(1)
 
@@ -96,19 +111,21 @@ class Seq2Seq(nn.Module):
         Logits are left to `logits`, so the caller can skip padding positions.
         """
         encoded = self.encode(source, source_lengths)
-        embedded = self.dropout(self.target_embedding(target_in))
+        embedded = self.dropout(self.target_embedding(target_in))  # (B, T, E)
+        # (B, T, H), (B, T, S)
         attentional, _, weights = self.decoder(embedded, self.initial_state(encoded),
                                                encoded.keys, encoded.memory, encoded.mask)
         return attentional, weights
 
     def logits(self, attentional: torch.Tensor) -> torch.Tensor:
+        """W_o h̃: (..., H) → (..., V)."""
         return self.output(attentional)
 
 
 def linear_rows(layer: nn.Module, rows: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """The outputs `rows` of a linear layer (float or int8), its weights sliced once."""
     if isinstance(layer, nn.Linear):
-        weight, bias = layer.weight[rows], layer.bias[rows]
+        weight, bias = layer.weight[rows], layer.bias[rows]  # (V, H), (V,), V = len(rows)
         return lambda x: F.linear(x, weight, bias)
     return quantized_rows(layer, rows)
 

@@ -16,6 +16,8 @@ from nmt.errors import NmtError
 
 @dataclass
 class MetricScore:
+    """One corpus-level metric: its score, its sacreBLEU signature and sacreBLEU's summary."""
+
     name: str
     score: float
     signature: str
@@ -24,6 +26,9 @@ class MetricScore:
 
 @dataclass
 class ScoreReport:
+    """BLEU, chrF and TER of a set of hypotheses (what `score` returns): `report["BLEU"]` is one
+    score, `format` a table with the signatures, `to_json` the same as JSON."""
+
     sentences: int
     metrics: list[MetricScore]
 

@@ -1,4 +1,7 @@
-"""What search returns, and how finished hypotheses of different lengths are compared."""
+"""What search returns, and how finished hypotheses of different lengths are compared.
+
+Shapes: N rows, S source length.
+"""
 
 from __future__ import annotations
 

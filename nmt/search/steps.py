@@ -1,4 +1,8 @@
-"""Per-step rules shared by every search: which tokens may come next."""
+"""Per-step rules shared by every search: which tokens may come next.
+
+Shapes: N rows, V vocabulary columns (a shortlist's size with one), P prefix length, n the
+blocked n-gram size, W = step - n + 1 windows of n tokens in a row's history.
+"""
 
 from __future__ import annotations
 
@@ -24,8 +28,8 @@ class StepRules:
         `prefix` (N, P), PAD-padded, forces each row's output to begin with its tokens."""
         forced = None
         if prefix is not None and step < prefix.size(1):
-            forced = prefix[:, step]
-            forced_scores = log_probs.gather(1, forced[:, None]).squeeze(1)
+            forced = prefix[:, step]  # (N,), PAD where a row's prefix has ended
+            forced_scores = log_probs.gather(1, forced[:, None]).squeeze(1)  # (N,)
         log_probs[:, PAD] = float("-inf")
         log_probs[:, BOS] = float("-inf")
         if step < self.min_len:
@@ -35,17 +39,17 @@ class StepRules:
             # Every n-gram so far whose first n-1 tokens equal the last n-1 tokens bans its last.
             windows = history.unfold(1, n, 1)                      # (N, W, n)
             suffix = history[:, history.size(1) - n + 1:]          # (N, n-1)
-            repeats = (windows[:, :, :-1] == suffix[:, None, :]).all(-1)
+            repeats = (windows[:, :, :-1] == suffix[:, None, :]).all(-1)  # (N, W)
             penalty = torch.zeros_like(repeats, dtype=log_probs.dtype).masked_fill(
-                repeats, float("-inf"))
+                repeats, float("-inf"))  # (N, W)
             log_probs.scatter_add_(1, windows[:, :, -1], penalty)
-        at_limit = max_lengths <= step
+        at_limit = max_lengths <= step  # (N,)
         if bool(at_limit.any()):  # rows at their length limit may only end
-            eos = log_probs[:, EOS].clone()
+            eos = log_probs[:, EOS].clone()  # (N,)
             log_probs[at_limit] = float("-inf")
             log_probs[:, EOS] = torch.where(at_limit, eos, log_probs[:, EOS])
         if forced is not None and bool((forced != PAD).any()):  # a prefix overrules the rest
-            rows = (forced != PAD).nonzero().squeeze(1)
+            rows = (forced != PAD).nonzero().squeeze(1)  # the rows still in their prefix
             log_probs[rows] = float("-inf")
             log_probs[rows, forced[rows]] = forced_scores[rows]
         return log_probs
