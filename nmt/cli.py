@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import functools
 import json
 import logging
@@ -17,14 +16,14 @@ import re
 import select
 import sys
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, get_type_hints
 
 from tqdm import tqdm
 
 from nmt.files import atomic_write_text
 from nmt.data.corpus import decode_stream, read_lines
 from nmt.errors import NmtError, Terminated
-from nmt.recipe import DecodeConfig, Recipe
+from nmt.recipe import DecodeConfig, Recipe, recipe_fields
 
 log = logging.getLogger("nmt")
 
@@ -127,7 +126,29 @@ def train_main(argv: list[str] | None = None) -> int:
 
 @_command("nmt-translate")
 def translate_main(argv: list[str] | None = None) -> int:
-    defaults = DecodeConfig()
+    args = _translate_parser().parse_args(argv)
+    _check_translate_args(args)
+    from nmt.checkpoint import check_name
+    from nmt.translate import Translator
+
+    translator = Translator.from_runs(args.model, check_name(args.checkpoint, "--checkpoint"),
+                                      args.device, args.quantize or "")
+    flags = _decode_flags()  # the keyword options of Translator.nbest, each with its flag
+    options = {key: getattr(args, key) for key in flags}
+    settings = translator.settings(args.nbest, {**flags, "nbest": "--nbest"}, **options)
+    if args.tune:
+        return _tune(translator, args)
+    if args.self_check:
+        return _self_check(translator, args, options, settings.batch_size)
+    if args.input is None and args.output is None and args.ref is None \
+            and not _wants_attention(args) and not args.prefix_file:
+        return _translate_stream(translator, args, options, settings.batch_size)
+    return _translate_whole(translator, args, options)
+
+
+def _translate_parser(config: type | None = None) -> _Parser:
+    """nmt-translate's arguments: the decoding options of `config` (DecodeConfig), the rest
+    written out here."""
     parser = _Parser(
         prog="nmt-translate", description="Translate plain text with a trained run. Reads "
         "stdin and writes stdout unless -i/-o are given; unset search options come from the "
@@ -141,41 +162,10 @@ def translate_main(argv: list[str] | None = None) -> int:
                         help="file to translate, one sentence a line (default or `-`: stdin)")
     parser.add_argument("-o", "--output",
                         help="file to write, whole and atomically (default or `-`: stdout)")
-    parser.add_argument("--beam", type=int, help=f"beam size; 1 is greedy (recipe default "
-                                                 f"{defaults.beam})")
-    parser.add_argument("--length-norm", choices=("none", "avg", "gnmt"),
-                        help="avg: logP/|y|^alpha; gnmt: logP/((5+|y|)/6)^alpha")
-    parser.add_argument("--alpha", type=float, help="length normalization strength")
     parser.add_argument("--nbest", type=int, default=1,
                         help="print N hypotheses per line as 'LINE ||| TEXT ||| SCORE'")
-    parser.add_argument("--max-len-a", type=float, help="output length limit a·|x|+b: a")
-    parser.add_argument("--max-len-b", type=int, help="output length limit a·|x|+b: b")
-    parser.add_argument("--stopping", choices=("exact", "first"),
-                        help="when beam search stops a sentence before its length limit: exact "
-                             "(no hypothesis left in the beam can beat the n-th best finished; "
-                             f"recipe default {defaults.stopping}) or first (once BEAM "
-                             "hypotheses have finished: faster, may miss a better one)")
-    parser.add_argument("--batch-size", type=int, help="sentences per batch")
-    parser.add_argument("--beta", type=float, dest="coverage_penalty",
-                        help="GNMT coverage penalty of beam search (0: off)")
     parser.add_argument("--prefix-file", metavar="FILE",
                         help="one target prefix per input line: each output begins with it")
-    parser.add_argument("--min-len", type=int, help="outputs have at least N subword tokens")
-    parser.add_argument("--no-repeat-ngram", type=int, metavar="N",
-                        help="no n-gram of size N occurs twice in an output")
-    parser.add_argument("--shortlist", type=int, metavar="N",
-                        help="score only frequent tokens and the N likeliest translations of "
-                             "each source token (faster; 0: the whole vocabulary)")
-    parser.add_argument("--shortlist-frequent", type=int, metavar="N",
-                        help=f"with --shortlist: the N most frequent target tokens "
-                             f"(default {defaults.shortlist_frequent})")
-    parser.add_argument("--sample", action="store_true", default=None,
-                        help="sample instead of searching (--nbest N samples per input)")
-    parser.add_argument("--temperature", type=float, help="sampling temperature")
-    parser.add_argument("--top-k", type=int, help="sample among the k most probable tokens")
-    parser.add_argument("--top-p", type=float, help="nucleus sampling: the top tokens up to "
-                                                    "probability p")
-    parser.add_argument("--seed", type=int, help="seed of sampling")
     parser.add_argument("--scores", action="store_true",
                         help="print each output's normalized score before it, tab-separated")
     parser.add_argument("--ref", help="reference file: print a BLEU/chrF/TER report after "
@@ -207,7 +197,44 @@ def translate_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quantize", choices=["int8"],
                         help="int8 linear layers: faster on a CPU for a little BLEU (see "
                              "benchmarks/README.md)")
-    args = parser.parse_args(argv)
+    _add_decode_options(parser, config)
+    return parser
+
+
+def _decode_flags(config: type | None = None) -> dict[str, str]:
+    """The flag of each decoding option, a field of DecodeConfig: --KEY-WITH-DASHES, unless the
+    field's metadata spells it otherwise (`option(..., flag=...)`)."""
+    return {f.name: f.metadata.get("flag") or f"--{f.name.replace('_', '-')}"
+            for f in recipe_fields(config or DecodeConfig)}
+
+
+def _add_decode_options(parser: argparse.ArgumentParser, config: type | None = None) -> None:
+    """One flag per field of `config` (DecodeConfig), typed, limited to its choices and
+    explained from the field's metadata; a flag not given is None (the run's value). The
+    ranges are checked by Translator.settings, as recipe values are."""
+    config = config or DecodeConfig
+    flags, hints = _decode_flags(config), get_type_hints(config)
+    labels = {**flags, "nbest": "--nbest"}  # `key` in a field's help becomes its flag
+    group = parser.add_argument_group(
+        "decoding options", "the keys of a recipe's decode section; unset ones come from the "
+        "run's decode.yaml, then from its recipe")
+    for f in recipe_fields(config):
+        kind, choices = hints[f.name], f.metadata.get("choices")
+        first = re.split(r"(?<=\.)\s+(?=[A-Z`])", f.metadata["help"], maxsplit=1)[0]
+        text = re.sub(r"`(\w+)`", lambda m: labels.get(m[1], m[0]), first.removesuffix("."))
+        default = str(f.default).lower() if kind is bool else f.default  # as YAML says it
+        described = f"{text} (recipe default {default})".replace("%", "%%")  # argparse's %
+        if kind is bool:
+            group.add_argument(flags[f.name], dest=f.name, action="store_true", default=None,
+                               help=described)
+        else:
+            group.add_argument(flags[f.name], dest=f.name, type=None if kind is str else kind,
+                               choices=choices, help=described,
+                               metavar=None if choices else {int: "N", float: "X"}.get(kind))
+
+
+def _check_translate_args(args: argparse.Namespace) -> None:
+    """Arguments that go together, and paths that can be read and written, before any work."""
     args.input, args.output = (None if path == "-" else path  # `-`: stdin, stdout
                                for path in (args.input, args.output))
     if args.plot_lines and not args.plot_attention:
@@ -220,57 +247,48 @@ def translate_main(argv: list[str] | None = None) -> int:
                  [("-o", args.output), ("--attention", args.attention),
                   ("--diagnose", args.diagnose)], [("--plot-attention", args.plot_attention)],
                  [Path(run) / "checkpoints" for run in args.model])
-    from nmt.checkpoint import check_name
-    from nmt.translate import Translator
 
-    translator = Translator.from_runs(args.model, check_name(args.checkpoint, "--checkpoint"),
-                                      args.device, args.quantize or "")
-    options = {key: getattr(args, key) for key in (
-        "beam", "length_norm", "alpha", "max_len_a", "max_len_b", "stopping", "batch_size",
-        "coverage_penalty", "min_len", "no_repeat_ngram", "shortlist", "shortlist_frequent",
-        "sample", "temperature", "top_k", "top_p", "seed")}
-    flags = {key: "--beta" if key == "coverage_penalty" else f"--{key.replace('_', '-')}"
-             for key in options}
-    settings = translator.settings(args.nbest, {**flags, "nbest": "--nbest"}, **options)
 
-    def render(index: int, hyps: list) -> list[str]:
-        if args.nbest > 1:
-            return [f"{index} ||| {h.text} ||| {h.score:.4f}" for h in hyps]
-        return [f"{hyps[0].score:.4f}\t{hyps[0].text}" if args.scores else hyps[0].text]
+def _wants_attention(args: argparse.Namespace) -> bool:
+    return bool(args.attention or args.plot_attention or args.diagnose)
 
-    if args.tune:
-        return _tune(translator, args)
-    if args.self_check:
-        lines = _read_input(args.input)
-        problems = translator.self_check(lines[:200], nbest=args.nbest, **options)
-        for problem in problems:
-            print(f"nmt-translate: self-check: {problem}", file=sys.stderr)
-        print(f"self-check: {min(len(lines), 200)} lines, {len(problems)} differences between "
-              f"batch size 1 and {settings.batch_size}")
-        return 1 if problems else 0
-    prefixes = read_lines(Path(args.prefix_file)) if args.prefix_file else None
-    wants_attention = bool(args.attention or args.plot_attention or args.diagnose)
-    if args.input is None and args.output is None and args.ref is None and not wants_attention \
-            and prefixes is None:
-        count = 0  # stdin → stdout: streamed in chunks, so memory stays bounded in a pipe
-        for chunk in _stdin_chunks(settings.batch_size * 16):
-            for hyps in translator.nbest(chunk, nbest=args.nbest, **options):
-                print("\n".join(render(count, hyps)), flush=True)
-                count += 1
-        return 0
+
+def _render(args: argparse.Namespace, index: int, hyps: list) -> list[str]:
+    """The output lines of one input line: n-best lines, or the best (with its score)."""
+    if args.nbest > 1:
+        return [f"{index} ||| {h.text} ||| {h.score:.4f}" for h in hyps]
+    return [f"{hyps[0].score:.4f}\t{hyps[0].text}" if args.scores else hyps[0].text]
+
+
+def _self_check(translator, args: argparse.Namespace, options: dict, batch_size: int) -> int:
     lines = _read_input(args.input)
-    source = args.input or "<stdin>"
-    if prefixes is not None:
-        _line_counts([(source, lines), (args.prefix_file, prefixes)])
-    references = read_lines(Path(args.ref)) if args.ref else None
-    if references is not None:  # a mismatch found after translating would waste it
-        _parallel([(source, lines), (args.ref, references)])
-    for number in args.plot_lines or ():
-        if not 1 <= number <= len(lines):
-            raise NmtError(f"--plot-lines {number}: {source} has lines 1 to {len(lines)}")
+    problems = translator.self_check(lines[:200], nbest=args.nbest, **options)
+    for problem in problems:
+        print(f"nmt-translate: self-check: {problem}", file=sys.stderr)
+    print(f"self-check: {min(len(lines), 200)} lines, {len(problems)} differences between "
+          f"batch size 1 and {batch_size}")
+    return 1 if problems else 0
+
+
+def _translate_stream(translator, args: argparse.Namespace, options: dict,
+                      batch_size: int) -> int:
+    """stdin → stdout: streamed in chunks, so memory stays bounded in a pipe."""
+    count = 0
+    for chunk in _stdin_chunks(batch_size * 16):
+        for hyps in translator.nbest(chunk, nbest=args.nbest, **options):
+            print("\n".join(_render(args, count, hyps)), flush=True)
+            count += 1
+    return 0
+
+
+def _translate_whole(translator, args: argparse.Namespace, options: dict) -> int:
+    """The whole input at once: written whole (-o), with attention, diagnostics and scores."""
+    lines, prefixes, references = _translation_inputs(args)
+    wants_attention = _wants_attention(args)
     results = translator.nbest(lines, nbest=args.nbest, progress=True, prefixes=prefixes,
                                keep_attention=wants_attention, **options)
-    text = "".join(out + "\n" for i, hyps in enumerate(results) for out in render(i, hyps))
+    text = "".join(out + "\n" for i, hyps in enumerate(results)
+                   for out in _render(args, i, hyps))
     if args.output:
         with _writing("-o", args.output):
             atomic_write_text(Path(args.output), text)
@@ -284,6 +302,23 @@ def translate_main(argv: list[str] | None = None) -> int:
         report = score([hyps[0].text for hyps in results], [references])
         print(report.format(), file=sys.stderr if not args.output else sys.stdout)
     return 0
+
+
+def _translation_inputs(args: argparse.Namespace
+                        ) -> tuple[list[str], list[str] | None, list[str] | None]:
+    """The input lines, prefixes (--prefix-file) and references (--ref), checked to match."""
+    prefixes = read_lines(Path(args.prefix_file)) if args.prefix_file else None
+    lines = _read_input(args.input)
+    source = args.input or "<stdin>"
+    if prefixes is not None:
+        _line_counts([(source, lines), (args.prefix_file, prefixes)])
+    references = read_lines(Path(args.ref)) if args.ref else None
+    if references is not None:  # a mismatch found after translating would waste it
+        _parallel([(source, lines), (args.ref, references)])
+    for number in args.plot_lines or ():
+        if not 1 <= number <= len(lines):
+            raise NmtError(f"--plot-lines {number}: {source} has lines 1 to {len(lines)}")
+    return lines, prefixes, references
 
 
 def _read_input(path: str | None) -> list[str]:
@@ -450,6 +485,31 @@ def _input_waiting(stream) -> bool:
 
 @_command("nmt-score")
 def score_main(argv: list[str] | None = None) -> int:
+    args = _score_parser().parse_args(argv)
+    _check_score_args(args)
+    if args.curves:
+        return _curves(args.curves)
+    _check_score_paths(args)
+    from nmt.scoring.report import build_report
+
+    translator = None
+    if args.analyze:  # loaded first: its mistakes are found before any work
+        from nmt.translate import Translator
+
+        translator = Translator.from_run(args.model)
+        for beam in args.beams or ():
+            translator.settings(beam=beam, sample=False, labels={"beam": "--beams"})
+    references, systems, sources, diagnostics = _scored_inputs(args)
+    document = build_report(systems, references, sources, paired=args.paired,
+                            samples=args.samples, worst=args.worst, diagnostics=diagnostics,
+                            echo=print)
+    _write_report(args, document)
+    if translator is not None:
+        _analyze(args, translator, sources, systems[0][1], references[0])
+    return 0
+
+
+def _score_parser() -> _Parser:
     parser = _Parser(
         prog="nmt-score", description="Score detokenized translations with sacreBLEU "
                                       "(BLEU, chrF, TER), printing each metric's signature.")
@@ -481,7 +541,10 @@ def score_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--beams", type=int, nargs="+",
                         help="with --analyze: also translate the source with these beam sizes "
                              "and show how the shares change")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _check_score_args(args: argparse.Namespace) -> None:
     for flag, value in (("--samples", args.samples), ("--worst", args.worst)):
         if value < 0:
             raise NmtError(f"{flag} must be at least 0, not {value}")
@@ -489,16 +552,9 @@ def score_main(argv: list[str] | None = None) -> int:
         raise NmtError("-m and --beams go with --analyze")
     if args.analyze and not (args.model and args.source):
         raise NmtError("--analyze needs -m RUN_DIR and -s SOURCE")
-    if args.curves:
-        from nmt.plots import plot_learning_curves
 
-        metrics, png = Path(args.curves) / "metrics.csv", Path(args.curves) / "curves.png"
-        if not metrics.is_file():
-            raise NmtError(f"{args.curves}: no metrics.csv; give a run directory of nmt-train")
-        with _writing("--curves", png):
-            plot_learning_curves(metrics, png)
-        print(f"wrote {png}")
-        return 0
+
+def _check_score_paths(args: argparse.Namespace) -> None:
     if not (args.ref and args.input):
         raise NmtError("give -r REFERENCE and -i HYPOTHESES (or --curves RUN_DIR)")
     _check_paths([*(("-r", ref) for ref in args.ref), *(("-i", hyp) for hyp in args.input),
@@ -506,58 +562,49 @@ def score_main(argv: list[str] | None = None) -> int:
                   *_run_inputs([args.model] if args.model else [])],
                  [("--json", args.json), ("--html", args.html)],
                  protected=[Path(args.model) / "checkpoints"] if args.model else [])
-    from nmt.scoring import report as reports
-    from nmt.scoring.metrics import score
 
-    translator = None
-    if args.analyze:  # loaded first: its mistakes are found before any work
-        from nmt.translate import Translator
 
-        translator = Translator.from_run(args.model)
-        for beam in args.beams or ():
-            translator.settings(beam=beam, sample=False, labels={"beam": "--beams"})
+def _curves(run_dir: str) -> int:
+    from nmt.plots import plot_learning_curves
+
+    metrics, png = Path(run_dir) / "metrics.csv", Path(run_dir) / "curves.png"
+    if not metrics.is_file():
+        raise NmtError(f"{run_dir}: no metrics.csv; give a run directory of nmt-train")
+    with _writing("--curves", png):
+        plot_learning_curves(metrics, png)
+    print(f"wrote {png}")
+    return 0
+
+
+def _scored_inputs(args: argparse.Namespace) -> tuple[list[list[str]], list[tuple[str, list[str]]],
+                                                      list[str] | None, list[dict] | None]:
+    """References, (name, hypotheses) of each system, sources and --diagnostics entries, read
+    and checked to be parallel."""
+    from nmt.scoring.report import read_diagnostics
+
     named_references = [(ref, read_lines(Path(ref))) for ref in args.ref]
     references = [lines for _, lines in named_references]
     systems = [(path, read_lines(Path(path))) for path in args.input]
     sources = read_lines(Path(args.source)) if args.source else None
     _parallel([*named_references, *systems,
                *([(args.source, sources)] if sources is not None else [])])
-    diagnostics = reports.read_diagnostics(Path(args.diagnostics), len(references[0])) \
+    diagnostics = read_diagnostics(Path(args.diagnostics), len(references[0])) \
         if args.diagnostics else None
-    document: dict = {"systems": {}}
-    for path, hypotheses in systems:
-        report = score(hypotheses, references)
-        print(f"== {path}\n{report.format()}\n")
-        entry = json.loads(report.to_json())
-        if sources is not None:
-            entry["by_source_length"] = reports.length_breakdown(sources, hypotheses,
-                                                                 references[0])
-            print(reports.format_breakdown(entry["by_source_length"]) + "\n")
-        if args.worst:
-            entry["worst"] = reports.worst_sentences(sources, hypotheses, references[0],
-                                                     args.worst)
-            print(f"lowest chrF:\n{reports.format_worst(entry['worst'])}\n")
-        document["systems"][path] = entry
-    if diagnostics is not None:
-        document["diagnostics"] = [entry for entry in diagnostics if entry["flags"]]
-        print(f"diagnostics: {len(document['diagnostics'])} of {len(diagnostics)} outputs "
-              f"flagged (see --json or --html)\n")
-    if args.samples > 0:
-        comparison = reports.compare_systems(systems, references, args.paired, args.samples)
-        print(comparison.format())
-        document["comparison"] = dataclasses.asdict(comparison)
+    return references, systems, sources, diagnostics
+
+
+def _write_report(args: argparse.Namespace, document: dict) -> None:
+    """--json and --html, each written whole."""
+    from nmt.scoring.report import report_json
+
     if args.json:
         with _writing("--json", args.json):
-            atomic_write_text(Path(args.json), json.dumps(document, indent=2,
-                                                          ensure_ascii=False) + "\n")
+            atomic_write_text(Path(args.json), report_json(document))
     if args.html:
         from nmt.scoring.html import render
 
         with _writing("--html", args.html):
             atomic_write_text(Path(args.html), render(document, f"nmt-score: {args.ref[0]}"))
-    if translator is not None:
-        _analyze(args, translator, sources, systems[0][1], references[0])
-    return 0
 
 
 def _analyze(args: argparse.Namespace, translator, sources: list[str], hypotheses: list[str],

@@ -23,13 +23,19 @@ SHORTLIST_WIDTH = 50  # translations per source token a run's lexicon keeps
 
 
 def option(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
-           max: float | None = None) -> Any:
-    """A recipe field with its documentation and constraints attached."""
-    return field(default=default, metadata={"help": help, "choices": choices, "min": min, "max": max})
+           max: float | None = None, flag: str | None = None) -> Any:
+    """A recipe field with its documentation and constraints attached. `flag`: a `decode`
+    key's command-line spelling where it is not --KEY-WITH-DASHES (nmt-translate's flags are
+    made from these fields)."""
+    return field(default=default, metadata={"help": help, "choices": choices, "min": min, "max": max,
+                                            "flag": flag})
 
 
 @dataclass(frozen=True)
 class DataConfig:
+    """The `data` section: where the parallel corpus is, its layout, and which pairs training
+    drops."""
+
     root: str = option(".", "Folder holding the corpus files. A relative path in the recipe "
                             "is relative to the recipe file; one given as an override, to the "
                             "current directory.")
@@ -52,6 +58,9 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TokenizerConfig:
+    """The `tokenizer` section: the SentencePiece subword vocabulary (or two) learnt from the
+    training data."""
+
     type: str = option("unigram", "SentencePiece model type.", choices=("unigram", "bpe"))
     vocab_size: int = option(8000, "Subword vocabulary size (per vocabulary when not joint).", min=8)
     joint: bool = option(True, "One vocabulary shared by source and target, trained on both sides.")
@@ -61,7 +70,10 @@ class TokenizerConfig:
                                            "(a seeded sample of the training data).", min=1)
 
 
-ATTENTION_PRESETS = {  # name: (score, flow)
+# name: (score, flow). The score classes and both flows, with their papers' formulas, are in
+# nmt/model/attention.py and nmt/model/decoder.py; the table is here because validation
+# resolves a preset's score (`Recipe.check`), and this layer may not import the model.
+ATTENTION_PRESETS = {
     "bahdanau": ("additive", "bahdanau"),
     "luong-dot": ("dot", "luong"),
     "luong-general": ("general", "luong"),
@@ -71,6 +83,9 @@ ATTENTION_PRESETS = {  # name: (score, flow)
 
 @dataclass(frozen=True)
 class ModelConfig:
+    """The `model` section: cells, sizes, attention and initialisation of the network.
+    `score` and `flow` resolve the attention preset and its overrides."""
+
     encoder_cell: str = option("lstm", "Recurrent cell of the encoder.",
                                choices=("lstm", "gru", "rnn"))
     decoder_cell: str = option("lstm", "Recurrent cell of the decoder.",
@@ -121,10 +136,12 @@ class ModelConfig:
 
     @property
     def score(self) -> str:
+        """The attention score: `attention_score`, else the preset's."""
         return self.attention_score or ATTENTION_PRESETS[self.attention][0]
 
     @property
     def flow(self) -> str:
+        """The attention flow: `attention_flow`, else the preset's."""
         return self.attention_flow or ATTENTION_PRESETS[self.attention][1]
 
     @property
@@ -134,6 +151,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    """The `train` section: batching, optimizer, learning-rate schedule, validation, stopping,
+    device and precision."""
+
     batch_tokens: int = option(4096, "Token budget of a batch: sentences × longest side "
                                      "(padding included) stays within it.", min=1)
     batch_sentences: int = option(0, "If above 0, batches hold this many sentences instead of a "
@@ -189,6 +209,9 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class DecodeConfig:
+    """The `decode` section: how `nmt-translate` searches or samples by default (its flags
+    override these keys)."""
+
     beam: int = option(5, "Beam size; 1 is greedy search.", min=1)
     length_norm: str = option("gnmt", "Length normalization of finished hypotheses: `none`, `avg` "
                                       "(log P / |y|^alpha) or `gnmt` (log P / ((5+|y|)/6)^alpha); "
@@ -210,7 +233,7 @@ class DecodeConfig:
     coverage_penalty: float = option(0.0, "GNMT coverage penalty β: adds β·Σ_i log(min(total "
                                            "attention on source token i, 1)) to beam scores, "
                                            "favouring outputs that cover the whole source.",
-                                     min=0.0, max=10.0)
+                                     min=0.0, max=10.0, flag="--beta")
     min_len: int = option(0, "Outputs have at least this many subword tokens.", min=0)
     no_repeat_ngram: int = option(0, "No n-gram of this size occurs twice in an output "
                                       "(0: off).", min=0)
@@ -236,6 +259,10 @@ class DecodeConfig:
 
 @dataclass(frozen=True)
 class Recipe:
+    """A whole recipe: the sections, validated, plus where it and each value came from
+    (`provenance`: file, override or default). `Recipe.load` reads one; `to_yaml` writes it
+    back, resolved, as a run keeps it."""
+
     name: str = option("run", "Name of the run; the default run directory is `runs/NAME`.")
     seed: int = option(1234, "Seed for SentencePiece sampling, initialisation, dropout and batch order.")
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Where the corpus is."})

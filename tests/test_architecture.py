@@ -118,3 +118,19 @@ def test_plain_scoring_starts_without_torch_or_datasets(tmp_path):
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                           cwd=tmp_path, check=True)
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
+
+
+LONGEST = 60  # lines; a longer function says why in its docstring ("Why one long function: ...")
+
+
+def test_long_functions_say_why():
+    too_long = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > LONGEST and "Why one long function" not in (ast.get_docstring(node)
+                                                                       or ""):
+                    too_long.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} "
+                                    f"{node.name} ({lines} lines)")
+    assert not too_long, "split these, or say why in the docstring:\n" + "\n".join(too_long)

@@ -1,9 +1,12 @@
 """The whole path through the three commands on a tiny corpus: train → translate → score."""
 
+import dataclasses
 import io
 import json
+import re
 import subprocess
 import sys
+import typing
 
 import pytest
 import yaml
@@ -177,3 +180,81 @@ def test_console_scripts_are_installed():
     result = subprocess.run([sys.executable, "-m", "nmt", "score", "--help"],
                             capture_output=True, text=True)
     assert result.returncode == 0 and "sacreBLEU" in result.stdout
+
+
+# The options of nmt-translate that are not keys of DecodeConfig, written out in nmt/cli.py.
+HAND_WRITTEN = {"-h", "--help", "-m", "--model", "--checkpoint", "-i", "--input", "-o", "--output",
+                "--nbest", "--prefix-file", "--scores", "--ref", "--attention", "--plot-attention",
+                "--plot-lines", "--diagnose", "--self-check", "--tune", "--dev-src", "--dev-ref",
+                "--beams", "--alphas", "--device", "--quantize"}
+
+
+def listed_options(help_text: str) -> list[str]:
+    """The option strings `--help` lists, in order (not those its explanations mention)."""
+    return [word.rstrip(",") for line in help_text.splitlines() if re.match(r"  -", line)
+            for word in line.strip().split("  ")[0].split() if word.startswith("-")]
+
+
+def decode_group(parser):
+    return next(group for group in parser._action_groups if group.title == "decoding options")
+
+
+def test_translate_help_lists_exactly_the_decode_options_from_their_metadata(capsys):
+    from nmt.cli import _translate_parser
+    from nmt.recipe import DecodeConfig
+
+    code, out, _ = run(translate_main, ["--help"], capsys)
+    assert code == 0
+    fields = dataclasses.fields(DecodeConfig)
+    flags = [f.metadata["flag"] or "--" + f.name.replace("_", "-") for f in fields]
+    assert "--beta" in flags and "--length-norm" in flags and "--sample" in flags
+    listed = listed_options(out)
+    assert len(listed) == len(set(listed)) and set(listed) == HAND_WRITTEN | set(flags)
+    actions = decode_group(_translate_parser())._group_actions
+    assert [a.dest for a in actions] == [f.name for f in fields]  # one flag per field
+    hints = typing.get_type_hints(DecodeConfig)
+    for action, f, flag in zip(actions, fields, flags):
+        assert action.option_strings == [flag]
+        assert action.choices == f.metadata["choices"]
+        assert action.type is (None if hints[f.name] in (bool, str) else hints[f.name])
+        assert action.nargs == (0 if hints[f.name] is bool else None) and action.default is None
+        default = str(f.default).lower() if hints[f.name] is bool else f.default
+        assert action.help.split()[0] == f.metadata["help"].split()[0]
+        assert action.help.endswith(f"(recipe default {default})"), action.help
+
+
+def test_a_new_decode_field_becomes_a_flag_without_a_cli_edit(monkeypatch, tmp_path, capsys):
+    import nmt.cli
+    from nmt.errors import NmtError
+    from nmt.recipe import DecodeConfig, option
+
+    extended = dataclasses.make_dataclass("Extended", [
+        ("new_knob", int, option(3, "A new knob. Said at length.", min=0)),
+        ("louder", bool, option(False, "Louder than `new_knob`.", flag="--loud"))],
+        bases=(DecodeConfig,), frozen=True)
+    monkeypatch.setattr(nmt.cli, "DecodeConfig", extended)
+    code, out, _ = run(translate_main, ["--help"], capsys)
+    assert code == 0
+    assert listed_options(out)[-2:] == ["--new-knob", "--loud"]  # the last fields, listed last
+    assert [a.dest for a in decode_group(nmt.cli._translate_parser())._group_actions] == \
+        [f.name for f in dataclasses.fields(extended)]
+    assert "--new-knob N" in out and "A new knob (recipe default 3)" in out
+    assert "Louder than --new-knob (recipe default false)" in out
+
+    seen = {}
+
+    class Stub:  # a Translator that records what the command asks of it
+        def settings(self, nbest, labels, **options):
+            seen.update(nbest=nbest, labels=labels, options=options)
+            raise NmtError("stub: stop here")
+
+    monkeypatch.setattr(Translator, "from_runs", classmethod(lambda cls, *args: Stub()))
+    code, _, err = run(translate_main, ["-m", tmp_path, "--new-knob", 7, "--loud", "--beta", 0.5,
+                                        "--nbest", 2], capsys)
+    assert code == 2 and "stub: stop here" in err
+    names = [f.name for f in dataclasses.fields(extended)]
+    assert seen["options"] == {**dict.fromkeys(names), "new_knob": 7, "louder": True,
+                               "coverage_penalty": 0.5}
+    assert seen["nbest"] == 2 and seen["labels"]["nbest"] == "--nbest"
+    assert seen["labels"]["new_knob"] == "--new-knob" and seen["labels"]["louder"] == "--loud"
+    assert seen["labels"]["coverage_penalty"] == "--beta"

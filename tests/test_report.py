@@ -7,7 +7,9 @@ import sys
 import pytest
 
 from nmt.cli import score_main
-from nmt.scoring.report import compare_systems, length_breakdown, worst_sentences
+from nmt.errors import NmtError
+from nmt.scoring.report import (build_report, compare_systems, length_breakdown,
+                                read_diagnostics, report_json, worst_sentences)
 
 REFERENCES = ["A man is riding a bicycle down the street.", "Two dogs play in the snow.",
               "A woman sings on a stage.", "Children are playing football in a park.",
@@ -37,6 +39,42 @@ def test_bleu_chrf_ter_equal_the_sacrebleu_command_line(tmp_path, capsys):
     metrics = json.loads((tmp_path / "report.json").read_text())["systems"][str(tmp_path / "hyp")]
     got = {m["name"].lower(): m["score"] for m in metrics["metrics"]}
     assert got == pytest.approx(expected, abs=1e-4)
+
+
+def test_the_python_report_is_the_one_nmt_score_prints_and_writes(tmp_path, capsys):
+    from nmt.scoring.html import render
+
+    for name, lines in (("ref", REFERENCES), ("a", SYSTEM_A), ("b", SYSTEM_B), ("src", SOURCES)):
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+    flagged = {"line": 2, "flags": ["under-translation"], "source": SOURCES[1],
+               "output": SYSTEM_A[1], "under_attended": [{"word": "Schnee", "attention": 0.01}],
+               "over_attended": [], "repeated_ngrams": [], "length_ratio": 0.4,
+               "mean_log_prob": -0.5}
+    (tmp_path / "diag.jsonl").write_text(json.dumps(flagged) + "\n" + json.dumps(
+        {**flagged, "line": 3, "flags": []}) + "\n")
+    with pytest.raises(SystemExit) as code:
+        score_main(["-r", str(tmp_path / "ref"), "-i", str(tmp_path / "a"), str(tmp_path / "b"),
+                    "-s", str(tmp_path / "src"), "--paired", "ar", "--samples", "50", "--worst",
+                    "3", "--diagnostics", str(tmp_path / "diag.jsonl"), "--json",
+                    str(tmp_path / "report.json"), "--html", str(tmp_path / "report.html")])
+    assert code.value.code == 0
+    printed = capsys.readouterr().out
+    said = []
+    document = build_report({str(tmp_path / "a"): SYSTEM_A, str(tmp_path / "b"): SYSTEM_B},
+                            [REFERENCES], SOURCES, paired="ar", samples=50, worst=3,
+                            diagnostics=read_diagnostics(tmp_path / "diag.jsonl", 40),
+                            echo=said.append)
+    assert report_json(document) == (tmp_path / "report.json").read_text()  # byte for byte
+    assert render(document, f"nmt-score: {tmp_path / 'ref'}") == \
+        (tmp_path / "report.html").read_text()
+    assert "".join(part + "\n" for part in said) == printed
+    assert list(document) == ["systems", "diagnostics", "comparison"]
+    assert [entry["line"] for entry in document["diagnostics"]] == [2]
+    assert len(document["systems"][str(tmp_path / "b")]["worst"]) == 3
+    quiet = build_report([("a", SYSTEM_A)], [REFERENCES], samples=0, worst=0)
+    assert list(quiet) == ["systems"] and list(quiet["systems"]["a"]) == ["sentences", "metrics"]
+    with pytest.raises(NmtError, match="3 sources for 40 reference lines"):
+        build_report([("a", SYSTEM_A)], [REFERENCES], SOURCES[:3])
 
 
 def test_paired_significance_finds_the_clearly_better_system():

@@ -1,10 +1,12 @@
 """Reports beyond one number: confidence intervals, paired significance between systems,
-scores by sentence length, and the sentences that went worst. All through sacreBLEU."""
+scores by sentence length, and the sentences that went worst. All through sacreBLEU.
+`build_report` puts them together into the report of `nmt-score`."""
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from sacrebleu.metrics import BLEU, CHRF
@@ -12,10 +14,14 @@ from sacrebleu.significance import PairedTest
 
 from nmt.data.corpus import read_lines
 from nmt.errors import NmtError
+from nmt.scoring.metrics import score
 
 
 @dataclass
 class SystemScore:
+    """One system's score on one metric, with its bootstrap mean, 95% confidence interval and
+    p-value against the baseline (a row of `Comparison`)."""
+
     system: str
     metric: str
     score: float
@@ -179,3 +185,56 @@ def format_worst(rows: list[dict]) -> str:
             lines.append(f"  source     {r['source']}")
         lines.append(f"  output     {r['hypothesis']}\n  reference  {r['reference']}")
     return "\n".join(lines)
+
+
+def build_report(hypotheses_by_system: Mapping[str, list[str]] | Sequence[tuple[str, list[str]]],
+                 references: list[list[str]], sources: list[str] | None = None,
+                 paired: str = "bs", samples: int = 1000, worst: int = 5,
+                 diagnostics: list[dict] | None = None,
+                 echo: Callable[[str], object] | None = None) -> dict:
+    """The report `nmt-score` prints and writes (--json, --html): for each system (name →
+    detokenized lines) BLEU, chrF and TER with signatures, BLEU by source length (with
+    `sources`) and the `worst` sentences by chrF (0: none); the `diagnostics` entries of
+    `read_diagnostics` that carry flags; and with `samples` > 0 the `paired` test ("bs" or
+    "ar") of each system against the first. `echo` is given each part of the text report as
+    soon as it is ready (nmt-score passes `print`). `report_json` writes the result as
+    `nmt-score --json` does; `nmt.scoring.html.render` makes its HTML page."""
+    systems = list(hypotheses_by_system.items() if isinstance(hypotheses_by_system, Mapping)
+                   else hypotheses_by_system)
+    if not systems or not references:
+        raise NmtError("a report needs at least one system and one reference")
+    if sources is not None and len(sources) != len(references[0]):
+        raise NmtError(f"{len(sources)} sources for {len(references[0])} reference lines; give "
+                       f"one per sentence")
+    for name, value in (("samples", samples), ("worst", worst)):
+        if value < 0:
+            raise NmtError(f"{name} must be at least 0, not {value}")
+    if paired not in ("bs", "ar"):
+        raise NmtError(f"paired must be bs or ar, not {paired!r}")
+    say = echo or (lambda text: None)
+    document: dict = {"systems": {}}
+    for name, hypotheses in systems:
+        report = score(hypotheses, references)
+        say(f"== {name}\n{report.format()}\n")
+        entry = json.loads(report.to_json())
+        if sources is not None:
+            entry["by_source_length"] = length_breakdown(sources, hypotheses, references[0])
+            say(format_breakdown(entry["by_source_length"]) + "\n")
+        if worst:
+            entry["worst"] = worst_sentences(sources, hypotheses, references[0], worst)
+            say(f"lowest chrF:\n{format_worst(entry['worst'])}\n")
+        document["systems"][name] = entry
+    if diagnostics is not None:
+        document["diagnostics"] = [entry for entry in diagnostics if entry["flags"]]
+        say(f"diagnostics: {len(document['diagnostics'])} of {len(diagnostics)} outputs "
+            f"flagged (see --json or --html)\n")
+    if samples > 0:
+        comparison = compare_systems(systems, references, paired, samples)
+        say(comparison.format())
+        document["comparison"] = asdict(comparison)
+    return document
+
+
+def report_json(document: dict) -> str:
+    """A report of `build_report` as `nmt-score --json` writes it."""
+    return json.dumps(document, indent=2, ensure_ascii=False) + "\n"
