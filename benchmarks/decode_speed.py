@@ -35,12 +35,23 @@ def main() -> None:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: default)")
     parser.add_argument("--quantize", choices=["int8"], help="int8 linear layers (CPU)")
-    parser.add_argument("--shortlist", type=int, default=0,
-                        help="translations per source token of a vocabulary shortlist (0: off)")
-    parser.add_argument("--shortlist-frequent", type=int, default=200,
-                        help="frequent target tokens in the shortlist")
-    parser.add_argument("--stopping", choices=["exact", "first"],
-                        help="beam search's stopping rule (default: the run's decode.stopping)")
+    parser.add_argument(
+        "--shortlist",
+        type=int,
+        default=0,
+        help="translations per source token of a vocabulary shortlist (0: off)",
+    )
+    parser.add_argument(
+        "--shortlist-frequent",
+        type=int,
+        default=200,
+        help="frequent target tokens in the shortlist",
+    )
+    parser.add_argument(
+        "--stopping",
+        choices=["exact", "first"],
+        help="beam search's stopping rule (default: the run's decode.stopping)",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -51,18 +62,23 @@ def main() -> None:
     sources, references = read_lines(src), read_lines(ref)
 
     started = time.perf_counter()
-    translator = Translator.from_run(args.run_dir, device=args.device,
-                                     quantize=args.quantize or "")
+    translator = Translator.from_run(args.run_dir, device=args.device, quantize=args.quantize or "")
     if args.shortlist:
         translator.lexicon  # loaded (or built, the first time) before anything is timed
     load_s = time.perf_counter() - started
-    options = dict(shortlist=args.shortlist, shortlist_frequent=args.shortlist_frequent,
-                   stopping=args.stopping, sample=False)
+    options = dict(
+        shortlist=args.shortlist,
+        shortlist_frequent=args.shortlist_frequent,
+        stopping=args.stopping,
+        sample=False,
+    )
     translator.translate(sources[:32], beam=1, **options)  # warm-up
-    print(f"{len(sources)} sentences from {src}; device {translator.device}, "
-          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}; "
-          f"model loaded in {load_s:.1f} s; stopping rule "
-          f"{args.stopping or translator.decode.stopping}")
+    print(
+        f"{len(sources)} sentences from {src}; device {translator.device}, "
+        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}; "
+        f"model loaded in {load_s:.1f} s; stopping rule "
+        f"{args.stopping or translator.decode.stopping}"
+    )
     summary = []
     for beam in args.beams:
         started = time.perf_counter()
@@ -71,8 +87,10 @@ def main() -> None:
         tokens = sum(len(h.tokens) + 1 for h in hyps)
         bleu = corpus_bleu([h.text for h in hyps], references)
         name = "greedy" if beam == 1 else f"beam {beam}"
-        print(f"{name:>8}: {len(sources) / seconds:7.1f} sentences/s, {tokens / seconds:8.0f} "
-              f"target tokens/s, {seconds:6.2f} s, BLEU {bleu:.2f}")
+        print(
+            f"{name:>8}: {len(sources) / seconds:7.1f} sentences/s, {tokens / seconds:8.0f} "
+            f"target tokens/s, {seconds:6.2f} s, BLEU {bleu:.2f}"
+        )
         summary.append(f"{name} {len(sources) / seconds:.1f} sent/s BLEU {bleu:.2f}")
     print("decode_speed: " + "; ".join(summary))
 

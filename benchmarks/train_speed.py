@@ -30,8 +30,9 @@ from nmt.data.prepare import prepare_data
 from nmt.training import Updater
 
 
-def forward_flops(config: ModelConfig, vocab: int, source_tokens: int, target_tokens: int,
-                  source_positions: int) -> float:
+def forward_flops(
+    config: ModelConfig, vocab: int, source_tokens: int, target_tokens: int, source_positions: int
+) -> float:
     """FLOPs of one forward pass over a batch, from the shapes (dominant terms)."""
     gates = {"lstm": 4, "gru": 3, "rnn": 1}
     e, h, d = config.embedding_size, config.hidden_size, config.decoder_hidden_size
@@ -50,9 +51,11 @@ def forward_flops(config: ModelConfig, vocab: int, source_tokens: int, target_to
     per_query = d * d if config.score == "additive" else 0
     per_position = (2 * d if config.score == "additive" else d) + m  # scores + context
     combine, output = (d + m) * d, d * vocab
-    multiply_adds = (source_tokens * (encoder + keys)
-                     + target_tokens * (decoder + per_query + combine + output)
-                     + target_tokens * source_positions * per_position)
+    multiply_adds = (
+        source_tokens * (encoder + keys)
+        + target_tokens * (decoder + per_query + combine + output)
+        + target_tokens * source_positions * per_position
+    )
     return 2.0 * multiply_adds
 
 
@@ -69,7 +72,7 @@ def matmul_rate(device: torch.device, size: int = 2048, repeats: int = 10) -> fl
         a @ b
     if device.type == "cuda":
         torch.cuda.synchronize()
-    return 2.0 * size ** 3 * repeats / (time.perf_counter() - started)
+    return 2.0 * size**3 * repeats / (time.perf_counter() - started)
 
 
 def main() -> None:
@@ -79,11 +82,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--warmup", type=int, default=10)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--profile", action="store_true",
-                        help="also print torch.profiler's table of the measured updates")
-    parser.add_argument("--compile", choices=["cell", "attention", "both"],
-                        help="a torch.compile trial: compile the decoder's step (LSTM/GRU cell) "
-                             "and/or the attention, with dynamic shapes")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="also print torch.profiler's table of the measured updates",
+    )
+    parser.add_argument(
+        "--compile",
+        choices=["cell", "attention", "both"],
+        help="a torch.compile trial: compile the decoder's step (LSTM/GRU cell) "
+        "and/or the attention, with dynamic shapes",
+    )
     args = parser.parse_intermixed_args()
     if args.compile:
         compile_parts(args.compile)
@@ -108,18 +117,25 @@ def compile_parts(parts: str) -> None:
         attention.Attention.forward = torch.compile(attention.Attention.forward, dynamic=True)
 
 
-def measure(recipe: Recipe, args: argparse.Namespace, device: torch.device, tokenizer,
-            data) -> None:
+def measure(
+    recipe: Recipe, args: argparse.Namespace, device: torch.device, tokenizer, data
+) -> None:
     model = Seq2Seq(recipe.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
     model.to(device)
-    update = Updater(model, build_optimizer(model.parameters(), recipe.train), recipe.train,
-                     device)
-    batches = make_batches(data.src_lengths, data.tgt_lengths, recipe.train.batch_tokens,
-                           recipe.train.batch_sentences, recipe.seed, 0)
+    update = Updater(model, build_optimizer(model.parameters(), recipe.train), recipe.train, device)
+    batches = make_batches(
+        data.src_lengths,
+        data.tgt_lengths,
+        recipe.train.batch_tokens,
+        recipe.train.batch_sentences,
+        recipe.seed,
+        0,
+    )
     needed = (args.warmup + args.steps) * recipe.train.accumulate
     batches = (batches * (needed // len(batches) + 1))[:needed]
-    groups = [batches[i:i + recipe.train.accumulate]
-              for i in range(0, needed, recipe.train.accumulate)]
+    groups = [
+        batches[i : i + recipe.train.accumulate] for i in range(0, needed, recipe.train.accumulate)
+    ]
     target = source = 0
     flops = 0.0
     started = 0.0
@@ -139,30 +155,42 @@ def measure(recipe: Recipe, args: argparse.Namespace, device: torch.device, toke
             for batch in batch_group:
                 target += batch.target_tokens
                 source += batch.source_tokens
-                flops += 3 * forward_flops(recipe.model, tokenizer.target_vocab_size,
-                                           batch.source_tokens, batch.target_tokens,
-                                           batch.source.size(1))
+                flops += 3 * forward_flops(
+                    recipe.model,
+                    tokenizer.target_vocab_size,
+                    batch.source_tokens,
+                    batch.target_tokens,
+                    batch.source.size(1),
+                )
     if device.type == "cuda":
         torch.cuda.synchronize()
-        peak = torch.cuda.max_memory_allocated() / 2 ** 30
+        peak = torch.cuda.max_memory_allocated() / 2**30
         where = "GPU"
     else:
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB → GiB
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB → GiB
         where = "process"
     seconds = time.perf_counter() - started
     if profiler is not None:
         profiler.__exit__(None, None, None)
         print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
     rate = matmul_rate(device)
-    print(f"{model.parameter_count:,} parameters on {device}, {torch.get_num_threads()} threads; "
-          f"{args.steps} updates after {args.warmup} warm-up")
-    print(f"target tokens/s {target / seconds:,.0f}; source+target tokens/s "
-          f"{(source + target) / seconds:,.0f}; peak {where} memory {peak:.2f} GiB")
-    print(f"model {flops / seconds / 1e9:.1f} GFLOP/s ({flops / target / 1e6:.1f} MFLOP per "
-          f"target token, forward+backward) = {100 * flops / seconds / rate:.0f}% of the "
-          f"measured fp32 matmul rate {rate / 1e9:.0f} GFLOP/s")
-    print(f"train_speed: {target / seconds:.0f} target tok/s, {(source + target) / seconds:.0f} "
-          f"src+tgt tok/s, {100 * flops / seconds / rate:.0f}% of matmul peak, {peak:.2f} GiB")
+    print(
+        f"{model.parameter_count:,} parameters on {device}, {torch.get_num_threads()} threads; "
+        f"{args.steps} updates after {args.warmup} warm-up"
+    )
+    print(
+        f"target tokens/s {target / seconds:,.0f}; source+target tokens/s "
+        f"{(source + target) / seconds:,.0f}; peak {where} memory {peak:.2f} GiB"
+    )
+    print(
+        f"model {flops / seconds / 1e9:.1f} GFLOP/s ({flops / target / 1e6:.1f} MFLOP per "
+        f"target token, forward+backward) = {100 * flops / seconds / rate:.0f}% of the "
+        f"measured fp32 matmul rate {rate / 1e9:.0f} GFLOP/s"
+    )
+    print(
+        f"train_speed: {target / seconds:.0f} target tok/s, {(source + target) / seconds:.0f} "
+        f"src+tgt tok/s, {100 * flops / seconds / rate:.0f}% of matmul peak, {peak:.2f} GiB"
+    )
 
 
 if __name__ == "__main__":

@@ -26,8 +26,11 @@ import zlib
 from pathlib import Path
 
 BASE = "https://raw.githubusercontent.com/multi30k/dataset/master/data/task1/raw"
-FILES = {"train": ("de", "en", "fr", "cs"), "val": ("de", "en", "fr", "cs"),
-         "test_2016_flickr": ("de", "en", "fr", "cs")}
+FILES = {
+    "train": ("de", "en", "fr", "cs"),
+    "val": ("de", "en", "fr", "cs"),
+    "test_2016_flickr": ("de", "en", "fr", "cs"),
+}
 
 
 class DownloadError(Exception):
@@ -90,12 +93,18 @@ def _write_whole(path: Path, data: bytes) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description="Download the raw Multi30k task-1 files (train, val, test_2016_flickr in "
-                    "de, en, fr, cs). Files already in TARGET are kept; each file is written "
-                    "whole or not at all, so a rerun fetches only what is missing.")
-    parser.add_argument("target", nargs="?", default="data/multi30k",
-                        help="folder to write into (default: data/multi30k)")
-    parser.add_argument("--base-url", default=BASE,
-                        help=f"where SPLIT.LANG.gz are fetched from (default: {BASE})")
+        "de, en, fr, cs). Files already in TARGET are kept; each file is written "
+        "whole or not at all, so a rerun fetches only what is missing."
+    )
+    parser.add_argument(
+        "target",
+        nargs="?",
+        default="data/multi30k",
+        help="folder to write into (default: data/multi30k)",
+    )
+    parser.add_argument(
+        "--base-url", default=BASE, help=f"where SPLIT.LANG.gz are fetched from (default: {BASE})"
+    )
     args = parser.parse_args(argv)
     try:
         download(Path(args.target), args.base_url)

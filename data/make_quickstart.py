@@ -20,9 +20,18 @@ from babel.dates import get_month_names
 from num2words import num2words
 
 NOUNS = [  # (German plural, English plural)
-    ("Katzen", "cats"), ("Hunde", "dogs"), ("Bücher", "books"), ("Häuser", "houses"),
-    ("Kinder", "children"), ("Äpfel", "apples"), ("Autos", "cars"), ("Tage", "days"),
-    ("Jahre", "years"), ("Menschen", "people"), ("Vögel", "birds"), ("Stühle", "chairs"),
+    ("Katzen", "cats"),
+    ("Hunde", "dogs"),
+    ("Bücher", "books"),
+    ("Häuser", "houses"),
+    ("Kinder", "children"),
+    ("Äpfel", "apples"),
+    ("Autos", "cars"),
+    ("Tage", "days"),
+    ("Jahre", "years"),
+    ("Menschen", "people"),
+    ("Vögel", "birds"),
+    ("Stühle", "chairs"),
 ]
 PHRASES = [  # (German, English) frames around a counted noun
     ("{n} {noun}", "{n} {noun}"),
@@ -35,7 +44,7 @@ PHRASES = [  # (German, English) frames around a counted noun
 def number(rng: random.Random) -> int:
     """Mostly small numbers, some up to a million, as in text."""
     digits = rng.choice([1, 2, 2, 3, 3, 4, 4, 5, 6])
-    return rng.randrange(2 if digits == 1 else 10 ** (digits - 1), 10 ** digits)
+    return rng.randrange(2 if digits == 1 else 10 ** (digits - 1), 10**digits)
 
 
 def cardinal(rng: random.Random) -> tuple[str, str]:
@@ -47,8 +56,10 @@ def counted(rng: random.Random) -> tuple[str, str]:
     n = number(rng)
     noun_de, noun_en = rng.choice(NOUNS)
     frame_de, frame_en = rng.choice(PHRASES)
-    return (frame_de.format(n=num2words(n, lang="de"), noun=noun_de),
-            frame_en.format(n=num2words(n, lang="en"), noun=noun_en))
+    return (
+        frame_de.format(n=num2words(n, lang="de"), noun=noun_de),
+        frame_en.format(n=num2words(n, lang="en"), noun=noun_en),
+    )
 
 
 def date(rng: random.Random) -> tuple[str, str]:
@@ -57,8 +68,10 @@ def date(rng: random.Random) -> tuple[str, str]:
     month_en = get_month_names("wide", locale="en")[month]
     day_de = num2words(day, lang="de", to="ordinal") + "n"  # dative: "am dritten"
     day_en = num2words(day, lang="en", to="ordinal")
-    return (f"am {day_de} {month_de} {num2words(year, lang='de', to='year')}",
-            f"on {month_en} {day_en}, {num2words(year, lang='en', to='year')}")
+    return (
+        f"am {day_de} {month_de} {num2words(year, lang='de', to='year')}",
+        f"on {month_en} {day_en}, {num2words(year, lang='en', to='year')}",
+    )
 
 
 def generate(count: int, rng: random.Random, taken: set[str]) -> list[tuple[str, str]]:
@@ -85,8 +98,9 @@ def main() -> None:
     for split in ("test", "dev", "train"):
         pairs = generate(getattr(args, split), rng, taken)
         for side, lang in ((0, "de"), (1, "en")):
-            (args.out / f"{split}.{lang}").write_text("".join(p[side] + "\n" for p in pairs),
-                                                      encoding="utf-8")
+            (args.out / f"{split}.{lang}").write_text(
+                "".join(p[side] + "\n" for p in pairs), encoding="utf-8"
+            )
         print(f"{split}: {len(pairs)} pairs")
 
 

@@ -11,10 +11,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-_WHERE = {"Hypothesis": "nmt.search.hypothesis", "NmtError": "nmt.errors",
-          "Recipe": "nmt.recipe", "ScoreReport": "nmt.scoring.metrics",
-          "score": "nmt.scoring.metrics", "TrainResult": "nmt.training", "train": "nmt.training",
-          "Translator": "nmt.translate"}
+_WHERE = {
+    "Hypothesis": "nmt.search.hypothesis",
+    "NmtError": "nmt.errors",
+    "Recipe": "nmt.recipe",
+    "ScoreReport": "nmt.scoring.metrics",
+    "score": "nmt.scoring.metrics",
+    "TrainResult": "nmt.training",
+    "train": "nmt.training",
+    "Translator": "nmt.translate",
+}
 __all__ = [*sorted(_WHERE), "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` imports

@@ -29,8 +29,12 @@ from nmt import files  # writes go through the module, so a test can stand in fo
 FORMAT_VERSION = 2
 
 
-def save_checkpoint(path: Path, model: torch.nn.Module, metadata: dict[str, Any],
-                    optimizer: torch.optim.Optimizer | None = None) -> None:
+def save_checkpoint(
+    path: Path,
+    model: torch.nn.Module,
+    metadata: dict[str, Any],
+    optimizer: torch.optim.Optimizer | None = None,
+) -> None:
     """Write `path`.safetensors and `path`.json; the JSON, written last, vouches for the weights."""
     tensors, seen = {}, set()
     for key, value in model.state_dict().items():
@@ -60,8 +64,13 @@ def _write_checkpoint(path: Path, data: bytes, meta: dict[str, Any]) -> None:
     """Weights under a content-derived name, then the JSON naming them: the JSON is the commit."""
     digest = hashlib.sha256(data).hexdigest()
     weights = path.with_name(f"{path.name}.{digest[:12]}.safetensors")
-    meta = dict(meta, format_version=FORMAT_VERSION, weights_file=weights.name,
-                weights_sha256=digest, weights_bytes=len(data))
+    meta = dict(
+        meta,
+        format_version=FORMAT_VERSION,
+        weights_file=weights.name,
+        weights_sha256=digest,
+        weights_bytes=len(data),
+    )
     files.atomic_write_bytes(weights, data)
     files.atomic_write_text(_meta_path(path), json.dumps(meta, indent=2) + "\n")
     for stale in _weights_files(path):
@@ -78,15 +87,19 @@ def _weights_files(path: Path) -> list[Path]:
     """The weights files of checkpoint NAME: `NAME.<hash>.safetensors` only, for `best.*` also
     matches `best.avg.<hash>.safetensors`, another checkpoint's."""
     own = re.compile(re.escape(path.name) + r"\.[0-9a-f]{12}\.safetensors")
-    return [weights for weights in path.parent.glob(f"{glob.escape(path.name)}.*.safetensors")
-            if own.fullmatch(weights.name)]
+    return [
+        weights
+        for weights in path.parent.glob(f"{glob.escape(path.name)}.*.safetensors")
+        if own.fullmatch(weights.name)
+    ]
 
 
 def check_name(name: str, flag: str) -> str:
     """A checkpoint name must be a file name inside the run's checkpoints/, not a path."""
     if not name or name.startswith(".") or any(c in name for c in ("/", os.sep, "\0")):
-        raise NmtError(f"{flag} {name!r}: a checkpoint name such as best, last, step-N or "
-                       f"averaged, not a path")
+        raise NmtError(
+            f"{flag} {name!r}: a checkpoint name such as best, last, step-N or averaged, not a path"
+        )
     return name
 
 
@@ -118,10 +131,13 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     if not weights.is_file():
         raise NmtError(f"{weights}: missing; {meta_path.name} names it as its weights")
     data = weights.read_bytes()
-    if len(data) != meta.get("weights_bytes") or \
-            hashlib.sha256(data).hexdigest() != meta.get("weights_sha256"):
-        raise NmtError(f"{weights}: does not match the size and SHA-256 recorded in "
-                       f"{meta_path.name}; the checkpoint is damaged or was replaced")
+    if len(data) != meta.get("weights_bytes") or hashlib.sha256(data).hexdigest() != meta.get(
+        "weights_sha256"
+    ):
+        raise NmtError(
+            f"{weights}: does not match the size and SHA-256 recorded in "
+            f"{meta_path.name}; the checkpoint is damaged or was replaced"
+        )
     try:
         tensors = load_safetensors(data)
     except SafetensorError as error:
@@ -129,11 +145,16 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     return tensors, meta
 
 
-def restore(tensors: dict[str, torch.Tensor], meta: dict[str, Any], model: torch.nn.Module,
-            optimizer: torch.optim.Optimizer | None = None) -> None:
+def restore(
+    tensors: dict[str, torch.Tensor],
+    meta: dict[str, Any],
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> None:
     """Load model weights (and optimizer state and RNG, when given) from a checkpoint."""
-    model.load_state_dict({k[len("model."):]: v for k, v in tensors.items()
-                           if k.startswith("model.")})
+    model.load_state_dict(
+        {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
+    )
     if optimizer is None:
         return
     saved = meta["optimizer"]
@@ -195,7 +216,7 @@ def _checkpoints_in(folder: Path) -> dict[str, dict[str, Any]]:
         except (OSError, ValueError):
             continue
         if isinstance(meta, dict) and meta.get("format_version") in (1, FORMAT_VERSION):
-            found[meta_path.name[:-len(".json")]] = meta
+            found[meta_path.name[: -len(".json")]] = meta
     return found
 
 

@@ -67,13 +67,17 @@ def _command(name: str) -> Callable:
                 code = 0
             except OSError as error:  # a path the system refuses: too long, no permission, ...
                 where = f"{error.filename}: " if error.filename is not None else ""
-                print(f"{name}: error: {_one_line(where + (error.strerror or str(error)))}",
-                      file=sys.stderr)
+                print(
+                    f"{name}: error: {_one_line(where + (error.strerror or str(error)))}",
+                    file=sys.stderr,
+                )
                 code = 2
             if argv is None:  # a program of its own, whose outputs are all written and closed:
                 _exit_now(code)  # skip the interpreter's teardown of torch (~0.4 s)
             sys.exit(code)
+
         return run
+
     return wrap
 
 
@@ -95,20 +99,30 @@ def _exit_now(code: int) -> None:
 
 # ---------------------------------------------------------------------- nmt-train
 
+
 @_command("nmt-train")
 def train_main(argv: list[str] | None = None) -> int:
     parser = _Parser(
-        prog="nmt-train", description="Train a translation model from a recipe.",
+        prog="nmt-train",
+        description="Train a translation model from a recipe.",
         epilog="Overrides come after the recipe: nmt-train recipe.yaml train.max_steps=200 "
-               "model.attention=luong-general")
+        "model.attention=luong-general",
+    )
     parser.add_argument("recipe", help="recipe YAML file")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="recipe values to override, by dotted key")
+    parser.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="recipe values to override, by dotted key"
+    )
     parser.add_argument("--run-dir", help="where the run is written (default: runs/NAME)")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --run-dir from its last checkpoint")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start again in a run directory that already holds a run")
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run in --run-dir from its last checkpoint",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start again in a run directory that already holds a run",
+    )
     args = parser.parse_intermixed_args(argv)
     from nmt.training import train  # torch and datasets load only once the arguments are fine
 
@@ -116,13 +130,16 @@ def train_main(argv: list[str] | None = None) -> int:
     run_dir = Path(args.run_dir) if args.run_dir else Path("runs") / recipe.name
     result = train(recipe, run_dir, resume=args.resume, overwrite=args.overwrite)
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks for the run
-        print(f"best dev {result.metric} {result.best:.2f} at step {result.best_step} "
-              f"({result.steps} steps, {result.elapsed_s / 60:.1f} min); "
-              f"translate with: nmt-translate -m {run_dir}")
+        print(
+            f"best dev {result.metric} {result.best:.2f} at step {result.best_step} "
+            f"({result.steps} steps, {result.elapsed_s / 60:.1f} min); "
+            f"translate with: nmt-translate -m {run_dir}"
+        )
     return 0
 
 
 # ---------------------------------------------------------------------- nmt-translate
+
 
 @_command("nmt-translate")
 def translate_main(argv: list[str] | None = None) -> int:
@@ -131,8 +148,9 @@ def translate_main(argv: list[str] | None = None) -> int:
     from nmt.checkpoint import check_name
     from nmt.translate import Translator
 
-    translator = Translator.from_runs(args.model, check_name(args.checkpoint, "--checkpoint"),
-                                      args.device, args.quantize or "")
+    translator = Translator.from_runs(
+        args.model, check_name(args.checkpoint, "--checkpoint"), args.device, args.quantize or ""
+    )
     flags = _decode_flags()  # the keyword options of Translator.nbest, each with its flag
     options = {key: getattr(args, key) for key in flags}
     settings = translator.settings(args.nbest, {**flags, "nbest": "--nbest"}, **options)
@@ -140,8 +158,13 @@ def translate_main(argv: list[str] | None = None) -> int:
         return _tune(translator, args)
     if args.self_check:
         return _self_check(translator, args, options, settings.batch_size)
-    if args.input is None and args.output is None and args.ref is None \
-            and not _wants_attention(args) and not args.prefix_file:
+    if (
+        args.input is None
+        and args.output is None
+        and args.ref is None
+        and not _wants_attention(args)
+        and not args.prefix_file
+    ):
         return _translate_stream(translator, args, options, settings.batch_size)
     return _translate_whole(translator, args, options)
 
@@ -150,53 +173,105 @@ def _translate_parser(config: type | None = None) -> _Parser:
     """nmt-translate's arguments: the decoding options of `config` (DecodeConfig), the rest
     written out here."""
     parser = _Parser(
-        prog="nmt-translate", description="Translate plain text with a trained run. Reads "
+        prog="nmt-translate",
+        description="Translate plain text with a trained run. Reads "
         "stdin and writes stdout unless -i/-o are given; unset search options come from the "
-        "run's decode.yaml (see --tune), then from its recipe's decode section.")
-    parser.add_argument("-m", "--model", required=True, metavar="RUN_DIR", action="append",
-                        help="run directory written by nmt-train; repeat for an ensemble of "
-                             "runs that share a vocabulary")
-    parser.add_argument("--checkpoint", default="best",
-                        help="checkpoint name: best, last, step-N, or one made by nmt-average")
-    parser.add_argument("-i", "--input",
-                        help="file to translate, one sentence a line (default or `-`: stdin)")
-    parser.add_argument("-o", "--output",
-                        help="file to write, whole and atomically (default or `-`: stdout)")
-    parser.add_argument("--nbest", type=int, default=1,
-                        help="print N hypotheses per line as 'LINE ||| TEXT ||| SCORE'")
-    parser.add_argument("--prefix-file", metavar="FILE",
-                        help="one target prefix per input line: each output begins with it")
-    parser.add_argument("--scores", action="store_true",
-                        help="print each output's normalized score before it, tab-separated")
-    parser.add_argument("--ref", help="reference file: print a BLEU/chrF/TER report after "
-                                      "translating")
-    parser.add_argument("--attention", metavar="FILE",
-                        help="write each best output's attention matrix as JSON lines")
-    parser.add_argument("--plot-attention", metavar="DIR",
-                        help="write an attention heatmap per sentence as DIR/line-N.png")
-    parser.add_argument("--plot-lines", type=int, nargs="+", metavar="N",
-                        help="with --plot-attention: only these line numbers (from 1)")
-    parser.add_argument("--diagnose", metavar="FILE",
-                        help="write JSON lines flagging likely under-translation, "
-                             "over-translation, length-ratio outliers and low-confidence "
-                             "outputs (judged against the run's dev set)")
-    parser.add_argument("--self-check", action="store_true",
-                        help="translate the input (its first 200 lines) one sentence at a time "
-                             "and in batches, and report any difference (exit code 1)")
-    parser.add_argument("--tune", action="store_true",
-                        help="grid-search beam size, length normalization and alpha on "
-                             "--dev-src/--dev-ref and save the best as the run's decoding "
-                             "defaults (RUN_DIR/decode.yaml)")
+        "run's decode.yaml (see --tune), then from its recipe's decode section.",
+    )
+    parser.add_argument(
+        "-m",
+        "--model",
+        required=True,
+        metavar="RUN_DIR",
+        action="append",
+        help="run directory written by nmt-train; repeat for an ensemble of "
+        "runs that share a vocabulary",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default="best",
+        help="checkpoint name: best, last, step-N, or one made by nmt-average",
+    )
+    parser.add_argument(
+        "-i", "--input", help="file to translate, one sentence a line (default or `-`: stdin)"
+    )
+    parser.add_argument(
+        "-o", "--output", help="file to write, whole and atomically (default or `-`: stdout)"
+    )
+    parser.add_argument(
+        "--nbest",
+        type=int,
+        default=1,
+        help="print N hypotheses per line as 'LINE ||| TEXT ||| SCORE'",
+    )
+    parser.add_argument(
+        "--prefix-file",
+        metavar="FILE",
+        help="one target prefix per input line: each output begins with it",
+    )
+    parser.add_argument(
+        "--scores",
+        action="store_true",
+        help="print each output's normalized score before it, tab-separated",
+    )
+    parser.add_argument(
+        "--ref", help="reference file: print a BLEU/chrF/TER report after translating"
+    )
+    parser.add_argument(
+        "--attention",
+        metavar="FILE",
+        help="write each best output's attention matrix as JSON lines",
+    )
+    parser.add_argument(
+        "--plot-attention",
+        metavar="DIR",
+        help="write an attention heatmap per sentence as DIR/line-N.png",
+    )
+    parser.add_argument(
+        "--plot-lines",
+        type=int,
+        nargs="+",
+        metavar="N",
+        help="with --plot-attention: only these line numbers (from 1)",
+    )
+    parser.add_argument(
+        "--diagnose",
+        metavar="FILE",
+        help="write JSON lines flagging likely under-translation, "
+        "over-translation, length-ratio outliers and low-confidence "
+        "outputs (judged against the run's dev set)",
+    )
+    parser.add_argument(
+        "--self-check",
+        action="store_true",
+        help="translate the input (its first 200 lines) one sentence at a time "
+        "and in batches, and report any difference (exit code 1)",
+    )
+    parser.add_argument(
+        "--tune",
+        action="store_true",
+        help="grid-search beam size, length normalization and alpha on "
+        "--dev-src/--dev-ref and save the best as the run's decoding "
+        "defaults (RUN_DIR/decode.yaml)",
+    )
     parser.add_argument("--dev-src", help="with --tune: source side of the dev set")
     parser.add_argument("--dev-ref", help="with --tune: reference side of the dev set")
-    parser.add_argument("--beams", type=int, nargs="+", default=[1, 5, 10],
-                        help="with --tune: beam sizes to try")
-    parser.add_argument("--alphas", type=float, nargs="+", default=[0.6, 1.0],
-                        help="with --tune: alphas to try for avg and gnmt")
+    parser.add_argument(
+        "--beams", type=int, nargs="+", default=[1, 5, 10], help="with --tune: beam sizes to try"
+    )
+    parser.add_argument(
+        "--alphas",
+        type=float,
+        nargs="+",
+        default=[0.6, 1.0],
+        help="with --tune: alphas to try for avg and gnmt",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    parser.add_argument("--quantize", choices=["int8"],
-                        help="int8 linear layers: faster on a CPU for a little BLEU (see "
-                             "benchmarks/README.md)")
+    parser.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="int8 linear layers: faster on a CPU for a little BLEU (see benchmarks/README.md)",
+    )
     _add_decode_options(parser, config)
     return parser
 
@@ -204,8 +279,10 @@ def _translate_parser(config: type | None = None) -> _Parser:
 def _decode_flags(config: type | None = None) -> dict[str, str]:
     """The flag of each decoding option, a field of DecodeConfig: --KEY-WITH-DASHES, unless the
     field's metadata spells it otherwise (`option(..., flag=...)`)."""
-    return {f.name: f.metadata.get("flag") or f"--{f.name.replace('_', '-')}"
-            for f in recipe_fields(config or DecodeConfig)}
+    return {
+        f.name: f.metadata.get("flag") or f"--{f.name.replace('_', '-')}"
+        for f in recipe_fields(config or DecodeConfig)
+    }
 
 
 def _add_decode_options(parser: argparse.ArgumentParser, config: type | None = None) -> None:
@@ -216,8 +293,10 @@ def _add_decode_options(parser: argparse.ArgumentParser, config: type | None = N
     flags, hints = _decode_flags(config), get_type_hints(config)
     labels = {**flags, "nbest": "--nbest"}  # `key` in a field's help becomes its flag
     group = parser.add_argument_group(
-        "decoding options", "the keys of a recipe's decode section; unset ones come from the "
-        "run's decode.yaml, then from its recipe")
+        "decoding options",
+        "the keys of a recipe's decode section; unset ones come from the "
+        "run's decode.yaml, then from its recipe",
+    )
     for f in recipe_fields(config):
         kind, choices = hints[f.name], f.metadata.get("choices")
         first = re.split(r"(?<=\.)\s+(?=[A-Z`])", f.metadata["help"], maxsplit=1)[0]
@@ -225,28 +304,43 @@ def _add_decode_options(parser: argparse.ArgumentParser, config: type | None = N
         default = str(f.default).lower() if kind is bool else f.default  # as YAML says it
         described = f"{text} (recipe default {default})".replace("%", "%%")  # argparse's %
         if kind is bool:
-            group.add_argument(flags[f.name], dest=f.name, action="store_true", default=None,
-                               help=described)
+            group.add_argument(
+                flags[f.name], dest=f.name, action="store_true", default=None, help=described
+            )
         else:
-            group.add_argument(flags[f.name], dest=f.name, type=None if kind is str else kind,
-                               choices=choices, help=described,
-                               metavar=None if choices else {int: "N", float: "X"}.get(kind))
+            group.add_argument(
+                flags[f.name],
+                dest=f.name,
+                type=None if kind is str else kind,
+                choices=choices,
+                help=described,
+                metavar=None if choices else {int: "N", float: "X"}.get(kind),
+            )
 
 
 def _check_translate_args(args: argparse.Namespace) -> None:
     """Arguments that go together, and paths that can be read and written, before any work."""
-    args.input, args.output = (None if path == "-" else path  # `-`: stdin, stdout
-                               for path in (args.input, args.output))
+    args.input, args.output = (
+        None if path == "-" else path  # `-`: stdin, stdout
+        for path in (args.input, args.output)
+    )
     if args.plot_lines and not args.plot_attention:
         raise NmtError("--plot-lines goes with --plot-attention DIR")
     if (args.dev_src or args.dev_ref) and not args.tune:
         raise NmtError("--dev-src and --dev-ref go with --tune")
-    _check_paths([("-i", args.input), ("--ref", args.ref), ("--prefix-file", args.prefix_file),
-                  ("--dev-src", args.dev_src), ("--dev-ref", args.dev_ref),
-                  *_run_inputs(args.model)],
-                 [("-o", args.output), ("--attention", args.attention),
-                  ("--diagnose", args.diagnose)], [("--plot-attention", args.plot_attention)],
-                 [Path(run) / "checkpoints" for run in args.model])
+    _check_paths(
+        [
+            ("-i", args.input),
+            ("--ref", args.ref),
+            ("--prefix-file", args.prefix_file),
+            ("--dev-src", args.dev_src),
+            ("--dev-ref", args.dev_ref),
+            *_run_inputs(args.model),
+        ],
+        [("-o", args.output), ("--attention", args.attention), ("--diagnose", args.diagnose)],
+        [("--plot-attention", args.plot_attention)],
+        [Path(run) / "checkpoints" for run in args.model],
+    )
 
 
 def _wants_attention(args: argparse.Namespace) -> bool:
@@ -265,13 +359,14 @@ def _self_check(translator, args: argparse.Namespace, options: dict, batch_size:
     problems = translator.self_check(lines[:200], nbest=args.nbest, **options)
     for problem in problems:
         print(f"nmt-translate: self-check: {problem}", file=sys.stderr)
-    print(f"self-check: {min(len(lines), 200)} lines, {len(problems)} differences between "
-          f"batch size 1 and {batch_size}")
+    print(
+        f"self-check: {min(len(lines), 200)} lines, {len(problems)} differences between "
+        f"batch size 1 and {batch_size}"
+    )
     return 1 if problems else 0
 
 
-def _translate_stream(translator, args: argparse.Namespace, options: dict,
-                      batch_size: int) -> int:
+def _translate_stream(translator, args: argparse.Namespace, options: dict, batch_size: int) -> int:
     """stdin → stdout: streamed in chunks, so memory stays bounded in a pipe."""
     count = 0
     for chunk in _stdin_chunks(batch_size * 16):
@@ -285,10 +380,15 @@ def _translate_whole(translator, args: argparse.Namespace, options: dict) -> int
     """The whole input at once: written whole (-o), with attention, diagnostics and scores."""
     lines, prefixes, references = _translation_inputs(args)
     wants_attention = _wants_attention(args)
-    results = translator.nbest(lines, nbest=args.nbest, progress=True, prefixes=prefixes,
-                               keep_attention=wants_attention, **options)
-    text = "".join(out + "\n" for i, hyps in enumerate(results)
-                   for out in _render(args, i, hyps))
+    results = translator.nbest(
+        lines,
+        nbest=args.nbest,
+        progress=True,
+        prefixes=prefixes,
+        keep_attention=wants_attention,
+        **options,
+    )
+    text = "".join(out + "\n" for i, hyps in enumerate(results) for out in _render(args, i, hyps))
     if args.output:
         with _writing("-o", args.output):
             atomic_write_text(Path(args.output), text)
@@ -304,8 +404,9 @@ def _translate_whole(translator, args: argparse.Namespace, options: dict) -> int
     return 0
 
 
-def _translation_inputs(args: argparse.Namespace
-                        ) -> tuple[list[str], list[str] | None, list[str] | None]:
+def _translation_inputs(
+    args: argparse.Namespace,
+) -> tuple[list[str], list[str] | None, list[str] | None]:
     """The input lines, prefixes (--prefix-file) and references (--ref), checked to match."""
     prefixes = read_lines(Path(args.prefix_file)) if args.prefix_file else None
     lines = _read_input(args.input)
@@ -338,19 +439,32 @@ def _line_counts(named: list[tuple[str, list[str]]]) -> None:
     (first, lines), *others = named
     for path, other in others:
         if len(other) != len(lines):
-            raise NmtError(f"{path} has {len(other)} lines but {first} has {len(lines)}; "
-                           f"they need one line per sentence")
+            raise NmtError(
+                f"{path} has {len(other)} lines but {first} has {len(lines)}; "
+                f"they need one line per sentence"
+            )
 
 
 def _run_inputs(runs: list[str]) -> list[tuple[str, str]]:
     """Run directories, and their files that translating reads (checkpoints/ aside)."""
     return [("-m", run) for run in runs] + [
-        (f"-m {run}", str(path)) for run in runs if "\0" not in run for path in
-        (Path(run) / "recipe.yaml", Path(run) / "decode.yaml", *Path(run).glob("spm*.model"))]
+        (f"-m {run}", str(path))
+        for run in runs
+        if "\0" not in run
+        for path in (
+            Path(run) / "recipe.yaml",
+            Path(run) / "decode.yaml",
+            *Path(run).glob("spm*.model"),
+        )
+    ]
 
 
-def _check_paths(inputs: list[tuple[str, str | None]], outputs: list[tuple[str, str | None]],
-                 folders: list[tuple[str, str | None]] = (), protected: list[Path] = ()) -> None:
+def _check_paths(
+    inputs: list[tuple[str, str | None]],
+    outputs: list[tuple[str, str | None]],
+    folders: list[tuple[str, str | None]] = (),
+    protected: list[Path] = (),
+) -> None:
     """Refuse, before any work, outputs (files, or `folders` of files) that cannot be written,
     or that would replace an input, each other, or anything in a `protected` folder: found
     after translating, such a mistake costs the whole run. Writing can still fail (a full
@@ -359,8 +473,10 @@ def _check_paths(inputs: list[tuple[str, str | None]], outputs: list[tuple[str, 
         if path == "" or path is not None and "\0" in path:
             raise NmtError(f"{flag} {path!r}: not a file name")
     written: list[tuple[str, Path]] = []
-    for (flag, path), is_folder in [*((output, False) for output in outputs),
-                                    *((folder, True) for folder in folders)]:
+    for (flag, path), is_folder in [
+        *((output, False) for output in outputs),
+        *((folder, True) for folder in folders),
+    ]:
         if path is None:
             continue
         target = Path(path)
@@ -369,21 +485,28 @@ def _check_paths(inputs: list[tuple[str, str | None]], outputs: list[tuple[str, 
                 raise NmtError(f"{flag} {path}: cannot write there (not writable)")
             continue  # written in place, replacing nothing
         if target.is_dir() != is_folder and target.exists():
-            raise NmtError(f"{flag} {path}: " + ("not a folder" if is_folder else
-                                                 "a folder; give a file name"))
-        ancestor = next(p for p in (*([target] if is_folder else []), *target.parents)
-                        if p.exists())
+            raise NmtError(
+                f"{flag} {path}: " + ("not a folder" if is_folder else "a folder; give a file name")
+            )
+        ancestor = next(
+            p for p in (*([target] if is_folder else []), *target.parents) if p.exists()
+        )
         if not ancestor.is_dir() or not os.access(ancestor, os.W_OK | os.X_OK):
-            raise NmtError(f"{flag} {path}: cannot write there ({ancestor} is not a writable "
-                           f"folder)")
+            raise NmtError(
+                f"{flag} {path}: cannot write there ({ancestor} is not a writable folder)"
+            )
         for other_flag, other in [*inputs, *written]:
             if other is not None and _same_file(target, Path(other)):
-                raise NmtError(f"{flag} {path}: an input of this command ({other_flag}); "
-                               f"writing it would replace it")
+                raise NmtError(
+                    f"{flag} {path}: an input of this command ({other_flag}); "
+                    f"writing it would replace it"
+                )
         for folder in protected:
             if target.resolve().is_relative_to(folder.resolve()):
-                raise NmtError(f"{flag} {path}: inside {folder}, which holds the run's "
-                               f"checkpoints; write elsewhere")
+                raise NmtError(
+                    f"{flag} {path}: inside {folder}, which holds the run's "
+                    f"checkpoints; write elsewhere"
+                )
         written.append((flag, target))
 
 
@@ -403,27 +526,36 @@ def _writing(flag: str, path: str | Path) -> Iterator[None]:
         raise NmtError(f"{flag} {path}: cannot write: {error.strerror or error}") from None
 
 
-def _write_attention(args: argparse.Namespace, translator, lines: list[str],
-                     results: list, options: dict) -> None:
+def _write_attention(
+    args: argparse.Namespace, translator, lines: list[str], results: list, options: dict
+) -> None:
     """--attention (JSON lines), --plot-attention (PNG per sentence) and --diagnose."""
     records = [translator.attention_record(line, hyps[0]) for line, hyps in zip(lines, results)]
     if args.diagnose:
         from nmt.scoring.diagnostics import dev_norms, diagnose
 
         norms = dev_norms(translator, Path(args.model[0]), **options)
-        found = [diagnose(i + 1, line, record, hyps[0], norms) for i, (line, record, hyps)
-                 in enumerate(zip(lines, records, results)) if line.strip()]
+        found = [
+            diagnose(i + 1, line, record, hyps[0], norms)
+            for i, (line, record, hyps) in enumerate(zip(lines, records, results))
+            if line.strip()
+        ]
         with _writing("--diagnose", args.diagnose):
-            atomic_write_text(Path(args.diagnose), "".join(
-                json.dumps(entry, ensure_ascii=False) + "\n" for entry in found))
+            atomic_write_text(
+                Path(args.diagnose),
+                "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in found),
+            )
         flagged = sum(1 for entry in found if entry["flags"])
-        log.info("diagnostics: %d of %d outputs flagged, in %s", flagged, len(found),
-                 args.diagnose)
+        log.info("diagnostics: %d of %d outputs flagged, in %s", flagged, len(found), args.diagnose)
     if args.attention:
         with _writing("--attention", args.attention):
-            atomic_write_text(Path(args.attention), "".join(
-                json.dumps({"line": i, **record}, ensure_ascii=False) + "\n"
-                for i, record in enumerate(records)))
+            atomic_write_text(
+                Path(args.attention),
+                "".join(
+                    json.dumps({"line": i, **record}, ensure_ascii=False) + "\n"
+                    for i, record in enumerate(records)
+                ),
+            )
     if args.plot_attention:
         from nmt.plots import plot_attention
 
@@ -449,13 +581,17 @@ def _tune(translator, args: argparse.Namespace) -> int:
     rows = translator.tune(sources, references, tuple(args.beams), tuple(args.alphas))
     print(f"{'beam':>4} {'norm':>5} {'alpha':>5} {'BLEU':>6} {'chrF':>6}")
     for row in rows:
-        print(f"{row['beam']:>4} {row['length_norm']:>5} {row['alpha']:>5.2f} "
-              f"{row['bleu']:>6.2f} {row['chrf']:>6.2f}")
+        print(
+            f"{row['beam']:>4} {row['length_norm']:>5} {row['alpha']:>5.2f} "
+            f"{row['bleu']:>6.2f} {row['chrf']:>6.2f}"
+        )
     best = {key: rows[0][key] for key in ("beam", "length_norm", "alpha")}
     with _writing("--tune", Path(args.model[0]) / TUNED):
         path = save_tuned_decoding(Path(args.model[0]), best)
-    print(f"saved {best} to {path}; nmt-translate -m {args.model[0]} now uses it "
-          f"(flags still override)")
+    print(
+        f"saved {best} to {path}; nmt-translate -m {args.model[0]} now uses it "
+        f"(flags still override)"
+    )
     return 0
 
 
@@ -483,6 +619,7 @@ def _input_waiting(stream) -> bool:
 
 # ---------------------------------------------------------------------- nmt-score
 
+
 @_command("nmt-score")
 def score_main(argv: list[str] | None = None) -> int:
     args = _score_parser().parse_args(argv)
@@ -500,9 +637,16 @@ def score_main(argv: list[str] | None = None) -> int:
         for beam in args.beams or ():
             translator.settings(beam=beam, sample=False, labels={"beam": "--beams"})
     references, systems, sources, diagnostics = _scored_inputs(args)
-    document = build_report(systems, references, sources, paired=args.paired,
-                            samples=args.samples, worst=args.worst, diagnostics=diagnostics,
-                            echo=print)
+    document = build_report(
+        systems,
+        references,
+        sources,
+        paired=args.paired,
+        samples=args.samples,
+        worst=args.worst,
+        diagnostics=diagnostics,
+        echo=print,
+    )
     _write_report(args, document)
     if translator is not None:
         _analyze(args, translator, sources, systems[0][1], references[0])
@@ -511,36 +655,65 @@ def score_main(argv: list[str] | None = None) -> int:
 
 def _score_parser() -> _Parser:
     parser = _Parser(
-        prog="nmt-score", description="Score detokenized translations with sacreBLEU "
-                                      "(BLEU, chrF, TER), printing each metric's signature.")
-    parser.add_argument("-r", "--ref", action="append",
-                        help="reference file (repeat for several references)")
-    parser.add_argument("-i", "--input", nargs="+", metavar="HYP",
-                        help="hypothesis file(s); with several, the first is the baseline "
-                             "that the others are tested against")
-    parser.add_argument("-s", "--source", help="source file: adds BLEU by source length (and "
-                                               "is needed by --analyze)")
-    parser.add_argument("--paired", choices=("bs", "ar"), default="bs",
-                        help="significance test: paired bootstrap (bs) or approximate "
-                             "randomization (ar)")
-    parser.add_argument("--samples", type=int, default=1000,
-                        help="bootstrap resamples (and randomization trials)")
-    parser.add_argument("--worst", type=int, default=5,
-                        help="show the N sentences with the lowest chrF (0: none)")
-    parser.add_argument("--curves", metavar="RUN_DIR",
-                        help="draw RUN_DIR's learning curves into RUN_DIR/curves.png and stop")
+        prog="nmt-score",
+        description="Score detokenized translations with sacreBLEU "
+        "(BLEU, chrF, TER), printing each metric's signature.",
+    )
+    parser.add_argument(
+        "-r", "--ref", action="append", help="reference file (repeat for several references)"
+    )
+    parser.add_argument(
+        "-i",
+        "--input",
+        nargs="+",
+        metavar="HYP",
+        help="hypothesis file(s); with several, the first is the baseline "
+        "that the others are tested against",
+    )
+    parser.add_argument(
+        "-s",
+        "--source",
+        help="source file: adds BLEU by source length (and is needed by --analyze)",
+    )
+    parser.add_argument(
+        "--paired",
+        choices=("bs", "ar"),
+        default="bs",
+        help="significance test: paired bootstrap (bs) or approximate randomization (ar)",
+    )
+    parser.add_argument(
+        "--samples", type=int, default=1000, help="bootstrap resamples (and randomization trials)"
+    )
+    parser.add_argument(
+        "--worst", type=int, default=5, help="show the N sentences with the lowest chrF (0: none)"
+    )
+    parser.add_argument(
+        "--curves",
+        metavar="RUN_DIR",
+        help="draw RUN_DIR's learning curves into RUN_DIR/curves.png and stop",
+    )
     parser.add_argument("--json", help="also write the report as JSON to this file")
     parser.add_argument("--html", help="also write the report as one self-contained HTML page")
-    parser.add_argument("--diagnostics", metavar="FILE",
-                        help="JSON lines from nmt-translate --diagnose to include in the report "
-                             "(flagged sentences)")
-    parser.add_argument("--analyze", action="store_true",
-                        help="search error or model error? Needs -m RUN_DIR and -s SOURCE: the "
-                             "model scores each reference against its own output")
+    parser.add_argument(
+        "--diagnostics",
+        metavar="FILE",
+        help="JSON lines from nmt-translate --diagnose to include in the report "
+        "(flagged sentences)",
+    )
+    parser.add_argument(
+        "--analyze",
+        action="store_true",
+        help="search error or model error? Needs -m RUN_DIR and -s SOURCE: the "
+        "model scores each reference against its own output",
+    )
     parser.add_argument("-m", "--model", metavar="RUN_DIR", help="with --analyze: the run")
-    parser.add_argument("--beams", type=int, nargs="+",
-                        help="with --analyze: also translate the source with these beam sizes "
-                             "and show how the shares change")
+    parser.add_argument(
+        "--beams",
+        type=int,
+        nargs="+",
+        help="with --analyze: also translate the source with these beam sizes "
+        "and show how the shares change",
+    )
     return parser
 
 
@@ -557,11 +730,17 @@ def _check_score_args(args: argparse.Namespace) -> None:
 def _check_score_paths(args: argparse.Namespace) -> None:
     if not (args.ref and args.input):
         raise NmtError("give -r REFERENCE and -i HYPOTHESES (or --curves RUN_DIR)")
-    _check_paths([*(("-r", ref) for ref in args.ref), *(("-i", hyp) for hyp in args.input),
-                  ("-s", args.source), ("--diagnostics", args.diagnostics),
-                  *_run_inputs([args.model] if args.model else [])],
-                 [("--json", args.json), ("--html", args.html)],
-                 protected=[Path(args.model) / "checkpoints"] if args.model else [])
+    _check_paths(
+        [
+            *(("-r", ref) for ref in args.ref),
+            *(("-i", hyp) for hyp in args.input),
+            ("-s", args.source),
+            ("--diagnostics", args.diagnostics),
+            *_run_inputs([args.model] if args.model else []),
+        ],
+        [("--json", args.json), ("--html", args.html)],
+        protected=[Path(args.model) / "checkpoints"] if args.model else [],
+    )
 
 
 def _curves(run_dir: str) -> int:
@@ -576,8 +755,9 @@ def _curves(run_dir: str) -> int:
     return 0
 
 
-def _scored_inputs(args: argparse.Namespace) -> tuple[list[list[str]], list[tuple[str, list[str]]],
-                                                      list[str] | None, list[dict] | None]:
+def _scored_inputs(
+    args: argparse.Namespace,
+) -> tuple[list[list[str]], list[tuple[str, list[str]]], list[str] | None, list[dict] | None]:
     """References, (name, hypotheses) of each system, sources and --diagnostics entries, read
     and checked to be parallel."""
     from nmt.scoring.report import read_diagnostics
@@ -586,10 +766,12 @@ def _scored_inputs(args: argparse.Namespace) -> tuple[list[list[str]], list[tupl
     references = [lines for _, lines in named_references]
     systems = [(path, read_lines(Path(path))) for path in args.input]
     sources = read_lines(Path(args.source)) if args.source else None
-    _parallel([*named_references, *systems,
-               *([(args.source, sources)] if sources is not None else [])])
-    diagnostics = read_diagnostics(Path(args.diagnostics), len(references[0])) \
-        if args.diagnostics else None
+    _parallel(
+        [*named_references, *systems, *([(args.source, sources)] if sources is not None else [])]
+    )
+    diagnostics = (
+        read_diagnostics(Path(args.diagnostics), len(references[0])) if args.diagnostics else None
+    )
     return references, systems, sources, diagnostics
 
 
@@ -607,64 +789,92 @@ def _write_report(args: argparse.Namespace, document: dict) -> None:
             atomic_write_text(Path(args.html), render(document, f"nmt-score: {args.ref[0]}"))
 
 
-def _analyze(args: argparse.Namespace, translator, sources: list[str], hypotheses: list[str],
-             references: list[str]) -> None:
+def _analyze(
+    args: argparse.Namespace,
+    translator,
+    sources: list[str],
+    hypotheses: list[str],
+    references: list[str],
+) -> None:
     from nmt.scoring.analysis import analyze
 
     decode = translator.decode
-    print(f"\nerror analysis of {args.input[0]} (length normalization {decode.length_norm}, "
-          f"alpha {decode.alpha}, coverage penalty {decode.coverage_penalty}, length limit "
-          f"{decode.max_len_a}·|x|+{decode.max_len_b}):")
+    print(
+        f"\nerror analysis of {args.input[0]} (length normalization {decode.length_norm}, "
+        f"alpha {decode.alpha}, coverage penalty {decode.coverage_penalty}, length limit "
+        f"{decode.max_len_a}·|x|+{decode.max_len_b}):"
+    )
     print(analyze(translator, sources, hypotheses, references).format())
     if args.beams:
         print(f"\n{'beam':>4} {'BLEU':>6} {'differ':>6} {'search':>7} {'model':>7} {'limit':>7}")
         from nmt.scoring.metrics import corpus_bleu
+
         for beam in args.beams:
             outputs = [h.text for h in translator.translate(sources, beam=beam, sample=False)]
             result = analyze(translator, sources, outputs, references)
-            print(f"{beam:>4} {corpus_bleu(outputs, references):6.2f} "
-                  f"{len(result.verdicts):>6} {result.share('search'):6.1f}% "
-                  f"{result.share('model'):6.1f}% {result.share('limit'):6.1f}%")
+            print(
+                f"{beam:>4} {corpus_bleu(outputs, references):6.2f} "
+                f"{len(result.verdicts):>6} {result.share('search'):6.1f}% "
+                f"{result.share('model'):6.1f}% {result.share('limit'):6.1f}%"
+            )
 
 
 # ---------------------------------------------------------------------- nmt-average
 
+
 @_command("nmt-average")
 def average_main(argv: list[str] | None = None) -> int:
     parser = _Parser(
-        prog="nmt-average", description="Average the weights of checkpoints of one run into a "
-        "new checkpoint; translate with it through nmt-translate --checkpoint NAME.")
+        prog="nmt-average",
+        description="Average the weights of checkpoints of one run into a "
+        "new checkpoint; translate with it through nmt-translate --checkpoint NAME.",
+    )
     parser.add_argument("-m", "--model", required=True, metavar="RUN_DIR")
-    parser.add_argument("-c", "--checkpoints", nargs="+", metavar="NAME",
-                        help="checkpoint names, e.g. step-3000 step-3500 (default: every "
-                             "step-N the run kept, see train.keep_best)")
+    parser.add_argument(
+        "-c",
+        "--checkpoints",
+        nargs="+",
+        metavar="NAME",
+        help="checkpoint names, e.g. step-3000 step-3500 (default: every "
+        "step-N the run kept, see train.keep_best)",
+    )
     parser.add_argument("-o", "--output", default="averaged", help="name of the new checkpoint")
     args = parser.parse_args(argv)
     from nmt.checkpoint import average_checkpoints, check_name
 
     output = check_name(args.output, "-o")
     if output in ("best", "last") or output.startswith("step-"):
-        raise NmtError(f"-o {output}: training writes (and replaces) best, last and step-N "
-                       f"checkpoints; choose another name, e.g. averaged")
+        raise NmtError(
+            f"-o {output}: training writes (and replaces) best, last and step-N "
+            f"checkpoints; choose another name, e.g. averaged"
+        )
     directory = Path(args.model) / "checkpoints"
-    names = [check_name(name, "-c") for name in args.checkpoints or ()] or \
-        sorted(p.stem for p in directory.glob("step-*.json")
-               if re.fullmatch(r"step-\d+", p.stem))
+    names = [check_name(name, "-c") for name in args.checkpoints or ()] or sorted(
+        p.stem for p in directory.glob("step-*.json") if re.fullmatch(r"step-\d+", p.stem)
+    )
     if not names:
-        raise NmtError(f"{directory}: no step-N checkpoints; train with train.keep_best=N "
-                       f"or name checkpoints with -c")
+        raise NmtError(
+            f"{directory}: no step-N checkpoints; train with train.keep_best=N "
+            f"or name checkpoints with -c"
+        )
     if len(set(names)) < len(names):
         raise NmtError(f"-c {' '.join(names)}: a checkpoint named twice would count twice")
     _check_paths([], [("-o", str(directory / f"{output}.json"))])
     with _writing("-o", directory / output):
         average_checkpoints([directory / name for name in names], directory / output)
-    print(f"averaged {', '.join(names)} into {directory / output}; translate with: "
-          f"nmt-translate -m {args.model} --checkpoint {output}")
+    print(
+        f"averaged {', '.join(names)} into {directory / output}; translate with: "
+        f"nmt-translate -m {args.model} --checkpoint {output}"
+    )
     return 0
 
 
-COMMANDS = {"train": train_main, "translate": translate_main, "score": score_main,
-            "average": average_main}
+COMMANDS = {
+    "train": train_main,
+    "translate": translate_main,
+    "score": score_main,
+    "average": average_main,
+}
 
 
 def main(argv: list[str] | None = None) -> None:

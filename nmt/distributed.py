@@ -40,7 +40,7 @@ class Cluster:
 
     def share(self, indices: np.ndarray) -> np.ndarray:
         """This process's sentences of a batch (length-sorted, so every share is alike)."""
-        return indices[self.rank::self.world_size]
+        return indices[self.rank :: self.world_size]
 
     def sum(self, value: float) -> float:
         """The sum of `value` over all processes (float64 on the CPU, as gloo and nccl allow)."""
@@ -90,8 +90,11 @@ class Cluster:
 
 def _collective_device() -> torch.device:
     backend = dist.get_backend()
-    return torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" \
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if backend == "nccl"
         else torch.device("cpu")
+    )
 
 
 def join(device_name: str) -> tuple[Cluster, torch.device]:
@@ -126,4 +129,3 @@ def wrap(module: torch.nn.Module, cluster: Cluster, device: torch.device) -> tor
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(module, device_ids=[device] if device.type == "cuda" else None)
-

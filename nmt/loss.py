@@ -14,19 +14,24 @@ from __future__ import annotations
 
 import torch
 
-CHUNK_BYTES = 16 * 2 ** 20  # logits of one chunk: stays in the allocator's reused memory
+CHUNK_BYTES = 16 * 2**20  # logits of one chunk: stays in the allocator's reused memory
 
 
-def output_loss(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                targets: torch.Tensor, smoothing: float) -> torch.Tensor:
+def output_loss(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    targets: torch.Tensor,
+    smoothing: float,
+) -> torch.Tensor:
     """Summed label-smoothed cross-entropy of `targets` (N,) under logits hidden·Wᵀ + b."""
     rows = max(1, CHUNK_BYTES // (4 * weight.size(0)))
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _FusedOutputLoss.apply(hidden, weight, bias, targets, smoothing, rows)
     total = hidden.new_zeros((), dtype=torch.float32)
     for start in range(0, hidden.size(0), rows):
-        logits = _logits(hidden[start:start + rows], weight, bias)
-        total += _chunk_loss(logits, targets[start:start + rows], smoothing)[0].sum()
+        logits = _logits(hidden[start : start + rows], weight, bias)
+        total += _chunk_loss(logits, targets[start : start + rows], smoothing)[0].sum()
     return total
 
 
@@ -35,8 +40,9 @@ def _logits(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | Non
     return logits.float()
 
 
-def _chunk_loss(logits: torch.Tensor, targets: torch.Tensor, smoothing: float
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def _chunk_loss(
+    logits: torch.Tensor, targets: torch.Tensor, smoothing: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row loss lse − (1−ε)·z_y − ε·mean(z), and the log-sum-exp."""
     lse = torch.logsumexp(logits, dim=1)
     target_logits = logits.gather(1, targets.unsqueeze(1)).squeeze(1)
@@ -56,7 +62,7 @@ class _FusedOutputLoss(torch.autograd.Function):
         grad_bias = torch.zeros_like(bias) if bias is not None else None
         vocab = weight.size(0)
         for start in range(0, hidden.size(0), rows):
-            chunk, chunk_targets = hidden[start:start + rows], targets[start:start + rows]
+            chunk, chunk_targets = hidden[start : start + rows], targets[start : start + rows]
             logits = _logits(chunk, weight, bias)
             loss, lse = _chunk_loss(logits, chunk_targets, smoothing)
             total += loss.sum()
@@ -64,15 +70,19 @@ class _FusedOutputLoss(torch.autograd.Function):
             grad = logits.sub_(lse.unsqueeze(1)).exp_()
             if smoothing:
                 grad.sub_(smoothing / vocab)
-            grad.scatter_add_(1, chunk_targets.unsqueeze(1),
-                              grad.new_full((len(chunk_targets), 1), smoothing - 1.0))
+            grad.scatter_add_(
+                1,
+                chunk_targets.unsqueeze(1),
+                grad.new_full((len(chunk_targets), 1), smoothing - 1.0),
+            )
             grad = grad.to(hidden.dtype)
-            torch.mm(grad, weight, out=grad_hidden[start:start + rows])
+            torch.mm(grad, weight, out=grad_hidden[start : start + rows])
             grad_weight.addmm_(grad.t(), chunk)
             if grad_bias is not None:
                 grad_bias += grad.sum(dim=0)
-        ctx.save_for_backward(grad_hidden, grad_weight,
-                              grad_bias if grad_bias is not None else torch.empty(0))
+        ctx.save_for_backward(
+            grad_hidden, grad_weight, grad_bias if grad_bias is not None else torch.empty(0)
+        )
         ctx.has_bias = grad_bias is not None
         return total
 
@@ -80,5 +90,11 @@ class _FusedOutputLoss(torch.autograd.Function):
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, grad_total):
         grad_hidden, grad_weight, grad_bias = ctx.saved_tensors
-        return (grad_hidden * grad_total, grad_weight * grad_total,
-                grad_bias * grad_total if ctx.has_bias else None, None, None, None)
+        return (
+            grad_hidden * grad_total,
+            grad_weight * grad_total,
+            grad_bias * grad_total if ctx.has_bias else None,
+            None,
+            None,
+            None,
+        )

@@ -17,8 +17,9 @@ def build_optimizer(parameters, config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "adamw":
         return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     if config.optimizer == "sgd":
-        return torch.optim.SGD(parameters, lr=config.lr, momentum=config.momentum,
-                               weight_decay=config.weight_decay)
+        return torch.optim.SGD(
+            parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        )
     return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
 
 
@@ -31,7 +32,7 @@ def learning_rate(config: TrainConfig, step: int, plateau_decays: int = 0) -> fl
     elif config.schedule == "exponential":
         rate = config.lr * config.decay ** ((step - config.warmup_steps) / config.decay_steps)
     elif config.schedule == "plateau":
-        rate = config.lr * config.decay ** plateau_decays
+        rate = config.lr * config.decay**plateau_decays
     else:
         rate = config.lr
     return max(rate, config.min_lr)

@@ -36,8 +36,9 @@ def plot_learning_curves(metrics_csv: Path, png: Path) -> None:
     train, valid = _curves(metrics_csv)
     figure, loss_axis = pyplot().subplots(figsize=(8, 4.5), dpi=100)
     if train:
-        loss_axis.plot(*zip(*train), color="tab:blue", alpha=0.6,
-                       label="train loss (smoothed labels)")
+        loss_axis.plot(
+            *zip(*train), color="tab:blue", alpha=0.6, label="train loss (smoothed labels)"
+        )
     if valid:
         steps, losses, bleus = zip(*valid)
         loss_axis.plot(steps, losses, "o-", color="tab:orange", label="dev loss")
@@ -53,8 +54,7 @@ def plot_learning_curves(metrics_csv: Path, png: Path) -> None:
     atomic_write_bytes(png, png_bytes(figure))
 
 
-def _curves(metrics_csv: Path) -> tuple[list[tuple[int, float]],
-                                         list[tuple[int, float, float]]]:
+def _curves(metrics_csv: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float, float]]]:
     """(step, train loss) and (step, dev loss, dev BLEU) from a run's metrics.csv, which may
     have been edited or damaged since training wrote it."""
     train, valid = [], []
@@ -66,11 +66,13 @@ def _curves(metrics_csv: Path) -> tuple[list[tuple[int, float]],
             else:
                 valid.append((int(row["step"]), float(row["dev_loss"]), float(row["dev_bleu"])))
     except KeyError as missing:
-        raise NmtError(f"{metrics_csv}: no column {missing}; not a metrics.csv of "
-                       f"nmt-train") from None
+        raise NmtError(
+            f"{metrics_csv}: no column {missing}; not a metrics.csv of nmt-train"
+        ) from None
     except (TypeError, ValueError, csv.Error):  # a short row, or text for a number
-        raise NmtError(f"{metrics_csv}:{reader.line_num}: not a row of nmt-train's "
-                       f"metrics.csv") from None
+        raise NmtError(
+            f"{metrics_csv}:{reader.line_num}: not a row of nmt-train's metrics.csv"
+        ) from None
     if not (train or valid):
         raise NmtError(f"{metrics_csv}: no rows yet; nothing to draw")
     return train, valid

@@ -22,13 +22,22 @@ from nmt.errors import NmtError
 SHORTLIST_WIDTH = 50  # translations per source token a run's lexicon keeps
 
 
-def option(default: Any, help: str, *, choices: tuple | None = None, min: float | None = None,
-           max: float | None = None, flag: str | None = None) -> Any:
+def option(
+    default: Any,
+    help: str,
+    *,
+    choices: tuple | None = None,
+    min: float | None = None,
+    max: float | None = None,
+    flag: str | None = None,
+) -> Any:
     """A recipe field with its documentation and constraints attached. `flag`: a `decode`
     key's command-line spelling where it is not --KEY-WITH-DASHES (nmt-translate's flags are
     made from these fields)."""
-    return field(default=default, metadata={"help": help, "choices": choices, "min": min, "max": max,
-                                            "flag": flag})
+    return field(
+        default=default,
+        metadata={"help": help, "choices": choices, "min": min, "max": max, "flag": flag},
+    )
 
 
 @dataclass(frozen=True)
@@ -36,24 +45,38 @@ class DataConfig:
     """The `data` section: where the parallel corpus is, its layout, and which pairs training
     drops."""
 
-    root: str = option(".", "Folder holding the corpus files. A relative path in the recipe "
-                            "is relative to the recipe file; one given as an override, to the "
-                            "current directory.")
-    format: str = option("text", "Corpus layout: `text` (one file per language, `SPLIT.LANG`), "
-                                 "`tsv` (`SPLIT.tsv`, source<TAB>target), `jsonl` (`SPLIT.jsonl`, "
-                                 "`{\"translation\": {LANG: ...}}`) or `hub` (a Hugging Face dataset).",
-                         choices=("text", "tsv", "jsonl", "hub"))
+    root: str = option(
+        ".",
+        "Folder holding the corpus files. A relative path in the recipe "
+        "is relative to the recipe file; one given as an override, to the "
+        "current directory.",
+    )
+    format: str = option(
+        "text",
+        "Corpus layout: `text` (one file per language, `SPLIT.LANG`), "
+        "`tsv` (`SPLIT.tsv`, source<TAB>target), `jsonl` (`SPLIT.jsonl`, "
+        '`{"translation": {LANG: ...}}`) or `hub` (a Hugging Face dataset).',
+        choices=("text", "tsv", "jsonl", "hub"),
+    )
     src_lang: str = option("de", "Source language code (file suffix / translation key).")
     tgt_lang: str = option("en", "Target language code.")
     train: str = option("train", "Name of the training split.")
     dev: str = option("dev", "Name of the development split (validation during training).")
     hub_name: str = option("", "With `format: hub`: the dataset's name on the Hugging Face hub.")
     hub_config: str = option("", "With `format: hub`: the dataset's configuration, e.g. `de-en`.")
-    max_len: int = option(100, "Training pairs with more subword tokens than this on either side "
-                               "are dropped (and counted in the log).", min=1)
-    max_ratio: float = option(9.0, "Training pairs whose subword length ratio exceeds this are "
-                                   "dropped (and counted in the log); 9 as in Moses' "
-                                   "clean-corpus-n.", min=1.0)
+    max_len: int = option(
+        100,
+        "Training pairs with more subword tokens than this on either side "
+        "are dropped (and counted in the log).",
+        min=1,
+    )
+    max_ratio: float = option(
+        9.0,
+        "Training pairs whose subword length ratio exceeds this are "
+        "dropped (and counted in the log); 9 as in Moses' "
+        "clean-corpus-n.",
+        min=1.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -62,12 +85,22 @@ class TokenizerConfig:
     training data."""
 
     type: str = option("unigram", "SentencePiece model type.", choices=("unigram", "bpe"))
-    vocab_size: int = option(8000, "Subword vocabulary size (per vocabulary when not joint).", min=8)
+    vocab_size: int = option(
+        8000, "Subword vocabulary size (per vocabulary when not joint).", min=8
+    )
     joint: bool = option(True, "One vocabulary shared by source and target, trained on both sides.")
-    character_coverage: float = option(1.0, "Share of characters SentencePiece must cover "
-                                            "(0.9995 suits large alphabets).", min=0.5, max=1.0)
-    max_sentences: int = option(1_000_000, "SentencePiece trains on at most this many sentences "
-                                           "(a seeded sample of the training data).", min=1)
+    character_coverage: float = option(
+        1.0,
+        "Share of characters SentencePiece must cover (0.9995 suits large alphabets).",
+        min=0.5,
+        max=1.0,
+    )
+    max_sentences: int = option(
+        1_000_000,
+        "SentencePiece trains on at most this many sentences "
+        "(a seeded sample of the training data).",
+        min=1,
+    )
 
 
 # name: (score, flow). The score classes and both flows, with their papers' formulas, are in
@@ -86,53 +119,82 @@ class ModelConfig:
     """The `model` section: cells, sizes, attention and initialisation of the network.
     `score` and `flow` resolve the attention preset and its overrides."""
 
-    encoder_cell: str = option("lstm", "Recurrent cell of the encoder.",
-                               choices=("lstm", "gru", "rnn"))
-    decoder_cell: str = option("lstm", "Recurrent cell of the decoder.",
-                               choices=("lstm", "gru", "rnn"))
+    encoder_cell: str = option(
+        "lstm", "Recurrent cell of the encoder.", choices=("lstm", "gru", "rnn")
+    )
+    decoder_cell: str = option(
+        "lstm", "Recurrent cell of the decoder.", choices=("lstm", "gru", "rnn")
+    )
     embedding_size: int = option(256, "Size of source and target embeddings.", min=1)
-    hidden_size: int = option(256, "Encoder hidden size, per direction: a bidirectional encoder "
-                                   "outputs twice this.", min=1)
+    hidden_size: int = option(
+        256,
+        "Encoder hidden size, per direction: a bidirectional encoder outputs twice this.",
+        min=1,
+    )
     encoder_layers: int = option(1, "Stacked encoder layers.", min=1)
     bidirectional: bool = option(True, "Read the source in both directions.")
     decoder_hidden_size: int = option(256, "Decoder hidden size.", min=1)
     decoder_layers: int = option(1, "Stacked decoder layers.", min=1)
-    attention: str = option("bahdanau", "A classic attention design, setting `attention_score` "
-                                        "and `attention_flow`: `bahdanau` (additive, Bahdanau "
-                                        "flow; Bahdanau et al., 2015), `luong-dot`, "
-                                        "`luong-general` and `luong-concat` (additive) with the "
-                                        "Luong flow (Luong et al., 2015).",
-                            choices=tuple(ATTENTION_PRESETS))
-    attention_score: str = option("", "Overrides the preset's score (empty: the preset's): "
-                                      "`additive` v·tanh(W·q + U·m), `dot` q·m, or `general` "
-                                      "q·W·m.",
-                                  choices=("", "additive", "dot", "general"))
-    attention_flow: str = option("", "Overrides the preset's flow (empty: the preset's): "
-                                     "`luong` (the current decoder state queries the memory; "
-                                     "the context joins it after the recurrent step) or "
-                                     "`bahdanau` (the previous state queries; the context is "
-                                     "an input of the recurrent step).",
-                                 choices=("", "luong", "bahdanau"))
-    input_feeding: bool = option(True, "Feed the previous attentional vector tanh(W[c; h]) into "
-                                       "the next decoder step (Luong et al., 2015).")
-    decoder_init: str = option("bridge", "The decoder's first state: `bridge` (a learned "
-                                         "projection of the encoder's final state), `last` (that "
-                                         "state as it is; sizes must match) or `zeros`.",
-                               choices=("bridge", "last", "zeros"))
-    dropout: float = option(0.3, "Dropout on embeddings, between layers and before the output layer.",
-                            min=0.0, max=0.95)
-    tie_embeddings: bool = option(False, "Source and target share one embedding matrix (needs "
-                                         "`tokenizer.joint`).")
-    tie_output: bool = option(False, "Share the output layer's weights with the target embeddings "
-                                     "(needs `embedding_size` = `decoder_hidden_size`).")
-    init: str = option("pytorch", "Weight initialisation: `pytorch` (PyTorch's defaults; "
-                                  "embeddings N(0, 1/embedding_size)), `uniform` (±`init_range`) "
-                                  "or `xavier` (Glorot uniform matrices, zero biases).",
-                       choices=("pytorch", "uniform", "xavier"))
+    attention: str = option(
+        "bahdanau",
+        "A classic attention design, setting `attention_score` "
+        "and `attention_flow`: `bahdanau` (additive, Bahdanau "
+        "flow; Bahdanau et al., 2015), `luong-dot`, "
+        "`luong-general` and `luong-concat` (additive) with the "
+        "Luong flow (Luong et al., 2015).",
+        choices=tuple(ATTENTION_PRESETS),
+    )
+    attention_score: str = option(
+        "",
+        "Overrides the preset's score (empty: the preset's): "
+        "`additive` v·tanh(W·q + U·m), `dot` q·m, or `general` "
+        "q·W·m.",
+        choices=("", "additive", "dot", "general"),
+    )
+    attention_flow: str = option(
+        "",
+        "Overrides the preset's flow (empty: the preset's): "
+        "`luong` (the current decoder state queries the memory; "
+        "the context joins it after the recurrent step) or "
+        "`bahdanau` (the previous state queries; the context is "
+        "an input of the recurrent step).",
+        choices=("", "luong", "bahdanau"),
+    )
+    input_feeding: bool = option(
+        True,
+        "Feed the previous attentional vector tanh(W[c; h]) into "
+        "the next decoder step (Luong et al., 2015).",
+    )
+    decoder_init: str = option(
+        "bridge",
+        "The decoder's first state: `bridge` (a learned "
+        "projection of the encoder's final state), `last` (that "
+        "state as it is; sizes must match) or `zeros`.",
+        choices=("bridge", "last", "zeros"),
+    )
+    dropout: float = option(
+        0.3, "Dropout on embeddings, between layers and before the output layer.", min=0.0, max=0.95
+    )
+    tie_embeddings: bool = option(
+        False, "Source and target share one embedding matrix (needs `tokenizer.joint`)."
+    )
+    tie_output: bool = option(
+        False,
+        "Share the output layer's weights with the target embeddings "
+        "(needs `embedding_size` = `decoder_hidden_size`).",
+    )
+    init: str = option(
+        "pytorch",
+        "Weight initialisation: `pytorch` (PyTorch's defaults; "
+        "embeddings N(0, 1/embedding_size)), `uniform` (±`init_range`) "
+        "or `xavier` (Glorot uniform matrices, zero biases).",
+        choices=("pytorch", "uniform", "xavier"),
+    )
     init_range: float = option(0.1, "Range of `init: uniform`.", min=0.0)
     orthogonal_recurrent: bool = option(False, "Orthogonal initialisation of recurrent weights.")
-    forget_bias: float = option(0.0, "Added to the LSTM forget-gate biases after initialisation "
-                                     "(1.0 is a common choice).")
+    forget_bias: float = option(
+        0.0, "Added to the LSTM forget-gate biases after initialisation (1.0 is a common choice)."
+    )
 
     @property
     def score(self) -> str:
@@ -154,56 +216,96 @@ class TrainConfig:
     """The `train` section: batching, optimizer, learning-rate schedule, validation, stopping,
     device and precision."""
 
-    batch_tokens: int = option(4096, "Token budget of a batch: sentences × longest side "
-                                     "(padding included) stays within it.", min=1)
-    batch_sentences: int = option(0, "If above 0, batches hold this many sentences instead of a "
-                                     "token budget.", min=0)
-    optimizer: str = option("adam", "`adam`, `adamw` (decoupled weight decay) or `sgd` (with "
-                                    "`momentum`).", choices=("adam", "adamw", "sgd"))
+    batch_tokens: int = option(
+        4096,
+        "Token budget of a batch: sentences × longest side (padding included) stays within it.",
+        min=1,
+    )
+    batch_sentences: int = option(
+        0, "If above 0, batches hold this many sentences instead of a token budget.", min=0
+    )
+    optimizer: str = option(
+        "adam",
+        "`adam`, `adamw` (decoupled weight decay) or `sgd` (with `momentum`).",
+        choices=("adam", "adamw", "sgd"),
+    )
     lr: float = option(1e-3, "Peak learning rate.", min=0.0)
-    weight_decay: float = option(0.0, "Weight decay (L2 for adam and sgd, decoupled for adamw).",
-                                 min=0.0)
+    weight_decay: float = option(
+        0.0, "Weight decay (L2 for adam and sgd, decoupled for adamw).", min=0.0
+    )
     momentum: float = option(0.0, "Momentum of `sgd`.", min=0.0, max=1.0)
-    schedule: str = option("constant", "Learning-rate schedule after warm-up: `constant`, "
-                                       "`plateau` (× `decay` after `plateau_patience` validations "
-                                       "without improvement), `rsqrt` (lr·sqrt(warmup/step), the "
-                                       "inverse square root) or `exponential` (× `decay` every "
-                                       "`decay_steps` updates).",
-                           choices=("constant", "plateau", "rsqrt", "exponential"))
+    schedule: str = option(
+        "constant",
+        "Learning-rate schedule after warm-up: `constant`, "
+        "`plateau` (× `decay` after `plateau_patience` validations "
+        "without improvement), `rsqrt` (lr·sqrt(warmup/step), the "
+        "inverse square root) or `exponential` (× `decay` every "
+        "`decay_steps` updates).",
+        choices=("constant", "plateau", "rsqrt", "exponential"),
+    )
     warmup_steps: int = option(0, "Linear warm-up from 0 to `lr` over this many updates.", min=0)
-    decay: float = option(0.5, "Factor of the `plateau` and `exponential` schedules.",
-                          min=0.0, max=1.0)
+    decay: float = option(
+        0.5, "Factor of the `plateau` and `exponential` schedules.", min=0.0, max=1.0
+    )
     decay_steps: int = option(1000, "Updates per `decay` of the `exponential` schedule.", min=1)
-    plateau_patience: int = option(2, "Validations without improvement before `plateau` decays.",
-                                   min=1)
+    plateau_patience: int = option(
+        2, "Validations without improvement before `plateau` decays.", min=1
+    )
     min_lr: float = option(0.0, "The learning rate never goes below this.", min=0.0)
-    accumulate: int = option(1, "Batches whose gradients are summed into one update: an "
-                                "effective batch of `accumulate` × `batch_tokens`.", min=1)
-    clip_norm: float = option(1.0, "Clip the gradient's global norm to this (0 turns clipping off).",
-                              min=0.0)
-    label_smoothing: float = option(0.1, "Label smoothing of the cross-entropy loss.", min=0.0, max=0.99)
+    accumulate: int = option(
+        1,
+        "Batches whose gradients are summed into one update: an "
+        "effective batch of `accumulate` × `batch_tokens`.",
+        min=1,
+    )
+    clip_norm: float = option(
+        1.0, "Clip the gradient's global norm to this (0 turns clipping off).", min=0.0
+    )
+    label_smoothing: float = option(
+        0.1, "Label smoothing of the cross-entropy loss.", min=0.0, max=0.99
+    )
     max_steps: int = option(0, "Stop after this many updates (0: no limit).", min=0)
-    max_epochs: int = option(20, "Stop after this many passes over the training data (0: no limit).",
-                             min=0)
-    max_time: str = option("", "Stop after this much training time, e.g. `75m`, `2h`, `90s` "
-                               "(validating and saving first); empty: no limit.")
-    valid_every: int = option(500, "Validate (loss, perplexity, greedy BLEU on dev) every N updates "
-                                   "and at the end of training.", min=1)
-    valid_max_sentences: int = option(0, "Validate BLEU on at most this many dev sentences "
-                                          "(0: all).", min=0)
-    early_stopping: str = option("bleu", "Dev metric that picks the best checkpoint and drives "
-                                         "early stopping and the `plateau` schedule (BLEU and "
-                                         "chrF of greedy search).",
-                                 choices=("bleu", "chrf", "loss"))
-    keep_best: int = option(0, "Also keep this many best checkpoints as `checkpoints/step-N` "
-                               "(for `nmt-average`), besides `best` and `last`.", min=0)
-    patience: int = option(5, "Stop after this many validations without improvement (0: never).",
-                           min=0)
+    max_epochs: int = option(
+        20, "Stop after this many passes over the training data (0: no limit).", min=0
+    )
+    max_time: str = option(
+        "",
+        "Stop after this much training time, e.g. `75m`, `2h`, `90s` "
+        "(validating and saving first); empty: no limit.",
+    )
+    valid_every: int = option(
+        500,
+        "Validate (loss, perplexity, greedy BLEU on dev) every N updates "
+        "and at the end of training.",
+        min=1,
+    )
+    valid_max_sentences: int = option(
+        0, "Validate BLEU on at most this many dev sentences (0: all).", min=0
+    )
+    early_stopping: str = option(
+        "bleu",
+        "Dev metric that picks the best checkpoint and drives "
+        "early stopping and the `plateau` schedule (BLEU and "
+        "chrF of greedy search).",
+        choices=("bleu", "chrf", "loss"),
+    )
+    keep_best: int = option(
+        0,
+        "Also keep this many best checkpoints as `checkpoints/step-N` "
+        "(for `nmt-average`), besides `best` and `last`.",
+        min=0,
+    )
+    patience: int = option(
+        5, "Stop after this many validations without improvement (0: never).", min=0
+    )
     log_every: int = option(50, "Write a metrics row every N updates.", min=1)
     device: str = option("auto", "`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`.")
-    precision: str = option("fp32", "`bf16` or `fp16` mixed precision on CUDA (autocast; fp16 "
-                                    "with loss scaling); CPU always trains in fp32.",
-                            choices=("fp32", "bf16", "fp16"))
+    precision: str = option(
+        "fp32",
+        "`bf16` or `fp16` mixed precision on CUDA (autocast; fp16 "
+        "with loss scaling); CPU always trains in fp32.",
+        choices=("fp32", "bf16", "fp16"),
+    )
     threads: int = option(0, "CPU threads for PyTorch (0: PyTorch's default).", min=0)
 
 
@@ -213,48 +315,81 @@ class DecodeConfig:
     override these keys)."""
 
     beam: int = option(5, "Beam size; 1 is greedy search.", min=1)
-    length_norm: str = option("gnmt", "Length normalization of finished hypotheses: `none`, `avg` "
-                                      "(log P / |y|^alpha) or `gnmt` (log P / ((5+|y|)/6)^alpha); "
-                                      "|y| counts the end-of-sentence token.",
-                              choices=("none", "avg", "gnmt"))
+    length_norm: str = option(
+        "gnmt",
+        "Length normalization of finished hypotheses: `none`, `avg` "
+        "(log P / |y|^alpha) or `gnmt` (log P / ((5+|y|)/6)^alpha); "
+        "|y| counts the end-of-sentence token.",
+        choices=("none", "avg", "gnmt"),
+    )
     alpha: float = option(0.6, "Strength of the length normalization.", min=0.0, max=10.0)
-    max_len_a: float = option(1.5, "Outputs stop at max_len_a · |source tokens| + max_len_b tokens.",
-                              min=0.0)
+    max_len_a: float = option(
+        1.5, "Outputs stop at max_len_a · |source tokens| + max_len_b tokens.", min=0.0
+    )
     max_len_b: int = option(10, "See `max_len_a`.", min=1)
-    stopping: str = option("exact", "When beam search stops a sentence before its length limit: "
-                                    "`exact` once no hypothesis left in the beam can still beat "
-                                    "the n-th best finished one (the result of running the beam "
-                                    "to the limit), `first` once `beam` hypotheses have finished "
-                                    "(a better one may still be in the beam). `exact` is the "
-                                    "default: on Multi30k it gains 0.15 BLEU for 4-14% more "
-                                    "search time (benchmarks/README.md).",
-                           choices=("exact", "first"))
+    stopping: str = option(
+        "exact",
+        "When beam search stops a sentence before its length limit: "
+        "`exact` once no hypothesis left in the beam can still beat "
+        "the n-th best finished one (the result of running the beam "
+        "to the limit), `first` once `beam` hypotheses have finished "
+        "(a better one may still be in the beam). `exact` is the "
+        "default: on Multi30k it gains 0.15 BLEU for 4-14% more "
+        "search time (benchmarks/README.md).",
+        choices=("exact", "first"),
+    )
     batch_size: int = option(64, "Sentences translated together.", min=1)
-    coverage_penalty: float = option(0.0, "GNMT coverage penalty β: adds β·Σ_i log(min(total "
-                                           "attention on source token i, 1)) to beam scores, "
-                                           "favouring outputs that cover the whole source.",
-                                     min=0.0, max=10.0, flag="--beta")
+    coverage_penalty: float = option(
+        0.0,
+        "GNMT coverage penalty β: adds β·Σ_i log(min(total "
+        "attention on source token i, 1)) to beam scores, "
+        "favouring outputs that cover the whole source.",
+        min=0.0,
+        max=10.0,
+        flag="--beta",
+    )
     min_len: int = option(0, "Outputs have at least this many subword tokens.", min=0)
-    no_repeat_ngram: int = option(0, "No n-gram of this size occurs twice in an output "
-                                      "(0: off).", min=0)
-    shortlist: int = option(0, "Score only a shortlist of target tokens per batch: the "
-                               "`shortlist_frequent` most frequent ones, this many likeliest "
-                               "other translations of each source token (IBM Model 1, fitted on "
-                               "the training data on first use, kept as RUN/lexicon.safetensors) "
-                               "and, with a joint vocabulary, the source tokens; 0: the whole "
-                               "vocabulary. Faster search for a little BLEU (benchmarks/README.md); "
-                               "outputs then depend on the batch a sentence is in.",
-                            min=0, max=SHORTLIST_WIDTH)
+    no_repeat_ngram: int = option(
+        0, "No n-gram of this size occurs twice in an output (0: off).", min=0
+    )
+    shortlist: int = option(
+        0,
+        "Score only a shortlist of target tokens per batch: the "
+        "`shortlist_frequent` most frequent ones, this many likeliest "
+        "other translations of each source token (IBM Model 1, fitted on "
+        "the training data on first use, kept as RUN/lexicon.safetensors) "
+        "and, with a joint vocabulary, the source tokens; 0: the whole "
+        "vocabulary. Faster search for a little BLEU (benchmarks/README.md); "
+        "outputs then depend on the batch a sentence is in.",
+        min=0,
+        max=SHORTLIST_WIDTH,
+    )
     shortlist_frequent: int = option(200, "See `shortlist`.", min=0)
-    sample: bool = option(False, "Sample outputs instead of searching (`nbest` samples per "
-                                 "input), from `temperature`, `top_k` and `top_p`.")
-    temperature: float = option(1.0, "Sampling temperature: below 1 sharpens the distribution, "
-                                     "towards 0 approaches greedy search.", min=0.0)
+    sample: bool = option(
+        False,
+        "Sample outputs instead of searching (`nbest` samples per "
+        "input), from `temperature`, `top_k` and `top_p`.",
+    )
+    temperature: float = option(
+        1.0,
+        "Sampling temperature: below 1 sharpens the distribution, "
+        "towards 0 approaches greedy search.",
+        min=0.0,
+    )
     top_k: int = option(0, "Sample only among the k most probable tokens (0: all).", min=0)
-    top_p: float = option(1.0, "Sample only within the smallest set of tokens whose probability "
-                               "reaches p (nucleus sampling; 1: all).", min=0.0, max=1.0)
-    seed: int = option(1, "Seed of sampling; the same seed and input give the same samples.",
-                       min=-2**63, max=2**64 - 1)  # the seeds torch.Generator takes
+    top_p: float = option(
+        1.0,
+        "Sample only within the smallest set of tokens whose probability "
+        "reaches p (nucleus sampling; 1: all).",
+        min=0.0,
+        max=1.0,
+    )
+    seed: int = option(
+        1,
+        "Seed of sampling; the same seed and input give the same samples.",
+        min=-(2**63),
+        max=2**64 - 1,
+    )  # the seeds torch.Generator takes
 
 
 @dataclass(frozen=True)
@@ -264,14 +399,18 @@ class Recipe:
     back, resolved, as a run keeps it."""
 
     name: str = option("run", "Name of the run; the default run directory is `runs/NAME`.")
-    seed: int = option(1234, "Seed for SentencePiece sampling, initialisation, dropout and batch order.")
+    seed: int = option(
+        1234, "Seed for SentencePiece sampling, initialisation, dropout and batch order."
+    )
     data: DataConfig = field(default_factory=DataConfig, metadata={"help": "Where the corpus is."})
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig,
-                                       metadata={"help": "SentencePiece subwords."})
+    tokenizer: TokenizerConfig = field(
+        default_factory=TokenizerConfig, metadata={"help": "SentencePiece subwords."}
+    )
     model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "The network."})
     train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "The training loop."})
-    decode: DecodeConfig = field(default_factory=DecodeConfig,
-                                 metadata={"help": "Search defaults of `nmt-translate`."})
+    decode: DecodeConfig = field(
+        default_factory=DecodeConfig, metadata={"help": "Search defaults of `nmt-translate`."}
+    )
     # Where the recipe came from and where each value came from; not recipe keys themselves.
     source_path: Path | None = field(default=None, compare=False, repr=False)
     provenance: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
@@ -304,8 +443,9 @@ class Recipe:
         return cls.from_dict(raw, overrides=override_values, source=path)
 
     @classmethod
-    def from_dict(cls, raw: dict, overrides: dict[str, Any] | None = None,
-                  source: Path | None = None) -> "Recipe":
+    def from_dict(
+        cls, raw: dict, overrides: dict[str, Any] | None = None, source: Path | None = None
+    ) -> "Recipe":
         """Build a validated recipe from nested dicts, recording where each value came from."""
         where = str(source) if source else "recipe"
         provenance: dict[str, str] = {}
@@ -319,8 +459,12 @@ class Recipe:
         # current directory. Stored resolved, so the run directory's copy works from anywhere.
         base = source.parent if source and provenance["data.root"] == "file" else Path.cwd()
         root = (base / Path(recipe.data.root).expanduser()).resolve()
-        recipe = dataclasses.replace(recipe, data=dataclasses.replace(recipe.data, root=str(root)),
-                                     source_path=source, provenance=provenance)
+        recipe = dataclasses.replace(
+            recipe,
+            data=dataclasses.replace(recipe.data, root=str(root)),
+            source_path=source,
+            provenance=provenance,
+        )
         recipe.check(where)
         return recipe
 
@@ -328,30 +472,41 @@ class Recipe:
         """Rules that span several keys."""
         model = self.model
         if model.score == "dot" and model.memory_size != model.decoder_hidden_size:
-            raise NmtError(f"{where}: model.attention: a dot score needs decoder_hidden_size "
-                           f"({model.decoder_hidden_size}) equal to the encoder output size "
-                           f"({model.memory_size}); use a general or additive score, or change "
-                           f"the sizes")
+            raise NmtError(
+                f"{where}: model.attention: a dot score needs decoder_hidden_size "
+                f"({model.decoder_hidden_size}) equal to the encoder output size "
+                f"({model.memory_size}); use a general or additive score, or change "
+                f"the sizes"
+            )
         if model.decoder_init == "last" and model.memory_size != model.decoder_hidden_size:
-            raise NmtError(f"{where}: model.decoder_init: last needs decoder_hidden_size "
-                           f"({model.decoder_hidden_size}) equal to the encoder output size "
-                           f"({model.memory_size}); use bridge")
+            raise NmtError(
+                f"{where}: model.decoder_init: last needs decoder_hidden_size "
+                f"({model.decoder_hidden_size}) equal to the encoder output size "
+                f"({model.memory_size}); use bridge"
+            )
         if model.tie_output and model.embedding_size != model.decoder_hidden_size:
-            raise NmtError(f"{where}: model.tie_output needs model.embedding_size "
-                           f"({model.embedding_size}) = model.decoder_hidden_size "
-                           f"({model.decoder_hidden_size})")
+            raise NmtError(
+                f"{where}: model.tie_output needs model.embedding_size "
+                f"({model.embedding_size}) = model.decoder_hidden_size "
+                f"({model.decoder_hidden_size})"
+            )
         if model.tie_embeddings and not self.tokenizer.joint:
-            raise NmtError(f"{where}: model.tie_embeddings needs a joint vocabulary "
-                           f"(tokenizer.joint: true)")
+            raise NmtError(
+                f"{where}: model.tie_embeddings needs a joint vocabulary (tokenizer.joint: true)"
+            )
         if self.train.batch_sentences == 0 and self.data.max_len + 1 > self.train.batch_tokens:
-            raise NmtError(f"{where}: train.batch_tokens ({self.train.batch_tokens}) must exceed "
-                           f"data.max_len ({self.data.max_len}) so every pair fits in a batch")
+            raise NmtError(
+                f"{where}: train.batch_tokens ({self.train.batch_tokens}) must exceed "
+                f"data.max_len ({self.data.max_len}) so every pair fits in a batch"
+            )
         if self.train.max_time:
             try:
                 parse_duration(self.train.max_time)
             except ValueError:
-                raise NmtError(f"{where}: train.max_time must be a duration such as 75m, 2h or "
-                               f"90s, not {self.train.max_time!r}") from None
+                raise NmtError(
+                    f"{where}: train.max_time must be a duration such as 75m, 2h or "
+                    f"90s, not {self.train.max_time!r}"
+                ) from None
         if self.data.format == "hub" and not self.data.hub_name:
             raise NmtError(f"{where}: data.hub_name is required with data.format: hub")
         check_decoding(self.decode, where)
@@ -360,15 +515,26 @@ class Recipe:
 
     def to_dict(self) -> dict:
         """The recipe's keys and values, as they would be written in YAML."""
-        return {f.name: (dataclasses.asdict(getattr(self, f.name))
-                         if dataclasses.is_dataclass(getattr(self, f.name)) else getattr(self, f.name))
-                for f in recipe_fields(Recipe)}
+        return {
+            f.name: (
+                dataclasses.asdict(getattr(self, f.name))
+                if dataclasses.is_dataclass(getattr(self, f.name))
+                else getattr(self, f.name)
+            )
+            for f in recipe_fields(Recipe)
+        }
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False, allow_unicode=True)
 
-def with_changes(config: Any, changes: dict[str, Any], section: str, where: str = "option",
-                 labels: dict[str, str] | None = None) -> Any:
+
+def with_changes(
+    config: Any,
+    changes: dict[str, Any],
+    section: str,
+    where: str = "option",
+    labels: dict[str, str] | None = None,
+) -> Any:
     """A copy of a recipe section with some keys changed, each checked like a recipe value.
 
     Errors name a key as `labels` spell it (a command's flags), else as SECTION.KEY."""
@@ -378,28 +544,33 @@ def with_changes(config: Any, changes: dict[str, Any], section: str, where: str 
     for key, value in changes.items():
         if key not in fields:
             raise _unknown_key(type(config), key, f"{section}.", where)
-        checked[key] = _coerce(value, hints[key], fields[key],
-                               (labels or {}).get(key, f"{section}.{key}"), where)
+        checked[key] = _coerce(
+            value, hints[key], fields[key], (labels or {}).get(key, f"{section}.{key}"), where
+        )
     return dataclasses.replace(config, **checked)
 
 
-def check_decoding(decode: DecodeConfig, where: str, labels: dict[str, str] | None = None
-                   ) -> None:
+def check_decoding(decode: DecodeConfig, where: str, labels: dict[str, str] | None = None) -> None:
     """Decoding values that are each valid but cannot work together (or at all)."""
+
     def name(key: str) -> str:
         return (labels or {}).get(key, f"decode.{key}")
 
     shortest = math.floor(decode.max_len_a + decode.max_len_b)  # the limit of a one-token source
     if decode.min_len > shortest:
-        raise NmtError(f"{where}: {name('min_len')} {decode.min_len} is more than {shortest}, "
-                       f"the output length limit of a one-token source ({name('max_len_a')} + "
-                       f"{name('max_len_b')}); raise {name('max_len_b')} or lower "
-                       f"{name('min_len')}")
+        raise NmtError(
+            f"{where}: {name('min_len')} {decode.min_len} is more than {shortest}, "
+            f"the output length limit of a one-token source ({name('max_len_a')} + "
+            f"{name('max_len_b')}); raise {name('max_len_b')} or lower "
+            f"{name('min_len')}"
+        )
     if decode.sample and decode.top_p == 0:
         raise NmtError(f"{where}: {name('top_p')} must be above 0 (0 leaves no token to sample)")
     if decode.sample and decode.temperature == 0:
-        raise NmtError(f"{where}: {name('temperature')} must be above 0 to sample; for the most "
-                       f"probable output, search instead (beam 1 is greedy)")
+        raise NmtError(
+            f"{where}: {name('temperature')} must be above 0 to sample; for the most "
+            f"probable output, search instead (beam 1 is greedy)"
+        )
 
 
 def parse_duration(text: str) -> float:
@@ -433,6 +604,7 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
 
 # -------------------------------------------------------------------- internals
 
+
 def _nested_copy(raw: Any) -> Any:
     return {k: _nested_copy(v) for k, v in raw.items()} if isinstance(raw, dict) else raw
 
@@ -453,8 +625,9 @@ def _record(cls: type, raw: dict, prefix: str, origin: str, provenance: dict, wh
             raise _unknown_key(cls, key, prefix, where)
         if dataclasses.is_dataclass(hints[key]):
             if not isinstance(value, dict):
-                raise NmtError(f"{where}: {prefix}{key} must be a section (a mapping of keys), "
-                               f"not {value!r}")
+                raise NmtError(
+                    f"{where}: {prefix}{key} must be a section (a mapping of keys), not {value!r}"
+                )
             _record(hints[key], value, f"{prefix}{key}.", origin, provenance, where)
         else:
             provenance[f"{prefix}{key}"] = origin
@@ -503,8 +676,7 @@ def _coerce(value: Any, kind: Any, f: dataclasses.Field, key: str, where: str) -
                 value = float(value)
             except ValueError:
                 pass
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool) \
-            and _finite(value)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and _finite(value)
         value = float(value) if ok else value
     elif kind is str:
         ok = isinstance(value, (str, int, float)) and not isinstance(value, bool)
@@ -517,8 +689,9 @@ def _coerce(value: Any, kind: Any, f: dataclasses.Field, key: str, where: str) -
     if meta.get("choices") and value not in meta["choices"]:
         close = difflib.get_close_matches(str(value), meta["choices"], n=1, cutoff=0.5)
         hint = f"; did you mean {close[0]}?" if close else ""
-        raise NmtError(f"{where}: {key} must be one of {', '.join(meta['choices'])}, "
-                       f"not {value!r}{hint}")
+        raise NmtError(
+            f"{where}: {key} must be one of {', '.join(meta['choices'])}, not {value!r}{hint}"
+        )
     if meta.get("min") is not None and value < meta["min"]:
         raise NmtError(f"{where}: {key} must be at least {meta['min']}, not {value!r}")
     if meta.get("max") is not None and value > meta["max"]:
@@ -535,9 +708,12 @@ def _finite(number: int | float) -> bool:
 
 
 def _type_name(kind: Any) -> str:
-    return {bool: "true or false", int: "an integer", float: "a finite number",
-            str: "a string"}.get(
-        kind, getattr(kind, "__name__", str(kind)))
+    return {
+        bool: "true or false",
+        int: "an integer",
+        float: "a finite number",
+        str: "a string",
+    }.get(kind, getattr(kind, "__name__", str(kind)))
 
 
 def reference_markdown() -> str:

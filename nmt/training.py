@@ -34,9 +34,16 @@ import torch
 from tqdm import tqdm
 
 from nmt import distributed
-from nmt.checkpoint import (checkpoint_exists, checkpoint_step, delete_checkpoint,
-                            delete_checkpoint_files, delete_unnamed_weights, load_checkpoint,
-                            restore, save_checkpoint)
+from nmt.checkpoint import (
+    checkpoint_exists,
+    checkpoint_step,
+    delete_checkpoint,
+    delete_checkpoint_files,
+    delete_unnamed_weights,
+    load_checkpoint,
+    restore,
+    save_checkpoint,
+)
 from nmt.data.batching import Batch, collate, make_batches
 from nmt.data.corpus import EncodedSplit, TextSplit
 from nmt.data.prepare import prepare_data
@@ -55,8 +62,19 @@ from nmt.translate import TUNED, Translator
 log = logging.getLogger("nmt")
 MAX_NONFINITE = 5  # non-finite losses in a row before training stops
 VALIDATION_DECODING = DecodeConfig(beam=1)  # dev BLEU: greedy, with the default length limits
-METRICS_FIELDS = ["step", "epoch", "kind", "loss", "lr", "target_tokens_per_s", "dev_loss",
-                  "dev_ppl", "dev_bleu", "dev_chrf", "elapsed_s"]
+METRICS_FIELDS = [
+    "step",
+    "epoch",
+    "kind",
+    "loss",
+    "lr",
+    "target_tokens_per_s",
+    "dev_loss",
+    "dev_ppl",
+    "dev_bleu",
+    "dev_chrf",
+    "elapsed_s",
+]
 
 
 @dataclass
@@ -99,12 +117,18 @@ def batch_loss(model: Seq2Seq, batch: Batch, label_smoothing: float) -> torch.Te
     """Summed cross-entropy over real target tokens; the output layer never sees padding."""
     attentional, _ = model(batch.source, batch.source_lengths, batch.target_in)
     real = batch.target_out != PAD
-    return output_loss(attentional[real], model.output.weight, model.output.bias,
-                       batch.target_out[real], label_smoothing)
+    return output_loss(
+        attentional[real],
+        model.output.weight,
+        model.output.bias,
+        batch.target_out[real],
+        label_smoothing,
+    )
 
 
-def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
-          overwrite: bool = False) -> TrainResult:
+def train(
+    recipe: Recipe, run_dir: str | Path, resume: bool = False, overwrite: bool = False
+) -> TrainResult:
     """Train a model as the recipe says, in `run_dir`; under torchrun, as one of its processes
     (see nmt.distributed)."""
     cluster, device = distributed.join(recipe.train.device)
@@ -117,8 +141,14 @@ def train(recipe: Recipe, run_dir: str | Path, resume: bool = False,
         distributed.leave(cluster)
 
 
-def _train(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, cluster: Cluster,
-           device: torch.device) -> TrainResult:
+def _train(
+    recipe: Recipe,
+    run_dir: Path,
+    resume: bool,
+    overwrite: bool,
+    cluster: Cluster,
+    device: torch.device,
+) -> TrainResult:
     """The loop: epochs of seeded token batches, one update per `train.accumulate` batches,
     validation every `train.valid_every` updates, stop requests honoured between updates."""
     run = _Run.start(recipe, run_dir, resume, overwrite, cluster, device)
@@ -126,12 +156,19 @@ def _train(recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool, cluster
     with _StopRequests() as stop:
         while not run.finished(stop):
             batches = run.epoch_batches()
-            bar = tqdm(total=len(batches), initial=progress.batch_in_epoch, unit="batch",
-                       desc=f"epoch {progress.epoch + 1}", dynamic_ncols=True, mininterval=1.0,
-                       leave=False, disable=not cluster.is_main)
+            bar = tqdm(
+                total=len(batches),
+                initial=progress.batch_in_epoch,
+                unit="batch",
+                desc=f"epoch {progress.epoch + 1}",
+                dynamic_ncols=True,
+                mininterval=1.0,
+                leave=False,
+                disable=not cluster.is_main,
+            )
             while progress.batch_in_epoch < len(batches) and not run.finished(stop):
                 start = progress.batch_in_epoch
-                chosen = batches[start:start + run.config.accumulate]  # one update's batches
+                chosen = batches[start : start + run.config.accumulate]  # one update's batches
                 if run.update(chosen):  # False: a non-finite loss, the update skipped
                     run.log(bar)
                     if progress.step % run.config.valid_every == 0:
@@ -151,8 +188,17 @@ class _Run:
     """One training run's state and its named steps: start (or resume), update, log, validate
     and save. `_train` above is the loop over them."""
 
-    def __init__(self, recipe: Recipe, run_dir: Path, cluster: Cluster, device: torch.device,
-                 data: tuple, model: Seq2Seq, progress: Progress, resumed: bool):
+    def __init__(
+        self,
+        recipe: Recipe,
+        run_dir: Path,
+        cluster: Cluster,
+        device: torch.device,
+        data: tuple,
+        model: Seq2Seq,
+        progress: Progress,
+        resumed: bool,
+    ):
         self.recipe, self.config, self.run_dir = recipe, recipe.train, run_dir
         self.cluster, self.device = cluster, device
         self.train_text, self.dev_text, self.tokenizer, self.train_data, self.dev_data = data
@@ -163,11 +209,14 @@ class _Run:
         # translation time, and a sampled or shortlisted dev BLEU would steer early stopping
         # at random.
         self.translator = Translator(model, self.tokenizer, VALIDATION_DECODING, device)
-        self.stopper = _Stopper(self.config.max_steps, self.config.max_epochs,
-                                self.config.patience, parse_duration(self.config.max_time)
-                                if self.config.max_time else 0.0)
+        self.stopper = _Stopper(
+            self.config.max_steps,
+            self.config.max_epochs,
+            self.config.patience,
+            parse_duration(self.config.max_time) if self.config.max_time else 0.0,
+        )
         self.metrics: _MetricsFile | None = None  # opened once the run directory agrees with
-        self.board = None                         # the checkpoint it continues from
+        self.board = None  # the checkpoint it continues from
         self.saved_at = _position(progress) if resumed else None  # where `last` stands
         self.rate = learning_rate(self.config, max(progress.step, 1), progress.plateau_decays)
         self.window_start = time.perf_counter()
@@ -179,8 +228,15 @@ class _Run:
     # ---------------------------------------------------------------- start or resume
 
     @classmethod
-    def start(cls, recipe: Recipe, run_dir: Path, resume: bool, overwrite: bool,
-              cluster: Cluster, device: torch.device) -> "_Run":
+    def start(
+        cls,
+        recipe: Recipe,
+        run_dir: Path,
+        resume: bool,
+        overwrite: bool,
+        cluster: Cluster,
+        device: torch.device,
+    ) -> "_Run":
         """Run directory, then data: corpus → subwords → encoded, filtered arrays (rank 0
         first); then the model, from `checkpoints/last` when resuming."""
         if not cluster.is_main:
@@ -211,8 +267,12 @@ class _Run:
             forget_after(run_dir, run.progress)
             run.metrics = _MetricsFile(run_dir / "metrics.csv")
             run.board = _tensorboard(run_dir)
-        log.info("model: %s parameters on %s%s", f"{model.parameter_count:,}", device,
-                 f", {cluster.world_size} processes" if cluster.distributed else "")
+        log.info(
+            "model: %s parameters on %s%s",
+            f"{model.parameter_count:,}",
+            device,
+            f", {cluster.world_size} processes" if cluster.distributed else "",
+        )
         run.started = time.perf_counter() - run.progress.elapsed_s
         run.stopper.started = run.started
         if cluster.is_main and resume:
@@ -226,17 +286,28 @@ class _Run:
         self.progress.__dict__.update(Progress(**meta["progress"]).__dict__)
         if meta.get("grad_scaler"):
             self.updater.scaler.load_state_dict(meta["grad_scaler"])
-        self.rate = learning_rate(self.config, max(self.progress.step, 1),
-                                  self.progress.plateau_decays)
-        log.info("resumed at step %d (epoch %d, batch %d)", self.progress.step,
-                 self.progress.epoch + 1, self.progress.batch_in_epoch)
+        self.rate = learning_rate(
+            self.config, max(self.progress.step, 1), self.progress.plateau_decays
+        )
+        log.info(
+            "resumed at step %d (epoch %d, batch %d)",
+            self.progress.step,
+            self.progress.epoch + 1,
+            self.progress.batch_in_epoch,
+        )
 
     # ---------------------------------------------------------------- one update
 
     def epoch_batches(self) -> list[np.ndarray]:
         """This epoch's batches: token buckets in an order seeded by the epoch."""
-        return make_batches(self.source_lengths, self.target_lengths, self.config.batch_tokens,
-                            self.config.batch_sentences, self.recipe.seed, self.progress.epoch)
+        return make_batches(
+            self.source_lengths,
+            self.target_lengths,
+            self.config.batch_tokens,
+            self.config.batch_sentences,
+            self.recipe.seed,
+            self.progress.epoch,
+        )
 
     def update(self, chosen: list[np.ndarray]) -> bool:
         """One optimizer update over `chosen` batches, their loss normalised by all their
@@ -244,8 +315,10 @@ class _Run:
         every batch. False when the loss was not finite and the update skipped."""
         progress, config = self.progress, self.config
         tokens = sum(int(self.target_lengths[indices].sum()) + len(indices) for indices in chosen)
-        group = [_collate_share(self.train_data, self.cluster.share(indices), self.device)
-                 for indices in chosen]
+        group = [
+            _collate_share(self.train_data, self.cluster.share(indices), self.device)
+            for indices in chosen
+        ]
         self.rate = learning_rate(config, progress.step + 1, progress.plateau_decays)
         set_learning_rate(self.optimizer, self.rate)
         try:
@@ -255,18 +328,23 @@ class _Run:
                 f"out of memory on {self.device} at step {progress.step + 1} with batches of "
                 f"train.batch_tokens={config.batch_tokens}: lower train.batch_tokens (e.g. to "
                 f"{config.batch_tokens // 2}) and raise train.accumulate to keep the same "
-                f"effective batch") from None
+                f"effective batch"
+            ) from None
         progress.batch_in_epoch += len(group)
         if loss is None:  # stop after several in a row
             progress.nonfinite += 1
-            log.warning("step %d: non-finite loss, update skipped (%d in a row)",
-                        progress.step + 1, progress.nonfinite)
+            log.warning(
+                "step %d: non-finite loss, update skipped (%d in a row)",
+                progress.step + 1,
+                progress.nonfinite,
+            )
             if progress.nonfinite >= MAX_NONFINITE:
                 raise NmtError(
                     f"training diverged: {progress.nonfinite} non-finite losses in a row at step "
                     f"{progress.step + 1}; checkpoints/last (step "
                     f"{self.saved_at[0] if self.saved_at else 0}) is from before it. Lower "
-                    f"train.lr or set train.clip_norm, then --resume")
+                    f"train.lr or set train.clip_norm, then --resume"
+                )
             return False
         progress.nonfinite = 0
         progress.step += 1
@@ -286,9 +364,15 @@ class _Run:
             speed = progress.window_tokens / max(seconds, 1e-9)
             loss = progress.window_loss / progress.window_tokens
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}", lr=f"{self.rate:.1e}")
-            self.metrics.write(step=progress.step, epoch=progress.epoch + 1, kind="train",
-                               loss=round(loss, 4), lr=self.rate,
-                               target_tokens_per_s=round(speed), elapsed_s=self._elapsed())
+            self.metrics.write(
+                step=progress.step,
+                epoch=progress.epoch + 1,
+                kind="train",
+                loss=round(loss, 4),
+                lr=self.rate,
+                target_tokens_per_s=round(speed),
+                elapsed_s=self._elapsed(),
+            )
             if self.board:
                 self.board.add_scalar("train_loss", loss, progress.step)
                 self.board.add_scalar("lr", self.rate, progress.step)
@@ -301,8 +385,9 @@ class _Run:
         """Dev scores, recorded, then written at one commit point (see `_commit`); the other
         processes follow rank 0's early-stopping and schedule state."""
         if self.cluster.is_main:
-            result = validation(self.model, self.translator, self.dev_text, self.dev_data,
-                                self.config, self.device)
+            result = validation(
+                self.model, self.translator, self.dev_text, self.dev_data, self.config, self.device
+            )
             recorded, outcome = record_validation(self.progress, result, self.config)
             self.progress.__dict__.update(recorded.__dict__)
             self._commit(result, outcome)
@@ -314,12 +399,24 @@ class _Run:
         every other file follows from it (complete_commit writes what a crash left unwritten
         when the run resumes). Then `best`, the step-N checkpoint, and the deletions."""
         progress, config = self.progress, self.config
-        self.metrics.write(step=progress.step, epoch=progress.epoch + 1, kind="valid",
-                           elapsed_s=self._elapsed(), **result)
-        log.info("step %d: dev loss %.3f, ppl %.2f, BLEU %.2f, chrF %.2f%s", progress.step,
-                 result["dev_loss"], result["dev_ppl"], result["dev_bleu"], result["dev_chrf"],
-                 " (best)" if outcome.improved else f" (best {_best_text(progress, config)} at "
-                                                    f"step {progress.best_step})")
+        self.metrics.write(
+            step=progress.step,
+            epoch=progress.epoch + 1,
+            kind="valid",
+            elapsed_s=self._elapsed(),
+            **result,
+        )
+        log.info(
+            "step %d: dev loss %.3f, ppl %.2f, BLEU %.2f, chrF %.2f%s",
+            progress.step,
+            result["dev_loss"],
+            result["dev_ppl"],
+            result["dev_bleu"],
+            result["dev_chrf"],
+            " (best)"
+            if outcome.improved
+            else f" (best {_best_text(progress, config)} at step {progress.best_step})",
+        )
         self.save("last")
         if outcome.improved:
             self.save("best")
@@ -342,16 +439,23 @@ class _Run:
         scaler = self.updater.scaler
         path = self.run_dir / "checkpoints" / name
         try:
-            save_checkpoint(path, self.model,
-                            {"progress": self.progress.__dict__,
-                             "spm_sha256": self.tokenizer.sha256,
-                             "source_vocab_size": self.tokenizer.source_vocab_size,
-                             "target_vocab_size": self.tokenizer.target_vocab_size,
-                             "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None},
-                            self.optimizer)
+            save_checkpoint(
+                path,
+                self.model,
+                {
+                    "progress": self.progress.__dict__,
+                    "spm_sha256": self.tokenizer.sha256,
+                    "source_vocab_size": self.tokenizer.source_vocab_size,
+                    "target_vocab_size": self.tokenizer.target_vocab_size,
+                    "grad_scaler": scaler.state_dict() if scaler.is_enabled() else None,
+                },
+                self.optimizer,
+            )
         except OSError as error:
-            raise NmtError(f"{path}: cannot write the checkpoint ({error.strerror}); the "
-                           f"checkpoints already there are intact") from None
+            raise NmtError(
+                f"{path}: cannot write the checkpoint ({error.strerror}); the "
+                f"checkpoints already there are intact"
+            ) from None
         if name == "last":
             self.saved_at = _position(self.progress)
 
@@ -364,8 +468,10 @@ class _Run:
         if self.cluster.any(stop.requested):
             if self.saved_at != _position(self.progress):
                 self.save("last")
-            log.info("interrupted at step %d; saved checkpoints/last (continue with --resume)",
-                     self.progress.step)
+            log.info(
+                "interrupted at step %d; saved checkpoints/last (continue with --resume)",
+                self.progress.step,
+            )
             self.cluster.barrier()  # no process leaves while rank 0 still writes
             stop.exit()
         return self.cluster.from_main(self.stopper.done(self.progress))
@@ -373,12 +479,25 @@ class _Run:
     def result(self, stopped_early: bool) -> TrainResult:
         progress, config = self.progress, self.config
         elapsed = time.perf_counter() - self.started
-        log.info("finished after %d steps in %.0f s; best dev %s %s at step %d%s", progress.step,
-                 elapsed, config.early_stopping, _best_text(progress, config),
-                 progress.best_step, " (early stop)" if stopped_early else "")
+        log.info(
+            "finished after %d steps in %.0f s; best dev %s %s at step %d%s",
+            progress.step,
+            elapsed,
+            config.early_stopping,
+            _best_text(progress, config),
+            progress.best_step,
+            " (early stop)" if stopped_early else "",
+        )
         best = -progress.best if config.early_stopping == "loss" else progress.best
-        return TrainResult(self.run_dir, progress.step, progress.best_step, best,
-                           config.early_stopping, elapsed, stopped_early)
+        return TrainResult(
+            self.run_dir,
+            progress.step,
+            progress.best_step,
+            best,
+            config.early_stopping,
+            elapsed,
+            stopped_early,
+        )
 
     def _elapsed(self) -> float:
         return round(time.perf_counter() - self.started, 1)
@@ -388,18 +507,26 @@ class Updater:
     """One optimizer update over a group of batches (gradient accumulation), with mixed
     precision on CUDA when the recipe asks for it."""
 
-    def __init__(self, model: Seq2Seq, optimizer: torch.optim.Optimizer, config: TrainConfig,
-                 device: torch.device, cluster: Cluster = Cluster()):
+    def __init__(
+        self,
+        model: Seq2Seq,
+        optimizer: torch.optim.Optimizer,
+        config: TrainConfig,
+        device: torch.device,
+        cluster: Cluster = Cluster(),
+    ):
         self.model, self.optimizer, self.config, self.cluster = model, optimizer, config, cluster
         self.loss = distributed.wrap(TrainingLoss(model, config.label_smoothing), cluster, device)
         self.device_type = device.type
         self.mixed = device.type == "cuda" and config.precision != "fp32"
         if config.precision != "fp32" and not self.mixed:
-            log.warning("train.precision=%s needs CUDA; training in fp32 on %s",
-                        config.precision, device)
+            log.warning(
+                "train.precision=%s needs CUDA; training in fp32 on %s", config.precision, device
+            )
         self.dtype = torch.bfloat16 if config.precision == "bf16" else torch.float16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.mixed and
-                                           config.precision == "fp16")
+        self.scaler = torch.amp.GradScaler(
+            "cuda", enabled=self.mixed and config.precision == "fp16"
+        )
 
     def __call__(self, group: list[Batch | None], tokens: int) -> float | None:
         """Apply one update; return the group's summed loss over all processes, or None, and
@@ -449,25 +576,40 @@ def _collate_share(data: EncodedSplit, indices: np.ndarray, device: torch.device
 
 
 @torch.no_grad()
-def validation(model: Seq2Seq, translator: Translator, dev_text: TextSplit,
-               dev_data: EncodedSplit, config, device: torch.device) -> dict[str, float]:
+def validation(
+    model: Seq2Seq,
+    translator: Translator,
+    dev_text: TextSplit,
+    dev_data: EncodedSplit,
+    config,
+    device: torch.device,
+) -> dict[str, float]:
     """Dev loss and perplexity (teacher-forced, no smoothing), greedy BLEU and chrF."""
     model.eval()
     total, tokens = 0.0, 0
-    for indices in make_batches(dev_data.src_lengths, dev_data.tgt_lengths, config.batch_tokens,
-                                config.batch_sentences, 0, 0):
+    for indices in make_batches(
+        dev_data.src_lengths,
+        dev_data.tgt_lengths,
+        config.batch_tokens,
+        config.batch_sentences,
+        0,
+        0,
+    ):
         batch = collate(dev_data, indices).to(device)
         total += float(batch_loss(model, batch, 0.0))
         tokens += batch.target_tokens
     sources, references = dev_text.sources, dev_text.targets
     if config.valid_max_sentences:
-        sources = sources[:config.valid_max_sentences]
-        references = references[:config.valid_max_sentences]
+        sources = sources[: config.valid_max_sentences]
+        references = references[: config.valid_max_sentences]
     hypotheses = [h.text for h in translator.translate(sources)]
     loss = total / max(tokens, 1)
-    return {"dev_loss": round(loss, 4), "dev_ppl": round(math.exp(min(loss, 50)), 2),
-            "dev_bleu": round(corpus_bleu(hypotheses, references), 2),
-            "dev_chrf": round(corpus_chrf(hypotheses, references), 2)}
+    return {
+        "dev_loss": round(loss, 4),
+        "dev_ppl": round(math.exp(min(loss, 50)), 2),
+        "dev_bleu": round(corpus_bleu(hypotheses, references), 2),
+        "dev_chrf": round(corpus_chrf(hypotheses, references), 2),
+    }
 
 
 class _StopRequests:
@@ -488,8 +630,7 @@ class _StopRequests:
 
     def __enter__(self) -> "_StopRequests":
         if threading.current_thread() is threading.main_thread():  # signals reach only it
-            self.previous = {number: signal.signal(number, self._handle)
-                             for number in self.SIGNALS}
+            self.previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
         return self
 
     def __exit__(self, *exc_info) -> None:
@@ -502,9 +643,12 @@ class _StopRequests:
         self.signal = number
         # A raw write: the signal may have interrupted a write to stderr, which logging would
         # enter again (a "reentrant call" error).
-        os.write(2, b"\nnmt-train: stopping after the update or validation under way, then "
-                    b"saving checkpoints/last; a second Ctrl-C stops at once (--resume then "
-                    b"continues from the last checkpoint)\n")
+        os.write(
+            2,
+            b"\nnmt-train: stopping after the update or validation under way, then "
+            b"saving checkpoints/last; a second Ctrl-C stops at once (--resume then "
+            b"continues from the last checkpoint)\n",
+        )
 
     def exit(self) -> None:
         """Leave training as the signal asked: KeyboardInterrupt, or Terminated for SIGTERM."""
@@ -529,11 +673,16 @@ class _Stopper:
         return self.patience > 0 and progress.bad_validations >= self.patience
 
     def done(self, progress: Progress) -> bool:
-        return bool((self.max_steps and progress.step >= self.max_steps)
-                    or (self.max_epochs and progress.epoch >= self.max_epochs)
-                    or self.patience_ran_out(progress)
-                    or (self.max_seconds and progress.step > 0
-                        and time.perf_counter() - self.started >= self.max_seconds))
+        return bool(
+            (self.max_steps and progress.step >= self.max_steps)
+            or (self.max_epochs and progress.epoch >= self.max_epochs)
+            or self.patience_ran_out(progress)
+            or (
+                self.max_seconds
+                and progress.step > 0
+                and time.perf_counter() - self.started >= self.max_seconds
+            )
+        )
 
 
 class _MetricsFile:
@@ -560,22 +709,28 @@ def _best_text(progress: Progress, config) -> str:
 class ValidationOutcome:
     """What one validation changes on disk, decided before anything is written."""
 
-    improved: bool          # it becomes checkpoints/best
-    kept: bool              # it becomes checkpoints/step-N
-    dropped: list[int]      # step-N checkpoints it pushes out of the kept set
+    improved: bool  # it becomes checkpoints/best
+    kept: bool  # it becomes checkpoints/step-N
+    dropped: list[int]  # step-N checkpoints it pushes out of the kept set
 
 
-def record_validation(progress: Progress, result: dict[str, float], config: TrainConfig
-                      ) -> tuple[Progress, ValidationOutcome]:
+def record_validation(
+    progress: Progress, result: dict[str, float], config: TrainConfig
+) -> tuple[Progress, ValidationOutcome]:
     """The bookkeeping of one validation, as a pure function: `progress` with `result` entered
     (history, best, patience, the plateau schedule, the kept step-N set of the
     `train.keep_best` best validations), and what that changes on disk. `progress` itself is
     left as it was."""
-    value = -result["dev_loss"] if config.early_stopping == "loss" else \
-        result[f"dev_{config.early_stopping}"]
-    new = dataclasses.replace(progress, history=[*progress.history,
-                                                 {"step": progress.step, **result}],
-                              kept=[list(entry) for entry in progress.kept])
+    value = (
+        -result["dev_loss"]
+        if config.early_stopping == "loss"
+        else result[f"dev_{config.early_stopping}"]
+    )
+    new = dataclasses.replace(
+        progress,
+        history=[*progress.history, {"step": progress.step, **result}],
+        kept=[list(entry) for entry in progress.kept],
+    )
     improved = progress.best is None or value > progress.best
     if improved:
         new.best, new.best_step, new.bad_validations, new.plateau_wait = value, new.step, 0, 0
@@ -586,11 +741,11 @@ def record_validation(progress: Progress, result: dict[str, float], config: Trai
             new.plateau_decays, new.plateau_wait = new.plateau_decays + 1, 0
     entry = [value, new.step]
     ranked = sorted([*new.kept, entry], key=lambda item: -item[0])
-    kept = config.keep_best > 0 and entry in ranked[:config.keep_best]
+    kept = config.keep_best > 0 and entry in ranked[: config.keep_best]
     dropped = []
     if kept:
-        new.kept = ranked[:config.keep_best]
-        dropped = [int(step) for _, step in ranked[config.keep_best:]]
+        new.kept = ranked[: config.keep_best]
+        dropped = [int(step) for _, step in ranked[config.keep_best :]]
     return new, ValidationOutcome(improved, kept, dropped)
 
 
@@ -607,9 +762,19 @@ def _tensorboard(run_dir: Path):
 
 # What nmt writes in a run directory: `--overwrite` removes these and nothing else, so notes,
 # data or a recipe of the user's kept beside them survive.
-RUN_FILES = ("manifest.json", JOINT_MODEL, SOURCE_MODEL, TARGET_MODEL, "metrics.csv",
-             "train.log", "curves.png", TUNED, "lexicon.safetensors", "diagnostics.json",
-             "recipe.yaml")  # the recipe last: it marks the folder as a run until the end
+RUN_FILES = (
+    "manifest.json",
+    JOINT_MODEL,
+    SOURCE_MODEL,
+    TARGET_MODEL,
+    "metrics.csv",
+    "train.log",
+    "curves.png",
+    TUNED,
+    "lexicon.safetensors",
+    "diagnostics.json",
+    "recipe.yaml",
+)  # the recipe last: it marks the folder as a run until the end
 RUN_FOLDERS = ("cache", "tensorboard")  # made whole by nmt and the libraries it points there
 # The first line of the recipe a run stores: a recipe.yaml of the user's is never taken for one.
 RUN_HEADER = "# nmt run: the resolved recipe this run trains with (written by nmt-train)\n"
@@ -627,22 +792,28 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool
         previous = Recipe.load(stored)
         for section in ("data", "tokenizer", "model"):
             if getattr(previous, section) != getattr(recipe, section):
-                raise NmtError(f"{run_dir}: the recipe's {section} section differs from the run's "
-                               f"({stored}); resume with the same {section}, or start a new run")
+                raise NmtError(
+                    f"{run_dir}: the recipe's {section} section differs from the run's "
+                    f"({stored}); resume with the same {section}, or start a new run"
+                )
         if not checkpoint_exists(run_dir / "checkpoints" / "last"):
             log.warning("%s: no checkpoint yet; starting from the beginning", run_dir)
             resume = False
     elif holds_run(run_dir):
         if not overwrite:
-            raise NmtError(f"{run_dir}: already holds a run; pass --resume to continue it or "
-                           f"--overwrite to start it again")
+            raise NmtError(
+                f"{run_dir}: already holds a run; pass --resume to continue it or "
+                f"--overwrite to start it again"
+            )
         remove_run(run_dir)
     else:
         for name in (*RUN_FILES, *RUN_FOLDERS, "checkpoints"):
             path = run_dir / name
             if path.exists() and not (path.is_dir() and not any(path.iterdir())):
-                raise NmtError(f"{path}: exists and was not written by an nmt run; nmt writes "
-                               f"its own {name} there, so choose another --run-dir or move it")
+                raise NmtError(
+                    f"{path}: exists and was not written by an nmt run; nmt writes "
+                    f"its own {name} there, so choose another --run-dir or move it"
+                )
     try:
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         atomic_write_text(stored, RUN_HEADER + recipe.to_yaml())
@@ -678,8 +849,10 @@ def remove_run(run_dir: Path) -> None:
         for name in RUN_FILES:
             (run_dir / name).unlink(missing_ok=True)
     except OSError as error:
-        raise NmtError(f"{run_dir}: cannot remove the previous run for --overwrite: "
-                       f"{error.strerror} ({error.filename})") from None
+        raise NmtError(
+            f"{run_dir}: cannot remove the previous run for --overwrite: "
+            f"{error.strerror} ({error.filename})"
+        ) from None
 
 
 @contextmanager
@@ -713,9 +886,11 @@ def check_disk_space(run_dir: Path, model: Seq2Seq, keep_best: int) -> None:
     needed = (3 + keep_best) * checkpoint_bytes
     free = shutil.disk_usage(run_dir).free
     if free < needed:
-        raise NmtError(f"{run_dir}: {free / 2**20:,.0f} MiB free on this disk, but the run's "
-                       f"checkpoints need about {needed / 2**20:,.0f} MiB; free space or choose "
-                       f"another --run-dir")
+        raise NmtError(
+            f"{run_dir}: {free / 2**20:,.0f} MiB free on this disk, but the run's "
+            f"checkpoints need about {needed / 2**20:,.0f} MiB; free space or choose "
+            f"another --run-dir"
+        )
 
 
 def forget_after(run_dir: Path, progress: Progress) -> None:
@@ -736,9 +911,13 @@ def forget_after(run_dir: Path, progress: Progress) -> None:
     metrics = run_dir / "metrics.csv"
     if metrics.is_file():
         with open(metrics, newline="") as handle:
-            rows = [row for row in csv.DictReader(handle)
-                    if row.get("elapsed_s") and row["step"].isdigit()
-                    and int(row["step"]) <= progress.step]
+            rows = [
+                row
+                for row in csv.DictReader(handle)
+                if row.get("elapsed_s")
+                and row["step"].isdigit()
+                and int(row["step"]) <= progress.step
+            ]
         text = io.StringIO()
         writer = csv.DictWriter(text, METRICS_FIELDS)
         writer.writeheader()
@@ -754,19 +933,24 @@ def complete_commit(run_dir: Path, progress: Progress, save) -> None:
     if not progress.history or progress.history[-1]["step"] != progress.step:
         return  # `last` was saved between validations; every validation's writes are complete
     checkpoints = run_dir / "checkpoints"
-    wanted = [f"step-{progress.step}"] if any(int(step) == progress.step
-                                              for _, step in progress.kept) else []
+    wanted = (
+        [f"step-{progress.step}"]
+        if any(int(step) == progress.step for _, step in progress.kept)
+        else []
+    )
     if progress.best_step == progress.step:
         wanted.append("best")
     for name in wanted:
         if checkpoint_step(checkpoints / name) != progress.step:
-            log.info("completing checkpoints/%s of step %d, interrupted before", name,
-                     progress.step)
+            log.info(
+                "completing checkpoints/%s of step %d, interrupted before", name, progress.step
+            )
             save(name)
 
 
-def write_manifest(run_dir: Path, recipe: Recipe, splits: list[TextSplit], tokenizer: Tokenizer,
-                   model: Seq2Seq) -> None:
+def write_manifest(
+    run_dir: Path, recipe: Recipe, splits: list[TextSplit], tokenizer: Tokenizer, model: Seq2Seq
+) -> None:
     """manifest.json: what ran, on what, from which data, and where each recipe value came from."""
     versions = {"python": platform.python_version()}
     for package in ("nmt", "torch", "sentencepiece", "sacrebleu", "datasets", "safetensors"):
@@ -790,8 +974,13 @@ def write_manifest(run_dir: Path, recipe: Recipe, splits: list[TextSplit], token
 def _git_commit() -> str | None:
     """The commit of the nmt source tree, when it is a git checkout."""
     try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent,
-                                capture_output=True, text=True, timeout=5)
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout.strip() or None if result.returncode == 0 else None
@@ -806,4 +995,3 @@ def _log_to_file(path: Path) -> None:
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
-

@@ -1,8 +1,8 @@
 """The Python API for translation: load a run directory, translate plain text.
 
-    from nmt import Translator
-    translator = Translator.from_run("runs/quickstart")
-    print(translator.translate(["zweiundvierzig"])[0].text)
+from nmt import Translator
+translator = Translator.from_run("runs/quickstart")
+print(translator.translate(["zweiundvierzig"])[0].text)
 """
 
 from __future__ import annotations
@@ -38,10 +38,16 @@ log = logging.getLogger("nmt")
 class Translator:
     """A trained model (or an ensemble) with its tokenizer and decoding defaults."""
 
-    def __init__(self, model: Seq2Seq | Ensemble, tokenizer: Tokenizer,
-                 decode: DecodeConfig | None = None, device: torch.device | None = None,
-                 max_source_tokens: int = 0, run_dir: Path | None = None,
-                 lexicon: Lexicon | None = None):
+    def __init__(
+        self,
+        model: Seq2Seq | Ensemble,
+        tokenizer: Tokenizer,
+        decode: DecodeConfig | None = None,
+        device: torch.device | None = None,
+        max_source_tokens: int = 0,
+        run_dir: Path | None = None,
+        lexicon: Lexicon | None = None,
+    ):
         self.model = model.eval()
         self.tokenizer = tokenizer
         self.decode = decode or DecodeConfig()
@@ -51,38 +57,54 @@ class Translator:
         self._lexicon = lexicon
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, checkpoint: str = "best",
-                 device: str = "auto", quantize: str = "") -> "Translator":
+    def from_run(
+        cls, run_dir: str | Path, checkpoint: str = "best", device: str = "auto", quantize: str = ""
+    ) -> "Translator":
         """Load `checkpoints/<checkpoint>` of a run directory made by `nmt-train`."""
         return cls.from_runs([run_dir], checkpoint, device, quantize)
 
     @classmethod
-    def from_runs(cls, run_dirs: list[str | Path], checkpoint: str = "best",
-                  device: str = "auto", quantize: str = "") -> "Translator":
+    def from_runs(
+        cls,
+        run_dirs: list[str | Path],
+        checkpoint: str = "best",
+        device: str = "auto",
+        quantize: str = "",
+    ) -> "Translator":
         """One run, or an ensemble of runs that share their SentencePiece model(s); decoding
         defaults come from the first run. `quantize="int8"`: int8 linear layers (CPU only)."""
         loaded = [_load_run(Path(run_dir), checkpoint) for run_dir in run_dirs]
         model, tokenizer, recipe = loaded[0]
         for other_dir, (_, other, _) in zip(run_dirs[1:], loaded[1:]):
             if other.sha256 != tokenizer.sha256:
-                raise NmtError(f"{other_dir}: its SentencePiece model differs from "
-                               f"{run_dirs[0]}'s; an ensemble needs one shared vocabulary")
+                raise NmtError(
+                    f"{other_dir}: its SentencePiece model differs from "
+                    f"{run_dirs[0]}'s; an ensemble needs one shared vocabulary"
+                )
         if len(loaded) > 1:
             model = Ensemble([member for member, _, _ in loaded])
         target = pick_device(device)
         model = model.to(target)
         if quantize:
             model = quantized(model, quantize)
-        return cls(model, tokenizer, tuned_decoding(Path(run_dirs[0]), recipe.decode),
-                   target, recipe.data.max_len, Path(run_dirs[0]))
+        return cls(
+            model,
+            tokenizer,
+            tuned_decoding(Path(run_dirs[0]), recipe.decode),
+            target,
+            recipe.data.max_len,
+            Path(run_dirs[0]),
+        )
 
     @property
     def lexicon(self) -> Lexicon:
         """The lexical table shortlists come from, loaded (or built) on first use."""
         if self._lexicon is None:
             if self.run_dir is None:
-                raise NmtError("a shortlist needs a lexicon: load the Translator with from_run, "
-                               "or give it lexicon=")
+                raise NmtError(
+                    "a shortlist needs a lexicon: load the Translator with from_run, "
+                    "or give it lexicon="
+                )
             self._lexicon = lexicon_for_run(self.run_dir)
         return self._lexicon
 
@@ -90,9 +112,15 @@ class Translator:
         """The best translation of each line, in input order. Options as in `nbest`."""
         return [hyps[0] for hyps in self.nbest(lines, nbest=1, **options)]
 
-    def nbest(self, lines: list[str], nbest: int = 1, keep_attention: bool = False,
-              progress: bool = False, prefixes: list[str] | None = None,
-              **options) -> list[list[Hypothesis]]:
+    def nbest(
+        self,
+        lines: list[str],
+        nbest: int = 1,
+        keep_attention: bool = False,
+        progress: bool = False,
+        prefixes: list[str] | None = None,
+        **options,
+    ) -> list[list[Hypothesis]]:
         """The `nbest` best translations (or samples) of each line.
 
         `prefixes` (plain text, one per line, "" for none) force how each translation begins.
@@ -106,55 +134,74 @@ class Translator:
         settings = self.settings(nbest, **options)
         generator = torch.Generator(self.device).manual_seed(settings.seed)
         if looks_segmented(lines):
-            log.warning("the input looks already segmented into subwords (many '\u2581' or '@@'); "
-                        "nmt segments plain text itself, so give it untokenized text")
+            log.warning(
+                "the input looks already segmented into subwords (many '\u2581' or '@@'); "
+                "nmt segments plain text itself, so give it untokenized text"
+            )
         encoded = self._limit(self.tokenizer.encode_source(list(lines)))
         if prefixes is not None and len(prefixes) != len(lines):
             raise NmtError(f"{len(prefixes)} prefixes for {len(lines)} lines; give one per line")
         forced = self.tokenizer.encode_target(list(prefixes)) if prefixes else None
         results: list[list[Hypothesis]] = [[] for _ in lines]
-        order = sorted((i for i, ids in enumerate(encoded) if lines[i].strip()),
-                       key=lambda i: len(encoded[i]))
+        order = sorted(
+            (i for i, ids in enumerate(encoded) if lines[i].strip()), key=lambda i: len(encoded[i])
+        )
         self._check_memory(settings, nbest, min(max(len(order), 1), settings.batch_size))
         for i, line in enumerate(lines):
             if not line.strip():
                 results[i] = [Hypothesis([], 0.0, 0.0)] * nbest
-        bar = tqdm(total=len(order), unit="sent", disable=not progress, leave=False,
-                   dynamic_ncols=True, mininterval=1.0)
+        bar = tqdm(
+            total=len(order),
+            unit="sent",
+            disable=not progress,
+            leave=False,
+            dynamic_ncols=True,
+            mininterval=1.0,
+        )
         for start in range(0, len(order), settings.batch_size):
-            chunk = order[start:start + settings.batch_size]
+            chunk = order[start : start + settings.batch_size]
             chunk_prefixes = [forced[i] for i in chunk] if forced else None
             try:
-                found = self._search([encoded[i] for i in chunk], settings, nbest,
-                                     keep_attention, generator, chunk_prefixes)
+                found = self._search(
+                    [encoded[i] for i in chunk],
+                    settings,
+                    nbest,
+                    keep_attention,
+                    generator,
+                    chunk_prefixes,
+                )
             except RuntimeError as error:
                 if not _out_of_memory(error):
                     raise
-                raise NmtError(f"out of memory on {self.device} searching {len(chunk)} sentences "
-                               f"with {settings.beam if not settings.sample else nbest} "
-                               f"{'samples' if settings.sample else 'beams'} each; lower the "
-                               f"batch size (--batch-size), the beam (--beam) or the samples "
-                               f"(--nbest)") from None
+                raise NmtError(
+                    f"out of memory on {self.device} searching {len(chunk)} sentences "
+                    f"with {settings.beam if not settings.sample else nbest} "
+                    f"{'samples' if settings.sample else 'beams'} each; lower the "
+                    f"batch size (--batch-size), the beam (--beam) or the samples "
+                    f"(--nbest)"
+                ) from None
             for i, hyps in zip(chunk, found):
                 for hyp in hyps:
                     hyp.text = self.tokenizer.decode_target(hyp.tokens)
                     if hyp.attention is not None:  # drop the batch's padding columns
-                        hyp.attention = hyp.attention[:, :len(encoded[i]) + 1]
+                        hyp.attention = hyp.attention[:, : len(encoded[i]) + 1]
                 results[i] = hyps
             bar.update(len(chunk))
         bar.close()
         return results
 
-    def settings(self, nbest: int = 1, labels: dict[str, str] | None = None,
-                 **options) -> DecodeConfig:
+    def settings(
+        self, nbest: int = 1, labels: dict[str, str] | None = None, **options
+    ) -> DecodeConfig:
         """The run's decoding defaults changed by `options` (None: unchanged), each checked like
         a recipe value, then together and against the model, before any work is done. Errors
         name options as `labels` spell them (a command's flags), else as decode.KEY."""
         given = {key: value for key, value in options.items() if value is not None}
         add_sample = (labels or {}).get("sample", "sample=True")  # how the caller would say it
         # A value the caller gave is named as they gave it; one from the run, as decode.KEY.
-        labels = {key: label for key, label in (labels or {}).items()
-                  if key in given or key == "nbest"}
+        labels = {
+            key: label for key, label in (labels or {}).items() if key in given or key == "nbest"
+        }
 
         def name(key: str) -> str:
             return labels.get(key, "nbest" if key == "nbest" else f"decode.{key}")
@@ -162,33 +209,44 @@ class Translator:
         settings = with_changes(self.decode, given, "decode", labels=labels)
         check_decoding(settings, "option", labels)
         if settings.sample:  # options given for nothing: the user meant something else
-            ignored = dict.fromkeys(("beam", "coverage_penalty"), "applies to search, not to "
-                                                                 "sampling")
+            ignored = dict.fromkeys(
+                ("beam", "coverage_penalty"), "applies to search, not to sampling"
+            )
         else:
-            ignored = dict.fromkeys(("temperature", "top_k", "top_p", "seed"),
-                                    f"applies to sampling only; add {add_sample}")
+            ignored = dict.fromkeys(
+                ("temperature", "top_k", "top_p", "seed"),
+                f"applies to sampling only; add {add_sample}",
+            )
             if settings.beam == 1:
-                ignored["coverage_penalty"] = "applies to beam search, not to greedy search " \
-                                              f"({name('beam')} 1)"
+                ignored["coverage_penalty"] = (
+                    f"applies to beam search, not to greedy search ({name('beam')} 1)"
+                )
         for key, reason in ignored.items():  # a neutral value (--beta 0) is no mistake
             if key in given and given[key] != _DEFAULTS[key]:
                 raise NmtError(f"option: {name(key)} {reason}")
         if nbest < 1:
             raise NmtError(f"option: {name('nbest')} must be at least 1, not {nbest}")
         if nbest > settings.beam and not settings.sample:
-            raise NmtError(f"option: {name('nbest')} {nbest} needs {name('beam')} {nbest} or more "
-                           f"(it is {settings.beam})")
+            raise NmtError(
+                f"option: {name('nbest')} {nbest} needs {name('beam')} {nbest} or more "
+                f"(it is {settings.beam})"
+            )
         vocabulary = self.tokenizer.target_vocab_size
         if settings.beam > vocabulary and not settings.sample:
-            raise NmtError(f"option: {name('beam')} {settings.beam} is wider than the model's "
-                           f"target vocabulary ({vocabulary} subwords); use at most {vocabulary}")
+            raise NmtError(
+                f"option: {name('beam')} {settings.beam} is wider than the model's "
+                f"target vocabulary ({vocabulary} subwords); use at most {vocabulary}"
+            )
         if settings.no_repeat_ngram == 1:  # every output token differs: are there enough?
-            usable = (min(settings.shortlist_frequent, vocabulary) if settings.shortlist
-                      else vocabulary) - 3  # PAD, BOS and EOS are never output tokens
+            usable = (
+                min(settings.shortlist_frequent, vocabulary) if settings.shortlist else vocabulary
+            ) - 3  # PAD, BOS and EOS are never output tokens
             if settings.min_len > usable:
-                raise NmtError(f"option: {name('min_len')} {settings.min_len} needs as many "
-                               f"different subwords with {name('no_repeat_ngram')} 1, and only "
-                               f"{max(usable, 0)} are sure to be there; lower {name('min_len')}")
+                raise NmtError(
+                    f"option: {name('min_len')} {settings.min_len} needs as many "
+                    f"different subwords with {name('no_repeat_ngram')} 1, and only "
+                    f"{max(usable, 0)} are sure to be there; lower {name('min_len')}"
+                )
         return settings
 
     def _check_memory(self, settings: DecodeConfig, nbest: int, sentences: int) -> None:
@@ -199,12 +257,14 @@ class Translator:
         needed = 4 * sentences * width * self.tokenizer.target_vocab_size * 4
         available = _device_memory(self.device)
         if available and needed > available:
-            raise NmtError(f"option: {sentences} sentences × {width} "
-                           f"{'samples' if settings.sample else 'beams'} × "
-                           f"{self.tokenizer.target_vocab_size} target subwords need about "
-                           f"{needed / 2**30:,.1f} GiB at each step, more than the "
-                           f"{available / 2**30:,.1f} GiB of {self.device}; lower the batch size "
-                           f"(--batch-size), the beam (--beam) or the samples (--nbest)")
+            raise NmtError(
+                f"option: {sentences} sentences × {width} "
+                f"{'samples' if settings.sample else 'beams'} × "
+                f"{self.tokenizer.target_vocab_size} target subwords need about "
+                f"{needed / 2**30:,.1f} GiB at each step, more than the "
+                f"{available / 2**30:,.1f} GiB of {self.device}; lower the batch size "
+                f"(--batch-size), the beam (--beam) or the samples (--nbest)"
+            )
 
     def _limit(self, encoded: list[list[int]]) -> list[list[int]]:
         """Cut sources longer than any the model was trained on, with a warning: such input
@@ -213,30 +273,52 @@ class Translator:
         long = [i + 1 for i, ids in enumerate(encoded) if limit and len(ids) > limit]
         if long:
             shown = ", ".join(map(str, long[:5])) + (" ..." if len(long) > 5 else "")
-            log.warning("line(s) %s: longer than the %d subword tokens the model was trained "
-                        "on (data.max_len); translating their first %d tokens only", shown,
-                        limit, limit)
+            log.warning(
+                "line(s) %s: longer than the %d subword tokens the model was trained "
+                "on (data.max_len); translating their first %d tokens only",
+                shown,
+                limit,
+                limit,
+            )
             encoded = [ids[:limit] for ids in encoded]
         return encoded
 
-    def tune(self, sources: list[str], references: list[str], beams: tuple[int, ...] = (1, 5, 10),
-             alphas: tuple[float, ...] = (0.6, 1.0)) -> list[dict]:
+    def tune(
+        self,
+        sources: list[str],
+        references: list[str],
+        beams: tuple[int, ...] = (1, 5, 10),
+        alphas: tuple[float, ...] = (0.6, 1.0),
+    ) -> list[dict]:
         """Dev-set BLEU and chrF for each beam size × length normalization × alpha, best first.
 
         Greedy search (beam 1) has no length normalization to tune, nor does `none` an alpha.
         """
         grid = []
         for beam in beams:
-            forms = [("none", 0.0)] if beam == 1 else \
-                [("none", 0.0)] + [(form, a) for form in ("avg", "gnmt") for a in alphas]
+            forms = (
+                [("none", 0.0)]
+                if beam == 1
+                else [("none", 0.0)] + [(form, a) for form in ("avg", "gnmt") for a in alphas]
+            )
             grid.extend((beam, form, alpha) for form, alpha in forms)
         rows = []
         for beam, form, alpha in tqdm(grid, desc="tuning", unit="setting", leave=False):
-            hypotheses = [h.text for h in self.translate(sources, beam=beam, sample=False,
-                                                         length_norm=form, alpha=alpha)]
-            rows.append({"beam": beam, "length_norm": form, "alpha": alpha,
-                         "bleu": round(corpus_bleu(hypotheses, references), 2),
-                         "chrf": round(corpus_chrf(hypotheses, references), 2)})
+            hypotheses = [
+                h.text
+                for h in self.translate(
+                    sources, beam=beam, sample=False, length_norm=form, alpha=alpha
+                )
+            ]
+            rows.append(
+                {
+                    "beam": beam,
+                    "length_norm": form,
+                    "alpha": alpha,
+                    "bleu": round(corpus_bleu(hypotheses, references), 2),
+                    "chrf": round(corpus_chrf(hypotheses, references), 2),
+                }
+            )
         return sorted(rows, key=lambda row: (row["bleu"], row["chrf"]), reverse=True)
 
     @torch.no_grad()
@@ -247,30 +329,30 @@ class Translator:
         shorter than `min_len`) gets `reachable` False. `options`: decode keys, as in `nbest`.
         Runs the decoder step by step, exactly as search does, so a forced score and a search
         score of the same output agree."""
-        settings = with_changes(self.decode, {k: v for k, v in options.items() if v is not None},
-                                "decode")
+        settings = with_changes(
+            self.decode, {k: v for k, v in options.items() if v is not None}, "decode"
+        )
         source_ids = self._limit(self.tokenizer.encode_source(list(sources)))
         target_ids = self.tokenizer.encode_target(list(targets))
         results: list[Hypothesis] = []
         for start in range(0, len(sources), settings.batch_size):
-            chunk_targets = target_ids[start:start + settings.batch_size]
-            source, lengths = pad_sources(source_ids[start:start + settings.batch_size])
+            chunk_targets = target_ids[start : start + settings.batch_size]
+            source, lengths = pad_sources(source_ids[start : start + settings.batch_size])
             encoded = self.model.encode(source.to(self.device), lengths)
             state = self.model.initial_state(encoded)
             limits = length_limits(settings, lengths).tolist()
             steps = max(len(t) for t in chunk_targets) + 1
             target = torch.full((len(chunk_targets), steps), PAD, dtype=torch.long)
             for row, ids in enumerate(chunk_targets):
-                target[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+                target[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
                 target[row, len(ids)] = EOS
             target = target.to(self.device)
-            previous = torch.full((len(chunk_targets),), BOS, dtype=torch.long,
-                                  device=self.device)
+            previous = torch.full((len(chunk_targets),), BOS, dtype=torch.long, device=self.device)
             total = torch.zeros(len(chunk_targets), device=self.device)
             coverage = torch.zeros(source.shape, device=self.device)
             for t in range(steps):
                 log_probs, state, weights = self.model.decode_step(encoded, state, previous)
-                picked = log_probs.gather(1, target[:, t:t + 1]).squeeze(1)
+                picked = log_probs.gather(1, target[:, t : t + 1]).squeeze(1)
                 real = target[:, t] != PAD
                 total += picked.masked_fill(~real, 0.0)
                 coverage += weights * real[:, None]
@@ -285,11 +367,14 @@ class Translator:
 
     def attention_record(self, line: str, hyp: Hypothesis) -> dict:
         """A hypothesis' attention with the subword pieces on both axes (for plots)."""
-        ids = self.tokenizer.encode_source([line])[0][:self.max_source_tokens or None]
+        ids = self.tokenizer.encode_source([line])[0][: self.max_source_tokens or None]
         source = self.tokenizer.source_pieces(ids)  # cut as `_limit` cut what was translated
         target = self.tokenizer.target_pieces(hyp.tokens)
-        weights = [] if hyp.attention is None else \
-            [[round(w, 4) for w in row] for row in hyp.attention.tolist()]
+        weights = (
+            []
+            if hyp.attention is None
+            else [[round(w, 4) for w in row] for row in hyp.attention.tolist()]
+        )
         return {"source": [*source, "</s>"], "target": [*target, "</s>"], "attention": weights}
 
     def self_check(self, lines: list[str], tolerance: float = 1e-5, **options) -> list[str]:
@@ -303,17 +388,27 @@ class Translator:
         for number, (a, b) in enumerate(zip(alone, together), start=1):
             for rank, (x, y) in enumerate(zip(a, b), start=1):
                 if x.tokens != y.tokens:
-                    problems.append(f"line {number}, hypothesis {rank}: {x.text!r} alone but "
-                                    f"{y.text!r} in a batch")
+                    problems.append(
+                        f"line {number}, hypothesis {rank}: {x.text!r} alone but "
+                        f"{y.text!r} in a batch"
+                    )
                 elif abs(x.score - y.score) > tolerance:
-                    problems.append(f"line {number}, hypothesis {rank}: score {x.score:.6f} "
-                                    f"alone but {y.score:.6f} in a batch")
+                    problems.append(
+                        f"line {number}, hypothesis {rank}: score {x.score:.6f} "
+                        f"alone but {y.score:.6f} in a batch"
+                    )
         return problems
 
     @torch.no_grad()
-    def _search(self, sources: list[list[int]], settings: DecodeConfig, nbest: int,
-                keep_attention: bool, generator: torch.Generator,
-                prefixes: list[list[int]] | None) -> list[list[Hypothesis]]:
+    def _search(
+        self,
+        sources: list[list[int]],
+        settings: DecodeConfig,
+        nbest: int,
+        keep_attention: bool,
+        generator: torch.Generator,
+        prefixes: list[list[int]] | None,
+    ) -> list[list[Hypothesis]]:
         source, lengths = pad_sources(sources)
         encoded = self.model.encode(source.to(self.device), lengths)
         max_lengths = length_limits(settings, lengths)
@@ -321,25 +416,47 @@ class Translator:
         if prefixes and any(prefixes):
             prefix = torch.full((len(prefixes), max(map(len, prefixes))), PAD, dtype=torch.long)
             for row, ids in enumerate(prefixes):
-                prefix[row, :len(ids)] = torch.tensor(ids, dtype=torch.long)
+                prefix[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
             max_lengths = torch.maximum(max_lengths, (prefix != PAD).sum(1))
         vocabulary = None
         if settings.shortlist:
-            vocabulary = self.lexicon.shortlist(source, settings.shortlist,
-                                                settings.shortlist_frequent, prefix)
+            vocabulary = self.lexicon.shortlist(
+                source, settings.shortlist, settings.shortlist_frequent, prefix
+            )
             encoded = self.model.shortlisted(encoded, vocabulary)
         rules = StepRules(settings.min_len, settings.no_repeat_ngram)
-        common = dict(length_norm=settings.length_norm, alpha=settings.alpha,
-                      keep_attention=keep_attention, rules=rules, prefix=prefix,
-                      vocabulary=vocabulary)
+        common = dict(
+            length_norm=settings.length_norm,
+            alpha=settings.alpha,
+            keep_attention=keep_attention,
+            rules=rules,
+            prefix=prefix,
+            vocabulary=vocabulary,
+        )
         if settings.sample:
-            return sample(self.model, encoded, max_lengths, nbest, generator,
-                          settings.temperature, settings.top_k, settings.top_p, **common)
+            return sample(
+                self.model,
+                encoded,
+                max_lengths,
+                nbest,
+                generator,
+                settings.temperature,
+                settings.top_k,
+                settings.top_p,
+                **common,
+            )
         if settings.beam == 1:
             return greedy_search(self.model, encoded, max_lengths, **common)
-        return beam_search(self.model, encoded, max_lengths, settings.beam, nbest,
-                           coverage_penalty=settings.coverage_penalty,
-                           stopping=settings.stopping, **common)
+        return beam_search(
+            self.model,
+            encoded,
+            max_lengths,
+            settings.beam,
+            nbest,
+            coverage_penalty=settings.coverage_penalty,
+            stopping=settings.stopping,
+            **common,
+        )
 
 
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(DecodeConfig)}
@@ -357,8 +474,7 @@ def _device_memory(device: torch.device) -> int:
 
 def _out_of_memory(error: RuntimeError) -> bool:
     """A GPU out of memory, or the CPU allocator refusing a block (torch says so in words)."""
-    return isinstance(error, torch.cuda.OutOfMemoryError) or \
-        "can't allocate memory" in str(error)
+    return isinstance(error, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(error)
 
 
 def length_limits(settings: DecodeConfig, lengths: torch.Tensor) -> torch.Tensor:
@@ -370,21 +486,27 @@ def length_limits(settings: DecodeConfig, lengths: torch.Tensor) -> torch.Tensor
 
 def _load_run(run_dir: Path, checkpoint: str) -> tuple[Seq2Seq, Tokenizer, Recipe]:
     if not (run_dir / "recipe.yaml").is_file():
-        raise NmtError(f"{run_dir}: not an nmt run directory (no recipe.yaml); "
-                       f"give the directory nmt-train wrote")
+        raise NmtError(
+            f"{run_dir}: not an nmt run directory (no recipe.yaml); "
+            f"give the directory nmt-train wrote"
+        )
     recipe = Recipe.load(run_dir / "recipe.yaml")
     tokenizer = Tokenizer.load(run_dir)
     tensors, meta = load_checkpoint(run_dir / "checkpoints" / checkpoint)
     if meta.get("spm_sha256") != tokenizer.sha256:
         models = " and ".join(str(path) for path in tokenizer.files)
-        raise NmtError(f"{models}: not the SentencePiece model checkpoint {checkpoint!r} was "
-                       f"trained with (SHA-256 differs); restore the run's own")
+        raise NmtError(
+            f"{models}: not the SentencePiece model checkpoint {checkpoint!r} was "
+            f"trained with (SHA-256 differs); restore the run's own"
+        )
     model = Seq2Seq(recipe.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
     try:
         restore(tensors, meta, model)
     except RuntimeError as error:
-        raise NmtError(f"{run_dir}: checkpoint {checkpoint!r} does not fit its recipe and "
-                       f"vocabulary: {str(error).splitlines()[0]}") from None
+        raise NmtError(
+            f"{run_dir}: checkpoint {checkpoint!r} does not fit its recipe and "
+            f"vocabulary: {str(error).splitlines()[0]}"
+        ) from None
     return model, tokenizer, recipe
 
 

@@ -43,8 +43,9 @@ def write_slice(directory: Path, train: int = 400, dev: int = 30) -> Path:
     for split, count in (("train", train), ("dev", dev), ("test", dev)):
         for lang in ("de", "en"):
             lines = (QUICKSTART / f"{split}.{lang}").read_text(encoding="utf-8").splitlines()
-            (directory / f"{split}.{lang}").write_text("\n".join(lines[:count]) + "\n",
-                                                      encoding="utf-8")
+            (directory / f"{split}.{lang}").write_text(
+                "\n".join(lines[:count]) + "\n", encoding="utf-8"
+            )
     return directory
 
 
@@ -64,8 +65,12 @@ def trained_run(base: Path) -> Path:
 
     write_slice(base / "corpus")
     (base / "tiny.yaml").write_text(TINY_RECIPE, encoding="utf-8")
-    train(Recipe.load(base / "tiny.yaml", ["train.max_steps=2", "train.valid_every=1",
-                                           "train.keep_best=2"]), base / "run")
+    train(
+        Recipe.load(
+            base / "tiny.yaml", ["train.max_steps=2", "train.valid_every=1", "train.keep_best=2"]
+        ),
+        base / "run",
+    )
     return base / "run"
 
 

@@ -15,9 +15,12 @@ def translator(tmp_path_factory):
     root = tmp_path_factory.mktemp("analysis")
     write_slice(root / "corpus")
     (root / "tiny.yaml").write_text(TINY_RECIPE)
-    train(Recipe.load(root / "tiny.yaml", ["train.max_steps=150", "train.valid_every=150",
-                                           "train.lr=0.01"]),
-          root / "run")
+    train(
+        Recipe.load(
+            root / "tiny.yaml", ["train.max_steps=150", "train.valid_every=150", "train.lr=0.01"]
+        ),
+        root / "run",
+    )
     return Translator.from_run(root / "run")
 
 

@@ -12,8 +12,12 @@ import pytest
 import yaml
 
 from nmt import cli
-from nmt.checkpoint import (average_checkpoints, checkpoint_exists, delete_checkpoint,
-                            load_checkpoint)
+from nmt.checkpoint import (
+    average_checkpoints,
+    checkpoint_exists,
+    delete_checkpoint,
+    load_checkpoint,
+)
 from nmt.cli import average_main, score_main, train_main, translate_main
 from nmt.errors import NmtError
 from nmt.recipe import Recipe
@@ -89,8 +93,11 @@ CORPUS_FAULTS = {
     "invalid-utf8": (_bad_utf8, [], ["train.de:3", "UTF-8"]),
     "empty-corpus": (_empty, [], ["train", "empty"]),
     "every-pair-filtered": (lambda corpus: None, ["data.max_len=1"], ["data.max_len"]),
-    "vocabulary-too-large": (lambda corpus: None, ["tokenizer.vocab_size=5000"],
-                             ["tokenizer.vocab_size", "at most"]),
+    "vocabulary-too-large": (
+        lambda corpus: None,
+        ["tokenizer.vocab_size=5000"],
+        ["tokenizer.vocab_size", "at most"],
+    ),
 }
 
 
@@ -98,18 +105,21 @@ CORPUS_FAULTS = {
 def test_bad_corpora(tiny_recipe, tmp_path, capsys, fault):
     damage, overrides, expected = CORPUS_FAULTS[fault]
     damage(tiny_recipe.parent / "corpus")
-    message = fails_cleanly(train_main, [tiny_recipe, "--run-dir", tmp_path / "run",
-                                         *overrides], capsys)
+    message = fails_cleanly(
+        train_main, [tiny_recipe, "--run-dir", tmp_path / "run", *overrides], capsys
+    )
     assert all(part in message for part in expected), message
 
 
 def test_a_run_directory_holding_another_run_is_refused(trained, capsys):
     recipe = trained.parent / "tiny.yaml"
-    message = fails_cleanly(train_main, [recipe, "--run-dir", trained, "model.hidden_size=32"],
-                            capsys)
+    message = fails_cleanly(
+        train_main, [recipe, "--run-dir", trained, "model.hidden_size=32"], capsys
+    )
     assert str(trained) in message and "--resume" in message and "--overwrite" in message
-    message = fails_cleanly(train_main, [recipe, "--run-dir", trained, "--resume",
-                                         "model.hidden_size=32"], capsys)
+    message = fails_cleanly(
+        train_main, [recipe, "--run-dir", trained, "--resume", "model.hidden_size=32"], capsys
+    )
     assert "model section differs" in message
 
 
@@ -123,15 +133,22 @@ def test_translate_refuses_missing_and_foreign_run_directories(tmp_path, capsys)
 
 
 def test_a_checkpoint_whose_vocabulary_does_not_match_its_sentencepiece_model(
-        trained, tmp_path, capsys):
+    trained, tmp_path, capsys
+):
     other = tmp_path / "other"
-    train(Recipe.load(trained.parent / "tiny.yaml", ["train.max_steps=1", "train.valid_every=1",
-                                                     "tokenizer.vocab_size=100"]), other)
+    train(
+        Recipe.load(
+            trained.parent / "tiny.yaml",
+            ["train.max_steps=1", "train.valid_every=1", "tokenizer.vocab_size=100"],
+        ),
+        other,
+    )
     copy = tmp_path / "copy"
     shutil.copytree(trained, copy)
     shutil.copy(other / "spm.model", copy / "spm.model")
-    message = fails_cleanly(translate_main, ["-m", copy, "-i", trained.parent / "corpus" /
-                                             "test.de"], capsys)
+    message = fails_cleanly(
+        translate_main, ["-m", copy, "-i", trained.parent / "corpus" / "test.de"], capsys
+    )
     assert "spm.model" in message
 
 
@@ -165,10 +182,14 @@ def one_line_error(main, argv, capsys) -> str:
 
 
 OPTION_FAULTS = {  # flags that cannot work alone or together: refused, naming the flags
-    "min-len-over-max-len": (["--min-len", 50], ["--min-len 50", "more than 11",
-                                                  "decode.max_len_a + decode.max_len_b"]),
-    "min-len-over-given-max-len": (["--min-len", 9, "--max-len-a", 0, "--max-len-b", 8],
-                                   ["--min-len 9", "more than 8", "--max-len-a + --max-len-b"]),
+    "min-len-over-max-len": (
+        ["--min-len", 50],
+        ["--min-len 50", "more than 11", "decode.max_len_a + decode.max_len_b"],
+    ),
+    "min-len-over-given-max-len": (
+        ["--min-len", 9, "--max-len-a", 0, "--max-len-b", 8],
+        ["--min-len 9", "more than 8", "--max-len-a + --max-len-b"],
+    ),
     "top-p-zero": (["--sample", "--top-p", 0], ["--top-p", "above 0"]),
     "nbest-over-beam": (["--nbest", 4, "--beam", 2], ["--nbest 4", "--beam"]),
     "negative-top-k": (["--sample", "--top-k", -1], ["--top-k", "at least 0"]),
@@ -179,8 +200,10 @@ OPTION_FAULTS = {  # flags that cannot work alone or together: refused, naming t
     "samples-over-memory": (["--sample", "--nbest", 10**12], ["--nbest", "GiB"]),
     "seed-too-big": (["--sample", "--seed", 2**70], ["--seed", "at most"]),
     "sampling-option-without-sampling": (["--top-p", 0.5], ["--top-p", "--sample"]),
-    "distinct-tokens-run-out": (["--no-repeat-ngram", 1, "--min-len", 200, "--max-len-b", 300],
-                                ["--min-len 200", "--no-repeat-ngram 1"]),
+    "distinct-tokens-run-out": (
+        ["--no-repeat-ngram", 1, "--min-len", 200, "--max-len-b", 300],
+        ["--min-len 200", "--no-repeat-ngram 1"],
+    ),
     "not-a-number": (["--beam", "five"], ["--beam", "invalid int value"]),
     "checkpoint-path": (["--checkpoint", "../../elsewhere/best"], ["--checkpoint", "not a path"]),
     "plot-lines-alone": (["--plot-lines", 1], ["--plot-lines", "--plot-attention"]),
@@ -191,17 +214,24 @@ OPTION_FAULTS = {  # flags that cannot work alone or together: refused, naming t
 @pytest.mark.parametrize("fault", OPTION_FAULTS, ids=list(OPTION_FAULTS))
 def test_translate_refuses_options_that_cannot_work(trained, capsys, fault):
     flags, expected = OPTION_FAULTS[fault]
-    message = one_line_error(translate_main, ["-m", trained, "-i", trained.parent / "corpus" /
-                                              "test.de", *flags], capsys)
+    message = one_line_error(
+        translate_main, ["-m", trained, "-i", trained.parent / "corpus" / "test.de", *flags], capsys
+    )
     assert all(part in message for part in expected), message
 
 
-@pytest.mark.parametrize("options, expected", [
-    ({"min_len": 50}, "decode.min_len"), ({"top_p": 0.0, "sample": True}, "decode.top_p"),
-    ({"alpha": float("nan")}, "decode.alpha"), ({"beam": 10**6}, "decode.beam"),
-    ({"temperature": 0.0, "sample": True}, "decode.temperature"),
-    ({"max_len_a": float("inf")}, "decode.max_len_a"),
-    ({"nbest": 3, "beam": 2}, "nbest 3 needs decode.beam 3")])
+@pytest.mark.parametrize(
+    "options, expected",
+    [
+        ({"min_len": 50}, "decode.min_len"),
+        ({"top_p": 0.0, "sample": True}, "decode.top_p"),
+        ({"alpha": float("nan")}, "decode.alpha"),
+        ({"beam": 10**6}, "decode.beam"),
+        ({"temperature": 0.0, "sample": True}, "decode.temperature"),
+        ({"max_len_a": float("inf")}, "decode.max_len_a"),
+        ({"nbest": 3, "beam": 2}, "nbest 3 needs decode.beam 3"),
+    ],
+)
 def test_translate_keywords_are_checked_like_recipe_values(trained, options, expected):
     from nmt.translate import Translator
 
@@ -222,38 +252,46 @@ def test_empty_and_uneven_files_are_refused(trained, tmp_path, capsys):
     two.write_text("a\nb\n")
     three.write_text("drei\nvier\nfünf\n")
     for argv, expected in (
-            (["-r", empty, "-i", empty], [str(empty), "empty"]),
-            (["-r", two, "-i", empty], [str(empty), "empty"]),
-            (["-r", two, "-i", three], [str(three), "3 lines", str(two)]),
-            (["-r", two, "-i", two, "-s", three], [str(three), "3 lines"])):
+        (["-r", empty, "-i", empty], [str(empty), "empty"]),
+        (["-r", two, "-i", empty], [str(empty), "empty"]),
+        (["-r", two, "-i", three], [str(three), "3 lines", str(two)]),
+        (["-r", two, "-i", two, "-s", three], [str(three), "3 lines"]),
+    ):
         message = fails_cleanly(score_main, argv, capsys)
         assert all(part in message for part in expected), message
     for argv, expected in (
-            (["-i", three, "--ref", empty], [str(empty), "empty"]),
-            (["-i", empty, "--ref", empty], [str(empty), "empty"]),
-            (["-i", three, "--ref", two], [str(two), "2 lines"]),
-            (["--tune", "--dev-src", empty, "--dev-ref", empty], [str(empty), "empty"]),
-            (["--tune", "--dev-src", three, "--dev-ref", two], [str(two), "2 lines"])):
+        (["-i", three, "--ref", empty], [str(empty), "empty"]),
+        (["-i", empty, "--ref", empty], [str(empty), "empty"]),
+        (["-i", three, "--ref", two], [str(two), "2 lines"]),
+        (["--tune", "--dev-src", empty, "--dev-ref", empty], [str(empty), "empty"]),
+        (["--tune", "--dev-src", three, "--dev-ref", two], [str(two), "2 lines"]),
+    ):
         message = one_line_error(translate_main, ["-m", trained, *argv], capsys)
         assert all(part in message for part in expected), message
 
 
-@pytest.mark.parametrize("data, expected", [
-    (b"eins\ngr\xfc\xdfe\n", "<stdin>:2: invalid UTF-8 (byte 0xfc)"),
-    (bytes(range(256)) * 4, "<stdin>: a binary file"),
-])
+@pytest.mark.parametrize(
+    "data, expected",
+    [
+        (b"eins\ngr\xfc\xdfe\n", "<stdin>:2: invalid UTF-8 (byte 0xfc)"),
+        (bytes(range(256)) * 4, "<stdin>: a binary file"),
+    ],
+)
 @pytest.mark.parametrize("output", [False, True])
-def test_stdin_is_checked_like_a_file(trained, tmp_path, capsys, monkeypatch, data, expected,
-                                      output):
+def test_stdin_is_checked_like_a_file(
+    trained, tmp_path, capsys, monkeypatch, data, expected, output
+):
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
-    message = fails_cleanly(translate_main, ["-m", trained, *(["-o", tmp_path / "out.en"]
-                                                             if output else [])], capsys)
+    message = fails_cleanly(
+        translate_main, ["-m", trained, *(["-o", tmp_path / "out.en"] if output else [])], capsys
+    )
     assert expected in message, message
     assert not (tmp_path / "out.en").exists()
 
 
-def test_diagnose_lines_longer_than_training_and_runs_of_any_corpus_format(trained, tmp_path,
-                                                                             capsys):
+def test_diagnose_lines_longer_than_training_and_runs_of_any_corpus_format(
+    trained, tmp_path, capsys
+):
     long_line = tmp_path / "long.de"
     long_line.write_text(" ".join(["dreiundzwanzig"] * 200) + "\nvier\n")
     tsv_run = tmp_path / "tsv-run"  # the same run, as if trained from a TSV corpus
@@ -262,16 +300,32 @@ def test_diagnose_lines_longer_than_training_and_runs_of_any_corpus_format(train
     recipe = yaml.safe_load((tsv_run / "recipe.yaml").read_text())
     corpus = Path(recipe["data"]["root"])
     (tmp_path / "tsv").mkdir()
-    (tmp_path / "tsv" / "dev.tsv").write_text("".join(
-        f"{de}\t{en}\n" for de, en in zip((corpus / "dev.de").read_text().splitlines(),
-                                          (corpus / "dev.en").read_text().splitlines())))
+    (tmp_path / "tsv" / "dev.tsv").write_text(
+        "".join(
+            f"{de}\t{en}\n"
+            for de, en in zip(
+                (corpus / "dev.de").read_text().splitlines(),
+                (corpus / "dev.en").read_text().splitlines(),
+            )
+        )
+    )
     recipe["data"].update(format="tsv", root=str(tmp_path / "tsv"))
     (tsv_run / "recipe.yaml").write_text(yaml.safe_dump(recipe))
     for run in (trained, tsv_run):
         diagnosed = tmp_path / f"{run.name}.jsonl"
         with pytest.raises(SystemExit) as exit_code:
-            translate_main(["-m", str(run), "-i", str(long_line), "-o", str(tmp_path / "out.en"),
-                            "--diagnose", str(diagnosed)])
+            translate_main(
+                [
+                    "-m",
+                    str(run),
+                    "-i",
+                    str(long_line),
+                    "-o",
+                    str(tmp_path / "out.en"),
+                    "--diagnose",
+                    str(diagnosed),
+                ]
+            )
         _, err = capsys.readouterr()
         assert exit_code.value.code == 0, err
         assert [json.loads(line)["line"] for line in diagnosed.read_text().splitlines()] == [1, 2]
@@ -289,46 +343,71 @@ DIAGNOSTICS_FAULTS = {
 @pytest.mark.parametrize("fault", DIAGNOSTICS_FAULTS, ids=list(DIAGNOSTICS_FAULTS))
 def test_malformed_diagnostics_files_are_refused(tmp_path, capsys, fault):
     text, expected = DIAGNOSTICS_FAULTS[fault]
-    good = {"line": 99, "flags": ["low-confidence"], "source": "drei", "output": "three",
-            "under_attended": [], "over_attended": [{"word": "drei", "attention": 3.1}],
-            "repeated_ngrams": [], "length_ratio": 1.0, "mean_log_prob": -2.5}
+    good = {
+        "line": 99,
+        "flags": ["low-confidence"],
+        "source": "drei",
+        "output": "three",
+        "under_attended": [],
+        "over_attended": [{"word": "drei", "attention": 3.1}],
+        "repeated_ngrams": [],
+        "length_ratio": 1.0,
+        "mean_log_prob": -2.5,
+    }
     diagnostics = tmp_path / "diag.jsonl"
     diagnostics.write_text(text or json.dumps(good) + "\n")
     (tmp_path / "hyp.en").write_text("three\nfour\n")
-    message = fails_cleanly(score_main, ["-r", tmp_path / "hyp.en", "-i", tmp_path / "hyp.en",
-                                         "--diagnostics", diagnostics, "--html",
-                                         tmp_path / "report.html"], capsys)
+    message = fails_cleanly(
+        score_main,
+        [
+            "-r",
+            tmp_path / "hyp.en",
+            "-i",
+            tmp_path / "hyp.en",
+            "--diagnostics",
+            diagnostics,
+            "--html",
+            tmp_path / "report.html",
+        ],
+        capsys,
+    )
     assert str(diagnostics) in message and expected in message, message
     assert not (tmp_path / "report.html").exists()
 
 
-@pytest.mark.parametrize("text, expected", [
-    (b"step,kind\n1,train\n", "metrics.csv: no column 'loss'"),
-    (b"step,kind,loss,dev_loss,dev_bleu\n1,train,2.5,,\n2,valid,,1.5\n",
-     "metrics.csv:3: not a row"),
-    (b"step,kind\n\xff\n", "metrics.csv:2: invalid UTF-8"),
-    (b"step,kind,loss\n", "metrics.csv: no rows yet")])
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        (b"step,kind\n1,train\n", "metrics.csv: no column 'loss'"),
+        (
+            b"step,kind,loss,dev_loss,dev_bleu\n1,train,2.5,,\n2,valid,,1.5\n",
+            "metrics.csv:3: not a row",
+        ),
+        (b"step,kind\n\xff\n", "metrics.csv:2: invalid UTF-8"),
+        (b"step,kind,loss\n", "metrics.csv: no rows yet"),
+    ],
+)
 def test_a_damaged_metrics_csv_is_named(tmp_path, capsys, text, expected):
     (tmp_path / "metrics.csv").write_bytes(text)
     message = fails_cleanly(score_main, ["--curves", tmp_path], capsys)
     assert expected in message, message
 
 
-def test_outputs_are_checked_before_translating_and_never_replace_inputs(trained, tmp_path,
-                                                                        capsys):
+def test_outputs_are_checked_before_translating_and_never_replace_inputs(trained, tmp_path, capsys):
     source = tmp_path / "in.de"
     source.write_text("drei\nvier\n")
     (tmp_path / "a-file").write_text("")
     for flags, expected in (
-            (["-o", tmp_path], "a folder"),
-            (["-o", tmp_path / "a-file" / "out.en"], "cannot write there"),
-            (["-o", source], "an input of this command (-i)"),
-            (["--ref", source, "-o", tmp_path / "." / "in.de"], "(-i)"),
-            (["--attention", source], "(-i)"),
-            (["-o", tmp_path / "x", "--diagnose", tmp_path / "x"], "(-o)"),
-            (["-o", trained / "checkpoints" / "best.json"], "checkpoints"),
-            (["-o", trained / "recipe.yaml"], f"-m {trained}"),
-            (["--plot-attention", tmp_path / "a-file"], "not a folder")):
+        (["-o", tmp_path], "a folder"),
+        (["-o", tmp_path / "a-file" / "out.en"], "cannot write there"),
+        (["-o", source], "an input of this command (-i)"),
+        (["--ref", source, "-o", tmp_path / "." / "in.de"], "(-i)"),
+        (["--attention", source], "(-i)"),
+        (["-o", tmp_path / "x", "--diagnose", tmp_path / "x"], "(-o)"),
+        (["-o", trained / "checkpoints" / "best.json"], "checkpoints"),
+        (["-o", trained / "recipe.yaml"], f"-m {trained}"),
+        (["--plot-attention", tmp_path / "a-file"], "not a folder"),
+    ):
         message = one_line_error(translate_main, ["-m", trained, "-i", source, *flags], capsys)
         assert expected in message, message
     assert source.read_text() == "drei\nvier\n"
@@ -336,19 +415,21 @@ def test_outputs_are_checked_before_translating_and_never_replace_inputs(trained
     assert "(-r)" in message and source.read_text() == "drei\nvier\n"
 
 
-def test_an_output_that_fails_at_write_time_is_one_line(trained, tmp_path, capsys,
-                                                        monkeypatch):
+def test_an_output_that_fails_at_write_time_is_one_line(trained, tmp_path, capsys, monkeypatch):
     def disk_full(path, text):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(cli, "atomic_write_text", disk_full)
     (tmp_path / "in.de").write_text("drei\n")
-    message = fails_cleanly(translate_main, ["-m", trained, "-i", tmp_path / "in.de", "-o",
-                                             tmp_path / "out.en"], capsys)
-    assert message.endswith(f"-o {tmp_path / 'out.en'}: cannot write: "
-                            f"{os.strerror(errno.ENOSPC)}")
-    message = fails_cleanly(score_main, ["-r", tmp_path / "in.de", "-i", tmp_path / "in.de",
-                                         "--json", tmp_path / "report.json"], capsys)
+    message = fails_cleanly(
+        translate_main, ["-m", trained, "-i", tmp_path / "in.de", "-o", tmp_path / "out.en"], capsys
+    )
+    assert message.endswith(f"-o {tmp_path / 'out.en'}: cannot write: {os.strerror(errno.ENOSPC)}")
+    message = fails_cleanly(
+        score_main,
+        ["-r", tmp_path / "in.de", "-i", tmp_path / "in.de", "--json", tmp_path / "report.json"],
+        capsys,
+    )
     assert "--json" in message and "cannot write" in message
 
 
@@ -386,17 +467,24 @@ def test_a_dotted_checkpoint_name_round_trips(trained, tmp_path, capsys):
 
 
 def test_an_error_quoting_a_file_name_with_a_newline_stays_one_line(trained, tmp_path, capsys):
-    message = one_line_error(translate_main, ["-m", trained, "-i", tmp_path / "in\nput.de"],
-                             capsys)
+    message = one_line_error(translate_main, ["-m", trained, "-i", tmp_path / "in\nput.de"], capsys)
     assert "in\\nput.de: cannot read" in message, message
 
 
-@pytest.mark.parametrize("flags", [["--beam", 1, "--beta", 0], ["--temperature", 1.0],
-                                   ["--top-k", 0, "--beam", 2], ["--sample", "--beta", 0]])
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--beam", 1, "--beta", 0],
+        ["--temperature", 1.0],
+        ["--top-k", 0, "--beam", 2],
+        ["--sample", "--beta", 0],
+    ],
+)
 def test_a_neutral_value_of_an_option_that_does_nothing_is_no_mistake(trained, capsys, flags):
     with pytest.raises(SystemExit) as code:
-        translate_main(["-m", str(trained), "-i", str(trained.parent / "corpus" / "test.de"),
-                        *map(str, flags)])
+        translate_main(
+            ["-m", str(trained), "-i", str(trained.parent / "corpus" / "test.de"), *map(str, flags)]
+        )
     assert code.value.code == 0, capsys.readouterr().err
 
 
@@ -431,7 +519,10 @@ def test_a_path_the_system_refuses_is_one_line(trained, capsys, main):
     """A name longer than the file system allows: the system's words, no traceback."""
     source = trained.parent / "corpus" / "test.de"
     long_name = str(trained.parent / ("x" * 300))
-    argv = ["-m", str(trained), "-i", long_name] if main is translate_main else \
-        ["-r", str(source), "-i", str(source), "--json", long_name]
+    argv = (
+        ["-m", str(trained), "-i", long_name]
+        if main is translate_main
+        else ["-r", str(source), "-i", str(source), "--json", long_name]
+    )
     message = one_line_error(main, argv, capsys)
     assert "x" * 300 in message

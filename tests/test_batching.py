@@ -37,8 +37,12 @@ def test_sentence_count_batches():
 
 
 def test_collate_pads_and_adds_bos_eos():
-    data = EncodedSplit(np.array([5, 6, 7, 8], dtype=np.int32), np.array([0, 3, 4]),
-                        np.array([9, 10, 11], dtype=np.int32), np.array([0, 1, 3]))
+    data = EncodedSplit(
+        np.array([5, 6, 7, 8], dtype=np.int32),
+        np.array([0, 3, 4]),
+        np.array([9, 10, 11], dtype=np.int32),
+        np.array([0, 1, 3]),
+    )
     batch = collate(data, np.array([0, 1]))
     assert batch.source.tolist() == [[5, 6, 7, EOS], [8, EOS, PAD, PAD]]
     assert batch.source_lengths.tolist() == [4, 2]

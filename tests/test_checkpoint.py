@@ -26,8 +26,10 @@ def test_round_trip_with_optimizer_and_rng(tmp_path):
     for a, b in zip(model.state_dict().values(), other.state_dict().values()):
         assert torch.equal(a, b)
     assert other_optimizer.param_groups[0]["lr"] == 0.01
-    assert torch.equal(optimizer.state_dict()["state"][0]["exp_avg"],
-                       other_optimizer.state_dict()["state"][0]["exp_avg"])
+    assert torch.equal(
+        optimizer.state_dict()["state"][0]["exp_avg"],
+        other_optimizer.state_dict()["state"][0]["exp_avg"],
+    )
     assert torch.equal(torch.rand(3), expected_draw)  # the RNG continues where it was saved
 
 
@@ -55,9 +57,16 @@ def test_a_pickle_is_never_executed(tmp_path):
         load_checkpoint(tmp_path / "evil")
     assert not marker.exists()
     # Even with a matching size and hash, a pickle is not a safetensors file.
-    (tmp_path / "evil.json").write_text(json.dumps(
-        {"format_version": FORMAT_VERSION, "weights_file": "evil.safetensors",
-         "weights_bytes": len(data), "weights_sha256": hashlib.sha256(data).hexdigest()}))
+    (tmp_path / "evil.json").write_text(
+        json.dumps(
+            {
+                "format_version": FORMAT_VERSION,
+                "weights_file": "evil.safetensors",
+                "weights_bytes": len(data),
+                "weights_sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
+    )
     with pytest.raises(NmtError, match="not a safetensors file"):
         load_checkpoint(tmp_path / "evil")
     assert not marker.exists()

@@ -24,12 +24,22 @@ def run(main, argv, capsys):
 
 def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     run_dir = tmp_path / "run"
-    code, out, err = run(train_main, [tiny_recipe, "--run-dir", run_dir,
-                                      "train.max_steps=8", "train.valid_every=4"], capsys)
+    code, out, err = run(
+        train_main,
+        [tiny_recipe, "--run-dir", run_dir, "train.max_steps=8", "train.valid_every=4"],
+        capsys,
+    )
     assert code == 0, err
     assert "best dev bleu" in out
-    for name in ("recipe.yaml", "manifest.json", "spm.model", "metrics.csv", "train.log",
-                 "checkpoints/best.json", "checkpoints/last.json"):
+    for name in (
+        "recipe.yaml",
+        "manifest.json",
+        "spm.model",
+        "metrics.csv",
+        "train.log",
+        "checkpoints/best.json",
+        "checkpoints/last.json",
+    ):
         assert (run_dir / name).is_file(), name
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert manifest["provenance"]["train.max_steps"] == "override"
@@ -42,8 +52,18 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     # A second run into the same directory is refused; --resume continues it.
     code, _, err = run(train_main, [tiny_recipe, "--run-dir", run_dir], capsys)
     assert code == 2 and "already holds a run" in err
-    code, out, err = run(train_main, [tiny_recipe, "--run-dir", run_dir, "--resume",
-                                      "train.max_steps=10", "train.valid_every=4"], capsys)
+    code, out, err = run(
+        train_main,
+        [
+            tiny_recipe,
+            "--run-dir",
+            run_dir,
+            "--resume",
+            "train.max_steps=10",
+            "train.valid_every=4",
+        ],
+        capsys,
+    )
     assert code == 0, err
     assert "(10 steps" in out
 
@@ -51,8 +71,9 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     source = (corpus / "test.de").read_text().splitlines()[:6]
     (tmp_path / "in.de").write_text("\n".join(source[:3] + [""] + source[3:]) + "\n")
     output = tmp_path / "out.en"
-    code, out, err = run(translate_main, ["-m", run_dir, "--beam", 3, "-i", tmp_path / "in.de",
-                                          "-o", output], capsys)
+    code, out, err = run(
+        translate_main, ["-m", run_dir, "--beam", 3, "-i", tmp_path / "in.de", "-o", output], capsys
+    )
     assert code == 0, err
     lines = output.read_text().split("\n")
     assert len(lines) == 8 and lines[3] == "" and lines[-1] == ""
@@ -60,35 +81,81 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     translator = Translator.from_run(run_dir)
     assert [h.text for h in translator.translate(source[:3], beam=3)] == lines[:3]
 
-    code, out, err = run(translate_main, ["-m", run_dir, "-m", run_dir, "--beam", 3, "-i",
-                                          tmp_path / "in.de"], capsys)
+    code, out, err = run(
+        translate_main,
+        ["-m", run_dir, "-m", run_dir, "--beam", 3, "-i", tmp_path / "in.de"],
+        capsys,
+    )
     assert code == 0 and out.split("\n") == lines  # an ensemble of a model with itself
 
-    code, out, err = run(translate_main, ["-m", run_dir, "--beam", 3, "--nbest", 2, "-i",
-                                          tmp_path / "in.de"], capsys)
+    code, out, err = run(
+        translate_main, ["-m", run_dir, "--beam", 3, "--nbest", 2, "-i", tmp_path / "in.de"], capsys
+    )
     assert code == 0, err
     nbest = out.splitlines()
     assert len(nbest) == 14 and nbest[0].startswith("0 ||| ") and nbest[-1].startswith("6 ||| ")
 
-    sampled = [run(translate_main, ["-m", run_dir, "--sample", "--nbest", 3, "--seed", 4,
-                                    "--top-k", 5, "-i", tmp_path / "in.de"], capsys)
-               for _ in range(2)]
+    sampled = [
+        run(
+            translate_main,
+            [
+                "-m",
+                run_dir,
+                "--sample",
+                "--nbest",
+                3,
+                "--seed",
+                4,
+                "--top-k",
+                5,
+                "-i",
+                tmp_path / "in.de",
+            ],
+            capsys,
+        )
+        for _ in range(2)
+    ]
     assert sampled[0][0] == 0 and sampled[0][1] == sampled[1][1]
     assert len(sampled[0][1].splitlines()) == 21
-    code, _, err = run(translate_main, ["-m", run_dir, "--beam", 0, "-i", tmp_path / "in.de"],
-                       capsys)
+    code, _, err = run(
+        translate_main, ["-m", run_dir, "--beam", 0, "-i", tmp_path / "in.de"], capsys
+    )
     assert code == 2 and "--beam must be at least 1" in err
 
     (tmp_path / "prefix.en").write_text("the\n\nthe\n\n\n\nthe\n")
-    code, out, err = run(translate_main, ["-m", run_dir, "-i", tmp_path / "in.de", "--beta", 0.2,
-                                          "--prefix-file", tmp_path / "prefix.en"], capsys)
+    code, out, err = run(
+        translate_main,
+        [
+            "-m",
+            run_dir,
+            "-i",
+            tmp_path / "in.de",
+            "--beta",
+            0.2,
+            "--prefix-file",
+            tmp_path / "prefix.en",
+        ],
+        capsys,
+    )
     assert code == 0, err
     forced = out.split("\n")
     assert forced[0].startswith("the") and forced[2].startswith("the") and forced[3] == ""
 
     attention = tmp_path / "attention.jsonl"
-    code, out, err = run(translate_main, ["-m", run_dir, "-i", tmp_path / "in.de", "-o",
-                                          tmp_path / "again.en", "--attention", attention], capsys)
+    code, out, err = run(
+        translate_main,
+        [
+            "-m",
+            run_dir,
+            "-i",
+            tmp_path / "in.de",
+            "-o",
+            tmp_path / "again.en",
+            "--attention",
+            attention,
+        ],
+        capsys,
+    )
     assert code == 0, err
     records = [json.loads(line) for line in attention.read_text().splitlines()]
     assert len(records) == 7 and records[3]["attention"] == []
@@ -97,38 +164,89 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     assert all(len(row) == len(first["source"]) for row in first["attention"])
     assert abs(sum(first["attention"][0]) - 1) < 1e-3
 
-    code, out, err = run(translate_main, ["-m", run_dir, "-i", tmp_path / "in.de", "-o",
-                                          tmp_path / "again.en", "--plot-attention",
-                                          tmp_path / "plots", "--plot-lines", 1, 4, 5], capsys)
+    code, out, err = run(
+        translate_main,
+        [
+            "-m",
+            run_dir,
+            "-i",
+            tmp_path / "in.de",
+            "-o",
+            tmp_path / "again.en",
+            "--plot-attention",
+            tmp_path / "plots",
+            "--plot-lines",
+            1,
+            4,
+            5,
+        ],
+        capsys,
+    )
     assert code == 0, err  # line 4 is empty: nothing to draw
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["line-1.png", "line-5.png"]
     diagnosed = tmp_path / "diagnose.jsonl"
-    code, out, err = run(translate_main, ["-m", run_dir, "-i", tmp_path / "in.de", "-o",
-                                          tmp_path / "again.en", "--diagnose", diagnosed], capsys)
+    code, out, err = run(
+        translate_main,
+        [
+            "-m",
+            run_dir,
+            "-i",
+            tmp_path / "in.de",
+            "-o",
+            tmp_path / "again.en",
+            "--diagnose",
+            diagnosed,
+        ],
+        capsys,
+    )
     assert code == 0, err
     entries = [json.loads(line) for line in diagnosed.read_text().splitlines()]
     assert [e["line"] for e in entries] == [1, 2, 3, 5, 6, 7]  # line 4 is empty
-    assert all(set(e["flags"]) <= {"under-translation", "over-translation", "length-ratio",
-                                   "low-confidence"} for e in entries)
+    assert all(
+        set(e["flags"])
+        <= {"under-translation", "over-translation", "length-ratio", "low-confidence"}
+        for e in entries
+    )
     assert (run_dir / "diagnostics.json").is_file()  # the dev set's norms, computed once
     (run_dir / "curves.png").unlink()
     code, out, err = run(score_main, ["--curves", run_dir], capsys)
     assert code == 0 and (run_dir / "curves.png").read_bytes()[:4] == b"\x89PNG"
 
-    code, out, err = run(translate_main, ["-m", run_dir, "--self-check", "--beam", 3,
-                                          "--batch-size", 4, "-i", tmp_path / "in.de"], capsys)
+    code, out, err = run(
+        translate_main,
+        ["-m", run_dir, "--self-check", "--beam", 3, "--batch-size", 4, "-i", tmp_path / "in.de"],
+        capsys,
+    )
     assert code == 0, err
     assert "7 lines, 0 differences between batch size 1 and 4" in out
 
-    code, out, err = run(translate_main, ["-m", run_dir, "--quantize", "int8", "--beam", 2,
-                                          "-i", tmp_path / "in.de"], capsys)
+    code, out, err = run(
+        translate_main,
+        ["-m", run_dir, "--quantize", "int8", "--beam", 2, "-i", tmp_path / "in.de"],
+        capsys,
+    )
     assert code == 0, err
     assert len(out.splitlines()) == 7  # one line out per line in, int8 or not
 
     dev = tiny_recipe.parent / "corpus"
-    code, out, err = run(translate_main, ["-m", run_dir, "--tune", "--dev-src", dev / "dev.de",
-                                          "--dev-ref", dev / "dev.en", "--beams", 1, 2,
-                                          "--alphas", 0.5], capsys)
+    code, out, err = run(
+        translate_main,
+        [
+            "-m",
+            run_dir,
+            "--tune",
+            "--dev-src",
+            dev / "dev.de",
+            "--dev-ref",
+            dev / "dev.en",
+            "--beams",
+            1,
+            2,
+            "--alphas",
+            0.5,
+        ],
+        capsys,
+    )
     assert code == 0, err
     table = [row for row in out.splitlines()[1:] if not row.startswith("saved")]
     assert len(table) == 4  # greedy, then beam 2 with none, avg 0.5, gnmt 0.5
@@ -150,15 +268,23 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
 
     # A reader that goes away early (| head -1) ends the command quietly.
     (tmp_path / "many.de").write_text((source[0] + "\n") * 3000)
-    piped = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m nmt translate "
-                            f"-m {run_dir} --beam 1 < {tmp_path / 'many.de'} | head -1"],
-                           capture_output=True, text=True)
+    piped = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"set -o pipefail; {sys.executable} -m nmt translate "
+            f"-m {run_dir} --beam 1 < {tmp_path / 'many.de'} | head -1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert piped.returncode == 0 and len(piped.stdout.splitlines()) == 1
     assert "Traceback" not in piped.stderr and "Error" not in piped.stderr
 
     # stdin → stdout, as in a shell pipe.
-    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(
-        "".join(s + "\n" for s in source[:2]).encode())))
+    monkeypatch.setattr(
+        sys, "stdin", io.TextIOWrapper(io.BytesIO("".join(s + "\n" for s in source[:2]).encode()))
+    )
     code, out, err = run(translate_main, ["-m", run_dir, "--beam", 1], capsys)
     assert code == 0, err
     greedy = [h.text for h in translator.translate(source[:2], beam=1)]
@@ -168,8 +294,10 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
 def test_user_errors_are_one_line_with_exit_code_2(tiny_recipe, tmp_path, capsys):
     code, _, err = run(train_main, [tiny_recipe, "model.hiden_size=3"], capsys)
     assert code == 2
-    assert err.strip() == ("nmt-train: error: override model.hiden_size: unknown key "
-                           "model.hiden_size; did you mean model.hidden_size?")
+    assert err.strip() == (
+        "nmt-train: error: override model.hiden_size: unknown key "
+        "model.hiden_size; did you mean model.hidden_size?"
+    )
     code, _, err = run(translate_main, ["-m", tmp_path], capsys)
     assert code == 2 and "not an nmt run directory" in err and len(err.splitlines()) == 1
     code, _, err = run(score_main, ["-r", tmp_path / "missing", "-i", tiny_recipe], capsys)
@@ -177,22 +305,51 @@ def test_user_errors_are_one_line_with_exit_code_2(tiny_recipe, tmp_path, capsys
 
 
 def test_console_scripts_are_installed():
-    result = subprocess.run([sys.executable, "-m", "nmt", "score", "--help"],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "nmt", "score", "--help"], capture_output=True, text=True
+    )
     assert result.returncode == 0 and "sacreBLEU" in result.stdout
 
 
 # The options of nmt-translate that are not keys of DecodeConfig, written out in nmt/cli.py.
-HAND_WRITTEN = {"-h", "--help", "-m", "--model", "--checkpoint", "-i", "--input", "-o", "--output",
-                "--nbest", "--prefix-file", "--scores", "--ref", "--attention", "--plot-attention",
-                "--plot-lines", "--diagnose", "--self-check", "--tune", "--dev-src", "--dev-ref",
-                "--beams", "--alphas", "--device", "--quantize"}
+HAND_WRITTEN = {
+    "-h",
+    "--help",
+    "-m",
+    "--model",
+    "--checkpoint",
+    "-i",
+    "--input",
+    "-o",
+    "--output",
+    "--nbest",
+    "--prefix-file",
+    "--scores",
+    "--ref",
+    "--attention",
+    "--plot-attention",
+    "--plot-lines",
+    "--diagnose",
+    "--self-check",
+    "--tune",
+    "--dev-src",
+    "--dev-ref",
+    "--beams",
+    "--alphas",
+    "--device",
+    "--quantize",
+}
 
 
 def listed_options(help_text: str) -> list[str]:
     """The option strings `--help` lists, in order (not those its explanations mention)."""
-    return [word.rstrip(",") for line in help_text.splitlines() if re.match(r"  -", line)
-            for word in line.strip().split("  ")[0].split() if word.startswith("-")]
+    return [
+        word.rstrip(",")
+        for line in help_text.splitlines()
+        if re.match(r"  -", line)
+        for word in line.strip().split("  ")[0].split()
+        if word.startswith("-")
+    ]
 
 
 def decode_group(parser):
@@ -228,16 +385,22 @@ def test_a_new_decode_field_becomes_a_flag_without_a_cli_edit(monkeypatch, tmp_p
     from nmt.errors import NmtError
     from nmt.recipe import DecodeConfig, option
 
-    extended = dataclasses.make_dataclass("Extended", [
-        ("new_knob", int, option(3, "A new knob. Said at length.", min=0)),
-        ("louder", bool, option(False, "Louder than `new_knob`.", flag="--loud"))],
-        bases=(DecodeConfig,), frozen=True)
+    extended = dataclasses.make_dataclass(
+        "Extended",
+        [
+            ("new_knob", int, option(3, "A new knob. Said at length.", min=0)),
+            ("louder", bool, option(False, "Louder than `new_knob`.", flag="--loud")),
+        ],
+        bases=(DecodeConfig,),
+        frozen=True,
+    )
     monkeypatch.setattr(nmt.cli, "DecodeConfig", extended)
     code, out, _ = run(translate_main, ["--help"], capsys)
     assert code == 0
     assert listed_options(out)[-2:] == ["--new-knob", "--loud"]  # the last fields, listed last
-    assert [a.dest for a in decode_group(nmt.cli._translate_parser())._group_actions] == \
-        [f.name for f in dataclasses.fields(extended)]
+    assert [a.dest for a in decode_group(nmt.cli._translate_parser())._group_actions] == [
+        f.name for f in dataclasses.fields(extended)
+    ]
     assert "--new-knob N" in out and "A new knob (recipe default 3)" in out
     assert "Louder than --new-knob (recipe default false)" in out
 
@@ -249,12 +412,19 @@ def test_a_new_decode_field_becomes_a_flag_without_a_cli_edit(monkeypatch, tmp_p
             raise NmtError("stub: stop here")
 
     monkeypatch.setattr(Translator, "from_runs", classmethod(lambda cls, *args: Stub()))
-    code, _, err = run(translate_main, ["-m", tmp_path, "--new-knob", 7, "--loud", "--beta", 0.5,
-                                        "--nbest", 2], capsys)
+    code, _, err = run(
+        translate_main,
+        ["-m", tmp_path, "--new-knob", 7, "--loud", "--beta", 0.5, "--nbest", 2],
+        capsys,
+    )
     assert code == 2 and "stub: stop here" in err
     names = [f.name for f in dataclasses.fields(extended)]
-    assert seen["options"] == {**dict.fromkeys(names), "new_knob": 7, "louder": True,
-                               "coverage_penalty": 0.5}
+    assert seen["options"] == {
+        **dict.fromkeys(names),
+        "new_knob": 7,
+        "louder": True,
+        "coverage_penalty": 0.5,
+    }
     assert seen["nbest"] == 2 and seen["labels"]["nbest"] == "--nbest"
     assert seen["labels"]["new_knob"] == "--new-knob" and seen["labels"]["louder"] == "--loud"
     assert seen["labels"]["coverage_penalty"] == "--beta"

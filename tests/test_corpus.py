@@ -48,8 +48,10 @@ def test_tsv_and_jsonl(tmp_path):
     (tmp_path / "train.tsv").write_text("eins\tone\nzwei\ttwo\n")
     split = load_split(DataConfig(format="tsv"), tmp_path, "train")
     assert split.sources == ["eins", "zwei"] and split.targets == ["one", "two"]
-    records = [{"translation": {"de": "eins", "en": "one"}},
-               {"translation": {"en": "two", "de": "zwei"}}]
+    records = [
+        {"translation": {"de": "eins", "en": "one"}},
+        {"translation": {"en": "two", "de": "zwei"}},
+    ]
     (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     split = load_split(DataConfig(format="jsonl"), tmp_path, "train")
     assert split.sources == ["eins", "zwei"] and split.targets == ["one", "two"]
@@ -96,8 +98,10 @@ def test_hub_format_reads_a_dataset_in_translation_layout(tmp_path, monkeypatch)
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf-cache")
     hub = tmp_path / "my-dataset"
     hub.mkdir()
-    records = [{"translation": {"de": "eins", "en": "one"}},
-               {"translation": {"de": "zwei", "en": "two"}}]
+    records = [
+        {"translation": {"de": "eins", "en": "one"}},
+        {"translation": {"de": "zwei", "en": "two"}},
+    ]
     (hub / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     config = DataConfig(format="hub", hub_name=str(hub))
     split = load_split(config, tmp_path, "train")
@@ -107,8 +111,7 @@ def test_hub_format_reads_a_dataset_in_translation_layout(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("old_datasets", [True, False], ids=["datasets<4", "datasets>=4"])
-def test_hub_data_is_cached_in_the_run_and_runs_no_remote_code(tmp_path, monkeypatch,
-                                                               old_datasets):
+def test_hub_data_is_cached_in_the_run_and_runs_no_remote_code(tmp_path, monkeypatch, old_datasets):
     """load_dataset gets the run's cache folder, and trust_remote_code=False where the
     installed datasets still has that option."""
     import nmt.data.corpus as corpus

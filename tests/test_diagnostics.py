@@ -23,15 +23,17 @@ def test_pieces_merge_into_words():
 
 def test_a_clean_translation_has_no_flags():
     rows = [[0.2, 0.3, 0.4, 0.05, 0.05], [0.05, 0.05, 0.1, 0.7, 0.1], [0.1, 0.1, 0.1, 0.3, 0.4]]
-    found = diagnose(1, "zweiundzwanzig Katzen", record(rows), hypothesis("twenty-two cats", 2,
-                                                                          -0.6), NORMS)
+    found = diagnose(
+        1, "zweiundzwanzig Katzen", record(rows), hypothesis("twenty-two cats", 2, -0.6), NORMS
+    )
     assert found["flags"] == []
 
 
 def test_an_ignored_word_is_under_translation():
     rows = [[0.3, 0.3, 0.3, 0.0, 0.1], [0.3, 0.3, 0.3, 0.01, 0.09], [0.3, 0.3, 0.3, 0.0, 0.1]]
-    found = diagnose(1, "zweiundzwanzig Katzen", record(rows), hypothesis("twenty-two", 2, -0.6),
-                     NORMS)
+    found = diagnose(
+        1, "zweiundzwanzig Katzen", record(rows), hypothesis("twenty-two", 2, -0.6), NORMS
+    )
     assert "under-translation" in found["flags"]
     assert [w["word"] for w in found["under_attended"]] == ["Katzen"]
 
@@ -40,10 +42,15 @@ def test_repetition_length_and_confidence():
     rows = [[0.0, 0.0, 0.0, 1.0, 0.0]] * 6
     text = "cats cats and more cats and more cats"
     found = diagnose(3, "zweiundzwanzig Katzen", record(rows), hypothesis(text, 5, -9.0), NORMS)
-    assert {"over-translation", "length-ratio", "low-confidence",
-            "under-translation"} <= set(found["flags"])
-    assert found["repeated_ngrams"] == ["cats", "cats and more", "and more cats",
-                                        "cats and more cats"]
+    assert {"over-translation", "length-ratio", "low-confidence", "under-translation"} <= set(
+        found["flags"]
+    )
+    assert found["repeated_ngrams"] == [
+        "cats",
+        "cats and more",
+        "and more cats",
+        "cats and more cats",
+    ]
     assert found["length_ratio"] == 4.0 and found["mean_log_prob"] == -1.5
 
 

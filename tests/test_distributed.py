@@ -21,9 +21,27 @@ SETTINGS = ["train.valid_every=3", "train.log_every=1", "train.accumulate=2", "t
 def torchrun(recipe, run_dir, *extra):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-         "-m", "nmt", "train", str(recipe), "--run-dir", str(run_dir), *SETTINGS, *extra],
-        capture_output=True, text=True, env=env, timeout=300)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "nmt",
+            "train",
+            str(recipe),
+            "--run-dir",
+            str(run_dir),
+            *SETTINGS,
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[:3000]
     return result
 

@@ -22,22 +22,48 @@ ROOT = Path(__file__).resolve().parent.parent
 # Many small validations, so that kills also land in checkpoint writes and validation; kept
 # step-N checkpoints, a log window longer than one update and the plateau schedule, so that a
 # resume has all of them to restore.
-FAST = ["train.max_steps=30", "train.valid_every=3", "train.log_every=2", "train.threads=1",
-        "model.dropout=0.2", "train.keep_best=2", "train.early_stopping=chrf",
-        "train.schedule=plateau", "train.plateau_patience=1", "train.patience=0"]
+FAST = [
+    "train.max_steps=30",
+    "train.valid_every=3",
+    "train.log_every=2",
+    "train.threads=1",
+    "model.dropout=0.2",
+    "train.keep_best=2",
+    "train.early_stopping=chrf",
+    "train.schedule=plateau",
+    "train.plateau_patience=1",
+    "train.patience=0",
+]
 
 
 def start_training(recipe: Path, run_dir: Path, *extra: str, env=None, cwd=None):
-    return subprocess.Popen([sys.executable, "-m", "nmt", "train", str(recipe), "--run-dir",
-                             str(run_dir), *FAST, *extra], env=env, cwd=cwd,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "nmt",
+            "train",
+            str(recipe),
+            "--run-dir",
+            str(run_dir),
+            *FAST,
+            *extra,
+        ],
+        env=env,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def training_rows(run_dir: Path) -> list[tuple]:
     """metrics.csv without its timing columns: what must match between runs."""
     with open(run_dir / "metrics.csv", newline="") as handle:
-        return [(r["step"], r["kind"], r["loss"], r["lr"], r["dev_loss"], r["dev_bleu"])
-                for r in csv.DictReader(handle)]
+        return [
+            (r["step"], r["kind"], r["loss"], r["lr"], r["dev_loss"], r["dev_bleu"])
+            for r in csv.DictReader(handle)
+        ]
 
 
 @pytest.fixture(scope="module")
@@ -52,17 +78,25 @@ def unbroken(tmp_path_factory):
     sandbox = {name: base / name for name in ("home", "tmp", "work")}
     for folder in sandbox.values():
         folder.mkdir()
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("XDG_", "HF_", "MPL")) and key not in ("HOME", "TMPDIR")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("XDG_", "HF_", "MPL")) and key not in ("HOME", "TMPDIR")
+    }
     env.update(HOME=str(sandbox["home"]), TMPDIR=str(sandbox["tmp"]), PYTHONPATH=str(ROOT))
     corpus_before = sorted(p.name for p in (base / "corpus").iterdir())
     started = time.perf_counter()
     process = start_training(recipe, Path("run"), env=env, cwd=sandbox["work"])
     _, err = process.communicate(timeout=300)
     assert process.returncode == 0, err
-    return {"recipe": recipe, "run": sandbox["work"] / "run", "seconds":
-            time.perf_counter() - started, "sandbox": sandbox, "corpus_before": corpus_before,
-            "corpus": base / "corpus"}
+    return {
+        "recipe": recipe,
+        "run": sandbox["work"] / "run",
+        "seconds": time.perf_counter() - started,
+        "sandbox": sandbox,
+        "corpus_before": corpus_before,
+        "corpus": base / "corpus",
+    }
 
 
 def test_a_run_writes_only_inside_its_run_directory(unbroken):
@@ -102,8 +136,9 @@ def test_kill_9_at_random_moments_then_resume_loses_nothing(unbroken, tmp_path):
     for meta in (run_dir / "checkpoints").glob("*.json"):
         load_checkpoint(meta.with_suffix(""))  # every checkpoint whole and verified
     assert not list(run_dir.rglob("*.tmp"))
-    assert len(list((run_dir / "checkpoints").glob("*.safetensors"))) == \
-        len(list((run_dir / "checkpoints").glob("*.json")))
+    assert len(list((run_dir / "checkpoints").glob("*.safetensors"))) == len(
+        list((run_dir / "checkpoints").glob("*.json"))
+    )
 
 
 def test_an_unwritable_run_directory_is_refused_before_training(tiny_recipe, tmp_path):
@@ -117,8 +152,11 @@ def test_a_disk_too_small_for_the_checkpoints_is_refused(tiny_recipe, tmp_path, 
     import shutil
     from types import SimpleNamespace
 
-    monkeypatch.setattr(shutil, "disk_usage",
-                        lambda path: SimpleNamespace(total=10**6, used=10**6 - 1000, free=1000))
+    monkeypatch.setattr(
+        shutil,
+        "disk_usage",
+        lambda path: SimpleNamespace(total=10**6, used=10**6 - 1000, free=1000),
+    )
     with pytest.raises(NmtError, match="free on this disk, but the run's checkpoints need"):
         train(Recipe.load(tiny_recipe), tmp_path / "run")
     assert not list((tmp_path / "run" / "checkpoints").iterdir())  # nothing trained
@@ -139,8 +177,11 @@ def test_disk_full_during_a_save_keeps_the_best_checkpoint(tiny_recipe, tmp_path
 
     monkeypatch.setattr(files, "atomic_write_bytes", full_disk)
     with pytest.raises(NmtError, match="No space left on device.*intact"):
-        train(Recipe.load(tiny_recipe, ["train.max_steps=8", "train.valid_every=2"]), run_dir,
-              resume=True)
+        train(
+            Recipe.load(tiny_recipe, ["train.max_steps=8", "train.valid_every=2"]),
+            run_dir,
+            resume=True,
+        )
     after, meta_after = load_checkpoint(run_dir / "checkpoints" / "best")
     assert meta_after == meta
     assert all(torch.equal(before[key], after[key]) for key in before)

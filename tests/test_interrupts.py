@@ -28,9 +28,18 @@ from nmt.training import train
 
 # Early stopping on chrF, which this tiny model improves on and off: some validations become
 # `best`, some are pushed out of the kept set, and the plateau schedule decays the rate.
-SETTINGS = ["train.max_steps=15", "train.valid_every=3", "train.log_every=2", "train.keep_best=2",
-            "train.early_stopping=chrf", "train.schedule=plateau", "train.plateau_patience=1",
-            "train.patience=0", "model.dropout=0.3", "train.threads=1"]
+SETTINGS = [
+    "train.max_steps=15",
+    "train.valid_every=3",
+    "train.log_every=2",
+    "train.keep_best=2",
+    "train.early_stopping=chrf",
+    "train.schedule=plateau",
+    "train.plateau_patience=1",
+    "train.patience=0",
+    "model.dropout=0.3",
+    "train.threads=1",
+]
 
 
 class Crash(BaseException):
@@ -39,8 +48,10 @@ class Crash(BaseException):
 
 def metrics_rows(run_dir: Path) -> list[dict]:
     with open(run_dir / "metrics.csv", newline="") as handle:
-        return [{k: v for k, v in row.items() if k not in ("target_tokens_per_s", "elapsed_s")}
-                for row in csv.DictReader(handle)]
+        return [
+            {k: v for k, v in row.items() if k not in ("target_tokens_per_s", "elapsed_s")}
+            for row in csv.DictReader(handle)
+        ]
 
 
 def outcome(run_dir: Path) -> dict:
@@ -50,10 +61,13 @@ def outcome(run_dir: Path) -> dict:
     best, best_meta = load_checkpoint(checkpoints / "best")
     progress = meta["progress"]
     kept = sorted(int(step) for _, step in progress["kept"])
-    on_disk = sorted(int(p.name[len("step-"):-len(".json")]) for p in checkpoints.glob("step-*.json"))
+    on_disk = sorted(
+        int(p.name[len("step-") : -len(".json")]) for p in checkpoints.glob("step-*.json")
+    )
     assert on_disk == kept, "the kept step-N set on disk is not the recorded one"
-    assert best_meta["progress"]["step"] == progress["best_step"], \
+    assert best_meta["progress"]["step"] == progress["best_step"], (
         "checkpoints/best does not hold the best recorded validation"
+    )
     kept_weights = {}
     for step in kept:
         tensors, step_meta = load_checkpoint(checkpoints / f"step-{step}")
@@ -62,14 +76,20 @@ def outcome(run_dir: Path) -> dict:
     assert not list(run_dir.rglob("*.tmp"))
     for weights in checkpoints.glob("*.safetensors"):  # no orphans of interrupted writes
         assert (checkpoints / f"{weights.name.split('.')[0]}.json").is_file(), weights
-    return {"metrics": metrics_rows(run_dir),
-            "history": progress["history"], "kept": progress["kept"],
-            "best": (progress["best"], progress["best_step"]),
-            "plateau": (progress["plateau_decays"], progress["plateau_wait"],
-                        progress["bad_validations"]),
-            "last": {k: v for k, v in last.items() if k.startswith(("model.", "optimizer."))},
-            "best_weights": {k: v for k, v in best.items() if k.startswith("model.")},
-            "kept_weights": kept_weights}
+    return {
+        "metrics": metrics_rows(run_dir),
+        "history": progress["history"],
+        "kept": progress["kept"],
+        "best": (progress["best"], progress["best_step"]),
+        "plateau": (
+            progress["plateau_decays"],
+            progress["plateau_wait"],
+            progress["bad_validations"],
+        ),
+        "last": {k: v for k, v in last.items() if k.startswith(("model.", "optimizer."))},
+        "best_weights": {k: v for k, v in best.items() if k.startswith("model.")},
+        "kept_weights": kept_weights,
+    }
 
 
 def assert_same(ours: dict, theirs: dict) -> None:
@@ -108,8 +128,14 @@ def unbroken(tmp_path_factory):
     history = result["history"]
     # The scenario exercises what the tests are about.
     assert result["plateau"][0] >= 1, "no plateau decay"
-    assert sum(1 for i, row in enumerate(history)
-               if row["dev_chrf"] > max(h["dev_chrf"] for h in history[:i] or [row])) >= 1
+    assert (
+        sum(
+            1
+            for i, row in enumerate(history)
+            if row["dev_chrf"] > max(h["dev_chrf"] for h in history[:i] or [row])
+        )
+        >= 1
+    )
     assert len(history) > 2 and len(result["kept"]) == 2
     return {"recipe": recipe, "outcome": result, "writes": writes}
 
@@ -130,8 +156,9 @@ def write_kinds(writes: list[str]) -> dict[str, int]:
     kinds: dict[str, int] = {}
     for i in checkpoint_writes(writes):
         name = writes[i - 1]
-        kind = name.split(".")[0].split("-")[0] + ("" if name.endswith(".json") else
-                                                   "-" + name.rsplit(".", 1)[1])
+        kind = name.split(".")[0].split("-")[0] + (
+            "" if name.endswith(".json") else "-" + name.rsplit(".", 1)[1]
+        )
         kinds.setdefault(kind, i)
     return kinds
 
@@ -156,8 +183,9 @@ def set_up(unbroken, tmp_path_factory):
     return run_dir
 
 
-def test_a_crash_at_any_write_resumes_into_the_unbroken_run(unbroken, set_up, tmp_path,
-                                                            monkeypatch):
+def test_a_crash_at_any_write_resumes_into_the_unbroken_run(
+    unbroken, set_up, tmp_path, monkeypatch
+):
     """A crash just before every write of checkpoints and metrics, and after the last: every
     instant between two writes is one of these (what comes between them, deleting step-N files
     pushed out and drawing the curves, is done again on resume)."""
@@ -211,8 +239,9 @@ def crash_inside(monkeypatch, where: str, at: int, action) -> None:
 
 
 @pytest.mark.parametrize("where,at", [("optimizer", 5), ("optimizer", 7), ("validation", 2)])
-def test_a_crash_inside_an_update_or_a_validation_resumes_exactly(unbroken, tmp_path,
-                                                                  monkeypatch, where, at):
+def test_a_crash_inside_an_update_or_a_validation_resumes_exactly(
+    unbroken, tmp_path, monkeypatch, where, at
+):
     def die():
         raise Crash
 
@@ -227,7 +256,8 @@ def test_a_crash_inside_an_update_or_a_validation_resumes_exactly(unbroken, tmp_
 @pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 @pytest.mark.parametrize("where,at", [("optimizer", 5), ("validation", 2)])
 def test_a_signal_inside_an_update_or_a_validation_stops_at_the_next_safe_point(
-        unbroken, tmp_path, monkeypatch, where, at, number):
+    unbroken, tmp_path, monkeypatch, where, at, number
+):
     """The update or validation the signal lands in is finished and saved, never half done."""
     crash_inside(monkeypatch, where, at, lambda: signal.raise_signal(number))
     expected = Terminated if number == signal.SIGTERM else KeyboardInterrupt
@@ -240,15 +270,18 @@ def test_a_signal_inside_an_update_or_a_validation_stops_at_the_next_safe_point(
         assert progress["step"] == at  # the step the signal landed in, complete
     else:  # the second validation (step 6), recorded, and its checkpoints written
         assert [row["step"] for row in progress["history"]] == [3, 6] and progress["step"] == 6
-    assert signal.getsignal(number) is signal.default_int_handler or \
-        signal.getsignal(number) is signal.SIG_DFL  # the handler is put back
+    assert (
+        signal.getsignal(number) is signal.default_int_handler
+        or signal.getsignal(number) is signal.SIG_DFL
+    )  # the handler is put back
     resume_to_the_end(unbroken["recipe"], tmp_path / "run")
     assert_same(outcome(tmp_path / "run"), unbroken["outcome"])
 
 
 @pytest.mark.parametrize("kind", ["last", "best", "step-safetensors", "step"])
 def test_a_signal_inside_a_checkpoint_write_is_honoured_after_the_validation(
-        unbroken, tmp_path, monkeypatch, kind):
+    unbroken, tmp_path, monkeypatch, kind
+):
     target = write_kinds(unbroken["writes"])[kind]
     real_write = nmt.files.atomic_write_bytes
     count = {"n": 0}
@@ -271,8 +304,9 @@ def test_a_signal_inside_a_checkpoint_write_is_honoured_after_the_validation(
     assert_same(outcome(tmp_path / "run"), unbroken["outcome"])
 
 
-def test_a_second_signal_stops_at_once_and_the_run_still_resumes_exactly(unbroken, tmp_path,
-                                                                         monkeypatch):
+def test_a_second_signal_stops_at_once_and_the_run_still_resumes_exactly(
+    unbroken, tmp_path, monkeypatch
+):
     def twice():
         signal.raise_signal(signal.SIGINT)
         signal.raise_signal(signal.SIGINT)

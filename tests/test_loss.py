@@ -19,8 +19,9 @@ def test_fused_loss_equals_cross_entropy(monkeypatch, smoothing, with_bias):
     targets = torch.randint(0, 37, (23,))
     inputs = [hidden, weight] + ([bias] if with_bias else [])
 
-    expected = F.cross_entropy(F.linear(hidden, weight, bias), targets, reduction="sum",
-                               label_smoothing=smoothing)
+    expected = F.cross_entropy(
+        F.linear(hidden, weight, bias), targets, reduction="sum", label_smoothing=smoothing
+    )
     expected_grads = torch.autograd.grad(3.0 * expected, inputs)
     ours = output_loss(hidden, weight, bias, targets, smoothing)
     grads = torch.autograd.grad(3.0 * ours, inputs)
@@ -28,5 +29,6 @@ def test_fused_loss_equals_cross_entropy(monkeypatch, smoothing, with_bias):
     for mine, reference in zip(grads, expected_grads):
         torch.testing.assert_close(mine, reference, rtol=1e-5, atol=1e-6)
     with torch.no_grad():  # validation: the loss alone
-        assert output_loss(hidden, weight, bias, targets, smoothing).item() == \
-            pytest.approx(expected.item(), rel=1e-6)
+        assert output_loss(hidden, weight, bias, targets, smoothing).item() == pytest.approx(
+            expected.item(), rel=1e-6
+        )

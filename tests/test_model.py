@@ -7,12 +7,22 @@ from nmt.training import batch_loss
 from conftest import tiny_model
 
 # Every attention score × flow × input feeding, then the other architecture choices.
-VARIANTS = [dict(attention_score=score, attention_flow=flow, input_feeding=feeding)
-            for score in ("additive", "dot", "general") for flow in ("luong", "bahdanau")
-            for feeding in (True, False)] + [
+VARIANTS = [
+    dict(attention_score=score, attention_flow=flow, input_feeding=feeding)
+    for score in ("additive", "dot", "general")
+    for flow in ("luong", "bahdanau")
+    for feeding in (True, False)
+] + [
     dict(encoder_cell="gru", decoder_cell="rnn", decoder_init="zeros"),
-    dict(encoder_cell="rnn", decoder_cell="gru", encoder_layers=2, decoder_layers=2,
-         bidirectional=False, hidden_size=12, decoder_init="last"),
+    dict(
+        encoder_cell="rnn",
+        decoder_cell="gru",
+        encoder_layers=2,
+        decoder_layers=2,
+        bidirectional=False,
+        hidden_size=12,
+        decoder_init="last",
+    ),
     dict(decoder_layers=3, dropout=0.3, attention="bahdanau"),
     dict(tie_embeddings=True, tie_output=True, embedding_size=12),
     dict(init="uniform", orthogonal_recurrent=True, forget_bias=1.0),
@@ -26,9 +36,12 @@ def padded_batch(extra_source_pad=0, extra_target_pad=0):
     target_in = torch.tensor([[BOS, 5, 6], [BOS, 7, PAD]])
     target_out = torch.tensor([[5, 6, EOS], [7, EOS, PAD]])
     pad = torch.nn.functional.pad
-    return Batch(pad(source, (0, extra_source_pad), value=PAD), torch.tensor([5, 3]),
-                 pad(target_in, (0, extra_target_pad), value=PAD),
-                 pad(target_out, (0, extra_target_pad), value=PAD))
+    return Batch(
+        pad(source, (0, extra_source_pad), value=PAD),
+        torch.tensor([5, 3]),
+        pad(target_in, (0, extra_target_pad), value=PAD),
+        pad(target_out, (0, extra_target_pad), value=PAD),
+    )
 
 
 def variant(settings):
@@ -100,8 +113,9 @@ def test_stepwise_cells_equal_the_fused_modules(cell):
         output, state = cells.step(rnn, cell, gates_x, None, state, 0.0, False)
         outputs.append(output)
     assert torch.allclose(torch.stack(outputs, 1), expected, atol=1e-6)
-    for got, want in zip(state if cell == "lstm" else [state],
-                         expected_state if cell == "lstm" else [expected_state]):
+    for got, want in zip(
+        state if cell == "lstm" else [state], expected_state if cell == "lstm" else [expected_state]
+    ):
         assert torch.allclose(got, want, atol=1e-6)
 
 
@@ -109,6 +123,6 @@ def test_forget_bias_and_orthogonal_recurrent_weights():
     model = tiny_model(orthogonal_recurrent=True, forget_bias=1.0, init="xavier")
     bias = model.decoder.rnn.bias_ih_l0
     size = bias.size(0) // 4
-    assert torch.all(bias[size:2 * size] == 1.0) and torch.all(bias[:size] == 0.0)
+    assert torch.all(bias[size : 2 * size] == 1.0) and torch.all(bias[:size] == 0.0)
     block = model.decoder.rnn.weight_hh_l0[:12]
     assert torch.allclose(block @ block.t(), torch.eye(12), atol=1e-5)

@@ -13,11 +13,14 @@ from conftest import tiny_model
 from test_model import padded_batch
 
 
-@pytest.mark.parametrize("changes", [
-    {},                                                    # Bahdanau, LSTM, input feeding
-    dict(attention="luong-general", decoder_cell="gru", encoder_cell="gru", decoder_layers=2),
-    dict(attention="luong-dot", hidden_size=24, input_feeding=False),  # decoder runs nn.LSTM
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {},  # Bahdanau, LSTM, input feeding
+        dict(attention="luong-general", decoder_cell="gru", encoder_cell="gru", decoder_layers=2),
+        dict(attention="luong-dot", hidden_size=24, input_feeding=False),  # decoder runs nn.LSTM
+    ],
+)
 def test_int8_model_keeps_its_outputs_close_and_leaves_the_original_alone(changes):
     settings = dict(embedding_size=32, hidden_size=32, decoder_hidden_size=48, tie_output=False)
     model = tiny_model(vocab=11, seed=4, **{**settings, **changes})

@@ -22,9 +22,15 @@ def test_defaults_and_file_values_and_provenance(tmp_path):
 
 
 def test_overrides_win_and_are_recorded(tmp_path):
-    recipe = Recipe.load(write(tmp_path, "train:\n  max_steps: 10\n"),
-                         ["train.max_steps=200", "model.attention=luong-general",
-                          "train.lr=3e-4", "model.decoder_init=zeros"])
+    recipe = Recipe.load(
+        write(tmp_path, "train:\n  max_steps: 10\n"),
+        [
+            "train.max_steps=200",
+            "model.attention=luong-general",
+            "train.lr=3e-4",
+            "model.decoder_init=zeros",
+        ],
+    )
     assert recipe.train.max_steps == 200
     assert recipe.model.attention == "luong-general"
     assert recipe.train.lr == pytest.approx(3e-4)
@@ -32,19 +38,27 @@ def test_overrides_win_and_are_recorded(tmp_path):
     assert recipe.provenance["train.max_steps"] == "override"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("modle:\n  hidden_size: 3\n", "unknown key modle; did you mean model?"),
-    ("model:\n  hiden_size: 3\n", "unknown key model.hiden_size; did you mean model.hidden_size?"),
-    ("model:\n  hidden_size: big\n", "model.hidden_size must be an integer, not 'big'"),
-    ("model:\n  hidden_size: 0\n", "model.hidden_size must be at least 1"),
-    ("model:\n  dropout: 1.5\n", "model.dropout must be at most 0.95"),
-    ("model:\n  attention: luong-dott\n", "did you mean luong-dot?"),
-    ("model:\n  bidirectional: 1\n", "model.bidirectional must be true or false"),
-    ("model: 3\n", "model must be a section"),
-    ("- a\n- b\n", "a recipe is a mapping"),
-    ("model:\n  attention: luong-dot\n  hidden_size: 10\n  decoder_hidden_size: 10\n",
-     "a dot score needs decoder_hidden_size (10) equal to the encoder output size (20)"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("modle:\n  hidden_size: 3\n", "unknown key modle; did you mean model?"),
+        (
+            "model:\n  hiden_size: 3\n",
+            "unknown key model.hiden_size; did you mean model.hidden_size?",
+        ),
+        ("model:\n  hidden_size: big\n", "model.hidden_size must be an integer, not 'big'"),
+        ("model:\n  hidden_size: 0\n", "model.hidden_size must be at least 1"),
+        ("model:\n  dropout: 1.5\n", "model.dropout must be at most 0.95"),
+        ("model:\n  attention: luong-dott\n", "did you mean luong-dot?"),
+        ("model:\n  bidirectional: 1\n", "model.bidirectional must be true or false"),
+        ("model: 3\n", "model must be a section"),
+        ("- a\n- b\n", "a recipe is a mapping"),
+        (
+            "model:\n  attention: luong-dot\n  hidden_size: 10\n  decoder_hidden_size: 10\n",
+            "a dot score needs decoder_hidden_size (10) equal to the encoder output size (20)",
+        ),
+    ],
+)
 def test_bad_recipes_name_file_and_key(tmp_path, text, message):
     path = write(tmp_path, text)
     with pytest.raises(NmtError) as error:
@@ -75,7 +89,9 @@ def test_missing_recipe_file(tmp_path):
 
 
 def test_round_trip_through_yaml(tmp_path):
-    recipe = Recipe.load(write(tmp_path, "name: x\nmodel:\n  decoder_cell: gru\n"), ["decode.beam=7"])
+    recipe = Recipe.load(
+        write(tmp_path, "name: x\nmodel:\n  decoder_cell: gru\n"), ["decode.beam=7"]
+    )
     again = Recipe.load(write(tmp_path, recipe.to_yaml()))
     assert again == recipe
 

@@ -8,19 +8,37 @@ import pytest
 
 from nmt.cli import score_main
 from nmt.errors import NmtError
-from nmt.scoring.report import (build_report, compare_systems, length_breakdown,
-                                read_diagnostics, report_json, worst_sentences)
+from nmt.scoring.report import (
+    build_report,
+    compare_systems,
+    length_breakdown,
+    read_diagnostics,
+    report_json,
+    worst_sentences,
+)
 
-REFERENCES = ["A man is riding a bicycle down the street.", "Two dogs play in the snow.",
-              "A woman sings on a stage.", "Children are playing football in a park.",
-              "An old man reads a newspaper on a bench."] * 8
-SYSTEM_A = ["A man rides a bike on the street.", "Two dogs are playing in snow.",
-            "A woman is singing on stage.", "Kids play soccer in a park.",
-            "An old man is reading the paper on a bench."] * 8
+REFERENCES = [
+    "A man is riding a bicycle down the street.",
+    "Two dogs play in the snow.",
+    "A woman sings on a stage.",
+    "Children are playing football in a park.",
+    "An old man reads a newspaper on a bench.",
+] * 8
+SYSTEM_A = [
+    "A man rides a bike on the street.",
+    "Two dogs are playing in snow.",
+    "A woman is singing on stage.",
+    "Kids play soccer in a park.",
+    "An old man is reading the paper on a bench.",
+] * 8
 SYSTEM_B = list(REFERENCES[:35]) + SYSTEM_A[35:]
-SOURCES = ["Ein Mann fährt Fahrrad.", "Zwei Hunde spielen im Schnee und laufen sehr schnell "
-           "herum, weil es ihnen großen Spaß macht.", "Eine Frau singt.", "Kinder spielen.",
-           "Ein alter Mann liest."] * 8
+SOURCES = [
+    "Ein Mann fährt Fahrrad.",
+    "Zwei Hunde spielen im Schnee und laufen sehr schnell herum, weil es ihnen großen Spaß macht.",
+    "Eine Frau singt.",
+    "Kinder spielen.",
+    "Ein alter Mann liest.",
+] * 8
 
 
 def test_bleu_chrf_ter_equal_the_sacrebleu_command_line(tmp_path, capsys):
@@ -28,13 +46,38 @@ def test_bleu_chrf_ter_equal_the_sacrebleu_command_line(tmp_path, capsys):
     (tmp_path / "hyp").write_text("\n".join(SYSTEM_A) + "\n")
     expected = {}
     for metric in ("bleu", "chrf", "ter"):
-        result = subprocess.run([sys.executable, "-m", "sacrebleu", str(tmp_path / "ref"), "-i",
-                                 str(tmp_path / "hyp"), "-m", metric, "-b", "-w", "4"],
-                                capture_output=True, text=True, check=True)
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sacrebleu",
+                str(tmp_path / "ref"),
+                "-i",
+                str(tmp_path / "hyp"),
+                "-m",
+                metric,
+                "-b",
+                "-w",
+                "4",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         expected[metric] = float(result.stdout.strip())
     with pytest.raises(SystemExit):
-        score_main(["-r", str(tmp_path / "ref"), "-i", str(tmp_path / "hyp"), "--samples", "0",
-                    "--json", str(tmp_path / "report.json")])
+        score_main(
+            [
+                "-r",
+                str(tmp_path / "ref"),
+                "-i",
+                str(tmp_path / "hyp"),
+                "--samples",
+                "0",
+                "--json",
+                str(tmp_path / "report.json"),
+            ]
+        )
     capsys.readouterr()
     metrics = json.loads((tmp_path / "report.json").read_text())["systems"][str(tmp_path / "hyp")]
     got = {m["name"].lower(): m["score"] for m in metrics["metrics"]}
@@ -46,27 +89,61 @@ def test_the_python_report_is_the_one_nmt_score_prints_and_writes(tmp_path, caps
 
     for name, lines in (("ref", REFERENCES), ("a", SYSTEM_A), ("b", SYSTEM_B), ("src", SOURCES)):
         (tmp_path / name).write_text("\n".join(lines) + "\n")
-    flagged = {"line": 2, "flags": ["under-translation"], "source": SOURCES[1],
-               "output": SYSTEM_A[1], "under_attended": [{"word": "Schnee", "attention": 0.01}],
-               "over_attended": [], "repeated_ngrams": [], "length_ratio": 0.4,
-               "mean_log_prob": -0.5}
-    (tmp_path / "diag.jsonl").write_text(json.dumps(flagged) + "\n" + json.dumps(
-        {**flagged, "line": 3, "flags": []}) + "\n")
+    flagged = {
+        "line": 2,
+        "flags": ["under-translation"],
+        "source": SOURCES[1],
+        "output": SYSTEM_A[1],
+        "under_attended": [{"word": "Schnee", "attention": 0.01}],
+        "over_attended": [],
+        "repeated_ngrams": [],
+        "length_ratio": 0.4,
+        "mean_log_prob": -0.5,
+    }
+    (tmp_path / "diag.jsonl").write_text(
+        json.dumps(flagged) + "\n" + json.dumps({**flagged, "line": 3, "flags": []}) + "\n"
+    )
     with pytest.raises(SystemExit) as code:
-        score_main(["-r", str(tmp_path / "ref"), "-i", str(tmp_path / "a"), str(tmp_path / "b"),
-                    "-s", str(tmp_path / "src"), "--paired", "ar", "--samples", "50", "--worst",
-                    "3", "--diagnostics", str(tmp_path / "diag.jsonl"), "--json",
-                    str(tmp_path / "report.json"), "--html", str(tmp_path / "report.html")])
+        score_main(
+            [
+                "-r",
+                str(tmp_path / "ref"),
+                "-i",
+                str(tmp_path / "a"),
+                str(tmp_path / "b"),
+                "-s",
+                str(tmp_path / "src"),
+                "--paired",
+                "ar",
+                "--samples",
+                "50",
+                "--worst",
+                "3",
+                "--diagnostics",
+                str(tmp_path / "diag.jsonl"),
+                "--json",
+                str(tmp_path / "report.json"),
+                "--html",
+                str(tmp_path / "report.html"),
+            ]
+        )
     assert code.value.code == 0
     printed = capsys.readouterr().out
     said = []
-    document = build_report({str(tmp_path / "a"): SYSTEM_A, str(tmp_path / "b"): SYSTEM_B},
-                            [REFERENCES], SOURCES, paired="ar", samples=50, worst=3,
-                            diagnostics=read_diagnostics(tmp_path / "diag.jsonl", 40),
-                            echo=said.append)
+    document = build_report(
+        {str(tmp_path / "a"): SYSTEM_A, str(tmp_path / "b"): SYSTEM_B},
+        [REFERENCES],
+        SOURCES,
+        paired="ar",
+        samples=50,
+        worst=3,
+        diagnostics=read_diagnostics(tmp_path / "diag.jsonl", 40),
+        echo=said.append,
+    )
     assert report_json(document) == (tmp_path / "report.json").read_text()  # byte for byte
-    assert render(document, f"nmt-score: {tmp_path / 'ref'}") == \
-        (tmp_path / "report.html").read_text()
+    assert (
+        render(document, f"nmt-score: {tmp_path / 'ref'}") == (tmp_path / "report.html").read_text()
+    )
     assert "".join(part + "\n" for part in said) == printed
     assert list(document) == ["systems", "diagnostics", "comparison"]
     assert [entry["line"] for entry in document["diagnostics"]] == [2]
@@ -108,22 +185,56 @@ def test_html_report_opens_in_headless_chromium_without_console_errors(tmp_path,
     (tmp_path / "b").write_text("\n".join(SYSTEM_B) + "\n")
     (tmp_path / "src").write_text("\n".join(SOURCES) + "\n")
     page = tmp_path / "report.html"
-    flagged = {"line": 2, "flags": ["under-translation"], "source": SOURCES[1],
-               "output": SYSTEM_A[1], "under_attended": [{"word": "Schnee", "attention": 0.01}],
-               "over_attended": [], "repeated_ngrams": [], "length_ratio": 0.4,
-               "mean_log_prob": -0.5}
-    (tmp_path / "diag.jsonl").write_text(json.dumps(flagged) + "\n" + json.dumps(
-        {**flagged, "line": 3, "flags": []}) + "\n")
+    flagged = {
+        "line": 2,
+        "flags": ["under-translation"],
+        "source": SOURCES[1],
+        "output": SYSTEM_A[1],
+        "under_attended": [{"word": "Schnee", "attention": 0.01}],
+        "over_attended": [],
+        "repeated_ngrams": [],
+        "length_ratio": 0.4,
+        "mean_log_prob": -0.5,
+    }
+    (tmp_path / "diag.jsonl").write_text(
+        json.dumps(flagged) + "\n" + json.dumps({**flagged, "line": 3, "flags": []}) + "\n"
+    )
     with pytest.raises(SystemExit) as code:
-        score_main(["-r", str(tmp_path / "ref"), "-i", str(tmp_path / "a"), str(tmp_path / "b"),
-                    "-s", str(tmp_path / "src"), "--samples", "100", "--html", str(page),
-                    "--diagnostics", str(tmp_path / "diag.jsonl")])
+        score_main(
+            [
+                "-r",
+                str(tmp_path / "ref"),
+                "-i",
+                str(tmp_path / "a"),
+                str(tmp_path / "b"),
+                "-s",
+                str(tmp_path / "src"),
+                "--samples",
+                "100",
+                "--html",
+                str(page),
+                "--diagnostics",
+                str(tmp_path / "diag.jsonl"),
+            ]
+        )
     assert code.value.code == 0
     capsys.readouterr()
     assert "http" not in page.read_text().replace("http-equiv", "")  # nothing to fetch
-    result = subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu",
-                             "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            browser,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     dom = result.stdout
     assert "Confidence intervals and significance" in dom and "Lowest chrF" in dom
@@ -140,13 +251,13 @@ def test_html_report_opens_in_headless_chromium_without_console_errors(tmp_path,
 PWN = "document.title='pwned'"
 PAYLOADS = {
     "source": f"<script>{PWN}</script> Ein Mann.",
-    "hypothesis": f"<img src=x onerror=\"{PWN}\"> & a man",
+    "hypothesis": f'<img src=x onerror="{PWN}"> & a man',
     "reference": f"</script><script>{PWN}</script> ' \" a man",
     "diag_flag": f"<img src=x onerror={PWN}>",
-    "diag_source": f"'><svg onload=\"{PWN}\">",
+    "diag_source": f'\'><svg onload="{PWN}">',
     "diag_output": f"</td></table><script>{PWN}</script>",
     "diag_word": f"</style><script>{PWN}</script>",
-    "diag_gram": f"<iframe srcdoc=\"<script>{PWN}</script>\"></iframe>",
+    "diag_gram": f'<iframe srcdoc="<script>{PWN}</script>"></iframe>',
 }
 SYSTEM_NAMES = [f"sys' \"><img src=x onerror={PWN}>", f"b</script><script>{PWN}</script>$\\x$"]
 REF_NAME = f"ref</title><script>{PWN}</script>"
@@ -157,28 +268,53 @@ def _hostile_report(tmp_path):
     sources = [PAYLOADS["source"], "Zwei Hunde.", "Eine Frau singt."]
     hypotheses = [PAYLOADS["hypothesis"], "Two dogs.", "A woman is singing."]
     references = [PAYLOADS["reference"], "Two dogs play.", "A woman sings."]
-    files = {"src": sources, REF_NAME: references, SYSTEM_NAMES[0]: hypotheses,
-             SYSTEM_NAMES[1]: hypotheses[::-1]}
+    files = {
+        "src": sources,
+        REF_NAME: references,
+        SYSTEM_NAMES[0]: hypotheses,
+        SYSTEM_NAMES[1]: hypotheses[::-1],
+    }
     for name, lines in files.items():
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / name).write_text("\n".join(lines) + "\n")
     # Numeric fields (line, attention, length_ratio) are checked as numbers when read (a string
     # there is refused; tests/test_bad_input.py), so markup can come only through the text ones.
-    flagged = {"line": 1, "flags": [PAYLOADS["diag_flag"]],
-               "source": PAYLOADS["diag_source"], "output": PAYLOADS["diag_output"],
-               "under_attended": [{"word": PAYLOADS["diag_word"], "attention": 0.1}],
-               "over_attended": [], "repeated_ngrams": [PAYLOADS["diag_gram"]],
-               "length_ratio": 0.4, "mean_log_prob": -0.5}
+    flagged = {
+        "line": 1,
+        "flags": [PAYLOADS["diag_flag"]],
+        "source": PAYLOADS["diag_source"],
+        "output": PAYLOADS["diag_output"],
+        "under_attended": [{"word": PAYLOADS["diag_word"], "attention": 0.1}],
+        "over_attended": [],
+        "repeated_ngrams": [PAYLOADS["diag_gram"]],
+        "length_ratio": 0.4,
+        "mean_log_prob": -0.5,
+    }
     (tmp_path / "diag.jsonl").write_text(json.dumps(flagged) + "\n")
     page = tmp_path / "report.html"
     with pytest.raises(SystemExit) as code:
-        score_main(["-r", str(tmp_path / REF_NAME), "-i"]
-                   + [str(tmp_path / name) for name in SYSTEM_NAMES]
-                   + ["-s", str(tmp_path / "src"), "--samples", "5", "--worst", "10",
-                      "--html", str(page), "--diagnostics", str(tmp_path / "diag.jsonl")])
+        score_main(
+            ["-r", str(tmp_path / REF_NAME), "-i"]
+            + [str(tmp_path / name) for name in SYSTEM_NAMES]
+            + [
+                "-s",
+                str(tmp_path / "src"),
+                "--samples",
+                "5",
+                "--worst",
+                "10",
+                "--html",
+                str(page),
+                "--diagnostics",
+                str(tmp_path / "diag.jsonl"),
+            ]
+        )
     assert code.value.code == 0
-    texts = [*PAYLOADS.values(), *(str(tmp_path / name) for name in SYSTEM_NAMES),
-             f"nmt-score: {tmp_path / REF_NAME}"]
+    texts = [
+        *PAYLOADS.values(),
+        *(str(tmp_path / name) for name in SYSTEM_NAMES),
+        f"nmt-score: {tmp_path / REF_NAME}",
+    ]
     return page, texts
 
 
@@ -204,9 +340,21 @@ def test_html_report_with_markup_in_every_field_runs_no_script_in_chromium(tmp_p
         pytest.skip("needs Debian's chromium (.ci/run installs it)")
     page, texts = _hostile_report(tmp_path)
     capsys.readouterr()
-    result = subprocess.run([browser, "--headless=new", "--no-sandbox", "--disable-gpu",
-                             "--enable-logging=stderr", "--v=0", "--dump-dom", page.as_uri()],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            browser,
+            "--headless=new",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--enable-logging=stderr",
+            "--v=0",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
 
     class Dom(HTMLParser):  # the elements and text of the DOM as Chromium built it

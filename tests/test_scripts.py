@@ -29,14 +29,31 @@ def _ruff() -> list[str]:
 def test_shipped_python_files_parse_as_python_3_10_and_pass_pyflakes():
     """The check of .ci/run, with pyproject.toml's [tool.ruff] (target-version py310)."""
     ruff = _ruff()
-    result = subprocess.run([*ruff, "check", "--no-cache", "nmt", "tests", "data", "benchmarks"],
-                            cwd=ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [*ruff, "check", "--no-cache", "nmt", "tests", "data", "benchmarks"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     # ... and the configuration really checks 3.10's grammar: 3.12-only syntax is reported.
-    snippet = subprocess.run([*ruff, "check", "--no-cache", "--config",
-                              str(ROOT / "pyproject.toml"), "--stdin-filename", "snippet.py", "-"],
-                             input="x = f\"{'\\n'}\"\n", capture_output=True, text=True,
-                             timeout=60)
+    snippet = subprocess.run(
+        [
+            *ruff,
+            "check",
+            "--no-cache",
+            "--config",
+            str(ROOT / "pyproject.toml"),
+            "--stdin-filename",
+            "snippet.py",
+            "-",
+        ],
+        input="x = f\"{'\\n'}\"\n",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert snippet.returncode == 1 and "Python 3.10" in snippet.stdout, snippet.stdout
 
 
@@ -51,8 +68,11 @@ def get_multi30k():
 
 
 # What data/README.md promises, in the order fetched.
-NAMES = [f"{split}.{lang}" for split in ("train", "val", "test_2016_flickr")
-         for lang in ("de", "en", "fr", "cs")]
+NAMES = [
+    f"{split}.{lang}"
+    for split in ("train", "val", "test_2016_flickr")
+    for lang in ("de", "en", "fr", "cs")
+]
 
 
 def _text(name: str) -> bytes:
@@ -80,7 +100,7 @@ def mirror(monkeypatch):
             self.send_response(200)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
-            self.wfile.write(body[:len(body) // 2] if name in truncated else body)
+            self.wfile.write(body[: len(body) // 2] if name in truncated else body)
 
         def log_message(self, *args):
             pass
@@ -94,7 +114,8 @@ def mirror(monkeypatch):
 
 
 def test_get_multi30k_writes_every_file_and_a_rerun_fetches_only_the_missing(
-        tmp_path, mirror, capsys, get_multi30k):
+    tmp_path, mirror, capsys, get_multi30k
+):
     url, _, _, requests = mirror
     target = tmp_path / "multi30k"
     assert get_multi30k.main([str(target), "--base-url", url]) == 0
@@ -122,15 +143,23 @@ def test_get_multi30k_failure_is_one_line_and_leaves_no_partial_file(tmp_path, m
     else:
         files["val.fr.gz"] = files["val.fr.gz"][:-12]  # served whole, but the stream ends early
     target = tmp_path / "multi30k"
-    result = subprocess.run([sys.executable, str(SCRIPT), str(target), "--base-url", url],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), str(target), "--base-url", url],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 1
     lines = result.stderr.splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"get_multi30k.py: error: {url}val.fr.gz: "), \
+    assert len(lines) == 1 and lines[0].startswith(f"get_multi30k.py: error: {url}val.fr.gz: "), (
         result.stderr
-    assert {"missing": "HTTP 404", "cut connection": "incomplete or corrupt download",
-            "corrupt gzip": "incomplete or corrupt download"}[fault] in lines[0]
-    before = NAMES[:NAMES.index("val.fr")]
+    )
+    assert {
+        "missing": "HTTP 404",
+        "cut connection": "incomplete or corrupt download",
+        "corrupt gzip": "incomplete or corrupt download",
+    }[fault] in lines[0]
+    before = NAMES[: NAMES.index("val.fr")]
     assert sorted(p.name for p in target.iterdir()) == sorted(before)  # no val.fr, no temp file
     for name in before:
         assert (target / name).read_bytes() == _text(name)
@@ -138,14 +167,21 @@ def test_get_multi30k_failure_is_one_line_and_leaves_no_partial_file(tmp_path, m
     files["val.fr.gz"] = gzip.compress(_text("val.fr"))
     truncated.clear()
     requests.clear()
-    assert subprocess.run([sys.executable, str(SCRIPT), str(target), "--base-url", url],
-                          capture_output=True, timeout=60).returncode == 0
-    assert requests == [f"{name}.gz" for name in NAMES[len(before):]]
+    assert (
+        subprocess.run(
+            [sys.executable, str(SCRIPT), str(target), "--base-url", url],
+            capture_output=True,
+            timeout=60,
+        ).returncode
+        == 0
+    )
+    assert requests == [f"{name}.gz" for name in NAMES[len(before) :]]
     assert sorted(p.name for p in target.iterdir()) == sorted(NAMES)
 
 
-def test_get_multi30k_write_failure_leaves_no_file(tmp_path, mirror, monkeypatch, capsys,
-                                                   get_multi30k):
+def test_get_multi30k_write_failure_leaves_no_file(
+    tmp_path, mirror, monkeypatch, capsys, get_multi30k
+):
     url = mirror[0]
 
     def full_disk(*args):
@@ -155,13 +191,16 @@ def test_get_multi30k_write_failure_leaves_no_file(tmp_path, mirror, monkeypatch
     target = tmp_path / "multi30k"
     assert get_multi30k.main([str(target), "--base-url", url]) == 1
     error = capsys.readouterr().err
-    assert error == f"get_multi30k.py: error: {target / NAMES[0]}: cannot write: " \
-                    "No space left on device\n"
+    assert (
+        error == f"get_multi30k.py: error: {target / NAMES[0]}: cannot write: "
+        "No space left on device\n"
+    )
     assert list(target.iterdir()) == []
 
 
 def test_get_multi30k_help_names_the_base_url(get_multi30k):
-    result = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True,
-                            text=True, timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0 and "--base-url" in result.stdout
     assert get_multi30k.BASE.startswith("https://raw.githubusercontent.com/multi30k/dataset/")

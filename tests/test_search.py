@@ -40,13 +40,22 @@ def test_beam_search_equals_exhaustive_search(seed, form, alpha):
     source, max_len = [4, 5, 4], 3
     words = [1, 4, 5]
     every = [list(seq) for n in range(max_len + 1) for seq in itertools.product(words, repeat=n)]
-    scored = sorted(((sequence_log_prob(model, source, seq), seq) for seq in every),
-                    key=lambda item: item[0] / length_penalty(len(item[1]) + 1, form, alpha),
-                    reverse=True)
+    scored = sorted(
+        ((sequence_log_prob(model, source, seq), seq) for seq in every),
+        key=lambda item: item[0] / length_penalty(len(item[1]) + 1, form, alpha),
+        reverse=True,
+    )
     # A beam as wide as the number of prefixes of length max_len keeps every prefix alive.
     beam = len(words) ** max_len
-    found = beam_search(model, encode(model, [source]), torch.tensor([max_len]), beam,
-                        nbest=5, length_norm=form, alpha=alpha)[0]
+    found = beam_search(
+        model,
+        encode(model, [source]),
+        torch.tensor([max_len]),
+        beam,
+        nbest=5,
+        length_norm=form,
+        alpha=alpha,
+    )[0]
     assert [h.tokens for h in found] == [seq for _, seq in scored[:5]]
     for hyp, (log_prob, seq) in zip(found, scored):
         assert hyp.log_prob == pytest.approx(log_prob, abs=1e-5)
@@ -77,7 +86,7 @@ def test_batching_and_padding_change_nothing(search):
 
     together = run(sources, limits)
     for i, source in enumerate(sources):
-        alone = run([source], limits[i:i + 1])[0]
+        alone = run([source], limits[i : i + 1])[0]
         assert [h.tokens for h in alone] == [h.tokens for h in together[i]]
         for a, b in zip(alone, together[i]):
             assert a.score == pytest.approx(b.score, abs=1e-5)
@@ -93,8 +102,9 @@ def test_outputs_respect_the_length_limit():
 
 def test_attention_is_kept_for_each_output_token():
     model = tiny_model(vocab=30, seed=7)
-    hyp = beam_search(model, encode(model, [[5, 6, 7]]), torch.tensor([5]), beam=3,
-                      keep_attention=True)[0][0]
+    hyp = beam_search(
+        model, encode(model, [[5, 6, 7]]), torch.tensor([5]), beam=3, keep_attention=True
+    )[0][0]
     assert hyp.attention.shape == (len(hyp.tokens) + 1, 4)
     assert torch.allclose(hyp.attention.sum(-1), torch.ones(len(hyp.tokens) + 1))
 
@@ -107,25 +117,41 @@ def test_length_penalty_forms():
 
 
 def repeats_ngram(seq, n):
-    grams = [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
+    grams = [tuple(seq[i : i + n]) for i in range(len(seq) - n + 1)]
     return len(grams) != len(set(grams))
 
 
-@pytest.mark.parametrize("rules", [StepRules(min_len=2), StepRules(no_repeat_ngram=1),
-                                   StepRules(min_len=1, no_repeat_ngram=2)])
+@pytest.mark.parametrize(
+    "rules",
+    [StepRules(min_len=2), StepRules(no_repeat_ngram=1), StepRules(min_len=1, no_repeat_ngram=2)],
+)
 def test_rules_equal_exhaustive_search_over_allowed_outputs(rules):
     model = tiny_model(vocab=VOCAB, seed=3)
     source, max_len, words = [5, 4], 3, [1, 4, 5]
-    allowed = [list(seq) for n in range(rules.min_len, max_len + 1)
-               for seq in itertools.product(words, repeat=n)
-               if not (rules.no_repeat_ngram and repeats_ngram(seq, rules.no_repeat_ngram))]
-    scored = sorted(((sequence_log_prob(model, source, seq), seq) for seq in allowed),
-                    reverse=True, key=lambda item: item[0])
-    found = beam_search(model, encode(model, [source]), torch.tensor([max_len]),
-                        len(words) ** max_len, nbest=3, length_norm="none", rules=rules)[0]
+    allowed = [
+        list(seq)
+        for n in range(rules.min_len, max_len + 1)
+        for seq in itertools.product(words, repeat=n)
+        if not (rules.no_repeat_ngram and repeats_ngram(seq, rules.no_repeat_ngram))
+    ]
+    scored = sorted(
+        ((sequence_log_prob(model, source, seq), seq) for seq in allowed),
+        reverse=True,
+        key=lambda item: item[0],
+    )
+    found = beam_search(
+        model,
+        encode(model, [source]),
+        torch.tensor([max_len]),
+        len(words) ** max_len,
+        nbest=3,
+        length_norm="none",
+        rules=rules,
+    )[0]
     assert [h.tokens for h in found] == [seq for _, seq in scored[:3]]
-    greedy = greedy_search(model, encode(model, [source]), torch.tensor([max_len]),
-                           rules=rules)[0][0]
+    greedy = greedy_search(model, encode(model, [source]), torch.tensor([max_len]), rules=rules)[0][
+        0
+    ]
     assert len(greedy.tokens) >= rules.min_len
     assert not (rules.no_repeat_ngram and repeats_ngram(greedy.tokens, rules.no_repeat_ngram))
 
@@ -134,8 +160,9 @@ def draw(model, sources, seed, **options):
     from nmt.search.sampling import sample
 
     generator = torch.Generator().manual_seed(seed)
-    return sample(model, encode(model, sources), torch.tensor([6] * len(sources)), 4, generator,
-                  **options)
+    return sample(
+        model, encode(model, sources), torch.tensor([6] * len(sources)), 4, generator, **options
+    )
 
 
 def test_sampling_is_reproducible_for_a_seed():
@@ -146,8 +173,9 @@ def test_sampling_is_reproducible_for_a_seed():
     assert [[h.tokens for h in s] for s in first] != [[h.tokens for h in s] for s in other]
     for hyps, source in zip(first, sources):  # scores are the model's own log-probabilities
         for hyp in hyps:
-            assert hyp.log_prob == pytest.approx(sequence_log_prob(model, source, hyp.tokens),
-                                                 abs=1e-4)
+            assert hyp.log_prob == pytest.approx(
+                sequence_log_prob(model, source, hyp.tokens), abs=1e-4
+            )
 
 
 def test_low_temperature_and_top_k_one_are_greedy():
@@ -183,8 +211,10 @@ def test_an_ensemble_of_one_equals_the_model_and_averages_log_probs():
     encoded = encode(pair, sources)
     previous = torch.tensor([2, 2])
     log_probs, _, _ = pair.decode_step(encoded, pair.initial_state(encoded), previous)
-    expected = [m.decode_step(e, m.initial_state(e), previous)[0]
-                for m, e in zip((model, other), encoded.members)]
+    expected = [
+        m.decode_step(e, m.initial_state(e), previous)[0]
+        for m, e in zip((model, other), encoded.members)
+    ]
     assert torch.allclose(log_probs, (expected[0] + expected[1]) / 2)
 
 
@@ -204,12 +234,21 @@ def test_coverage_penalty_equals_exhaustive_search():
     model = tiny_model(vocab=VOCAB, seed=12)
     source, max_len, words, beta = [4, 5, 4, 5], 3, [1, 4, 5], 0.4
     every = [list(seq) for n in range(max_len + 1) for seq in itertools.product(words, repeat=n)]
-    scored = sorted(((sequence_log_prob(model, source, seq) / length_penalty(len(seq) + 1, "gnmt",
-                                                                             0.6)
-                      + sequence_coverage_bonus(model, source, seq, beta), seq)
-                     for seq in every), key=lambda item: item[0], reverse=True)
-    found = beam_search(model, encode(model, [source]), torch.tensor([max_len]), 27, nbest=3,
-                        coverage_penalty=beta)[0]
+    scored = sorted(
+        (
+            (
+                sequence_log_prob(model, source, seq) / length_penalty(len(seq) + 1, "gnmt", 0.6)
+                + sequence_coverage_bonus(model, source, seq, beta),
+                seq,
+            )
+            for seq in every
+        ),
+        key=lambda item: item[0],
+        reverse=True,
+    )
+    found = beam_search(
+        model, encode(model, [source]), torch.tensor([max_len]), 27, nbest=3, coverage_penalty=beta
+    )[0]
     assert [h.tokens for h in found] == [seq for _, seq in scored[:3]]
     assert [h.score for h in found] == pytest.approx([s for s, _ in scored[:3]], abs=1e-4)
 
@@ -230,9 +269,10 @@ def test_forced_prefix_starts_every_output(search):
         results = sample(model, encoded, limits, 3, torch.Generator().manual_seed(1), prefix=prefix)
     for hyps, wanted, source in zip(results, ([20, 21], [22], []), sources):
         for hyp in hyps:
-            assert hyp.tokens[:len(wanted)] == wanted
-            assert hyp.log_prob == pytest.approx(sequence_log_prob(model, source, hyp.tokens),
-                                                 abs=1e-4)
+            assert hyp.tokens[: len(wanted)] == wanted
+            assert hyp.log_prob == pytest.approx(
+                sequence_log_prob(model, source, hyp.tokens), abs=1e-4
+            )
 
 
 class FixedTable:
@@ -257,8 +297,7 @@ class FixedTable:
         log_probs = torch.full((previous.size(0), 6), float("-inf"))
         after_bos = previous == 2
         log_probs[:, 4] = torch.where(after_bos, torch.tensor(0.6).log(), torch.tensor(0.4).log())
-        log_probs[:, EOS] = torch.where(after_bos, torch.tensor(0.4).log(),
-                                        torch.tensor(0.6).log())
+        log_probs[:, EOS] = torch.where(after_bos, torch.tensor(0.4).log(), torch.tensor(0.6).log())
         return log_probs, state, torch.ones(previous.size(0), 1)
 
 
@@ -284,8 +323,9 @@ class PrefixTable:
             self.prefixes, self.mask, self.device = prefixes, mask, torch.device("cpu")
 
         def index_select(self, index):
-            return PrefixTable.State([self.prefixes[i] for i in index.tolist()],
-                                     self.mask.index_select(0, index))
+            return PrefixTable.State(
+                [self.prefixes[i] for i in index.tolist()], self.mask.index_select(0, index)
+            )
 
     def __init__(self, table, attention=None):
         self.table, self.attention = table, attention or {}
@@ -297,8 +337,9 @@ class PrefixTable:
         return encoded
 
     def decode_step(self, encoded, state, previous):
-        prefixes = [p if token == 2 else p + (token,)
-                    for p, token in zip(state.prefixes, previous.tolist())]
+        prefixes = [
+            p if token == 2 else p + (token,) for p, token in zip(state.prefixes, previous.tolist())
+        ]
         probs = torch.zeros(len(prefixes), VOCAB)
         weights = state.mask / state.mask.sum(-1, keepdim=True)
         for row, prefix in enumerate(prefixes):
@@ -312,19 +353,29 @@ class PrefixTable:
 # 'a' then EOS beats EOS at once, and 'a a' then EOS beats both, under every length
 # normalization; but when 'a' ends, two hypotheses (beam 2) have finished while 'a a' is alive.
 A = 4
-OVERTAKEN = {(): {A: 0.7, EOS: 0.2, 5: 0.1}, (A,): {A: 0.55, EOS: 0.45},
-             (A, A): {EOS: 0.99, 5: 0.01}}
+OVERTAKEN = {
+    (): {A: 0.7, EOS: 0.2, 5: 0.1},
+    (A,): {A: 0.55, EOS: 0.45},
+    (A, A): {EOS: 0.99, 5: 0.01},
+}
 
 
-@pytest.mark.parametrize("form, alpha", [("none", 0.0), ("avg", 1.0), ("gnmt", 0.6),
-                                         ("gnmt", 1.0)])
+@pytest.mark.parametrize("form, alpha", [("none", 0.0), ("avg", 1.0), ("gnmt", 0.6), ("gnmt", 1.0)])
 def test_exact_stopping_finds_what_stopping_at_the_first_beam_finished_misses(form, alpha):
     model = PrefixTable(OVERTAKEN)
     encoded, limits = model.encode(torch.ones(1, 3, dtype=torch.bool)), torch.tensor([4])
 
     def search(stopping, nbest=1):
-        return beam_search(model, encoded, limits, beam=2, nbest=nbest, length_norm=form,
-                           alpha=alpha, stopping=stopping)[0]
+        return beam_search(
+            model,
+            encoded,
+            limits,
+            beam=2,
+            nbest=nbest,
+            length_norm=form,
+            alpha=alpha,
+            stopping=stopping,
+        )[0]
 
     first, exact = search("first")[0], search("exact")[0]
     assert first.tokens == [A]
@@ -338,11 +389,14 @@ def test_a_real_source_token_without_attention_is_penalized():
     """'a' is likelier than 'b' but never attends to the source's last real token (attention
     exactly 0, as when it underflows); the last column is padding, also never attended."""
     zero, half = [0.5, 0.5, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]
-    model = PrefixTable({(): {A: 0.5, 5: 0.4, EOS: 0.1}, (A,): {EOS: 1.0}, (5,): {EOS: 1.0}},
-                        attention={(): zero, (A,): zero, (5,): half})
+    model = PrefixTable(
+        {(): {A: 0.5, 5: 0.4, EOS: 0.1}, (A,): {EOS: 1.0}, (5,): {EOS: 1.0}},
+        attention={(): zero, (A,): zero, (5,): half},
+    )
     encoded = model.encode(torch.tensor([[True, True, True, False]]))
-    found = beam_search(model, encoded, torch.tensor([3]), beam=2, nbest=2, length_norm="none",
-                        coverage_penalty=1.0)[0]
+    found = beam_search(
+        model, encoded, torch.tensor([3]), beam=2, nbest=2, length_norm="none", coverage_penalty=1.0
+    )[0]
     assert [h.tokens for h in found] == [[5], [A]]
     dropped = float(torch.tensor(MIN_COVERAGE).log())  # token 3 of 'a', about -23
     assert found[1].score == pytest.approx(float(torch.tensor(0.5).log()) + dropped, abs=1e-4)
@@ -362,27 +416,34 @@ def unstopped_beam_search(model, source, max_len, beam, form, alpha, min_len, be
     for t in range(max_len + 1):
         previous = torch.tensor([tokens[-1] if tokens else 2 for tokens, _, _ in live])
         log_probs, state, weights = model.decode_step(
-            encoded.index_select(torch.zeros(len(live), dtype=torch.long)), state, previous)
-        allowed = [EOS] if t >= max_len else [1, *(w for w in range(4, log_probs.size(1)))] + \
-            ([] if t < min_len else [EOS])
+            encoded.index_select(torch.zeros(len(live), dtype=torch.long)), state, previous
+        )
+        allowed = (
+            [EOS]
+            if t >= max_len
+            else [1, *(w for w in range(4, log_probs.size(1)))] + ([] if t < min_len else [EOS])
+        )
         candidates = []
         for row, (tokens, log_prob, coverage) in enumerate(live):
             coverage = coverage + weights[row]
             for token in allowed:
-                candidates.append((log_prob + float(log_probs[row, token]), tokens, token, row,
-                                   coverage))
-        candidates = sorted(candidates, key=lambda c: c[0], reverse=True)[:2 * beam]
+                candidates.append(
+                    (log_prob + float(log_probs[row, token]), tokens, token, row, coverage)
+                )
+        candidates = sorted(candidates, key=lambda c: c[0], reverse=True)[: 2 * beam]
         for rank, (log_prob, tokens, token, _, coverage) in enumerate(candidates):
             if token == EOS and rank < beam:
                 bonus = beta * float(coverage.clamp(MIN_COVERAGE, 1.0).log().sum())
-                done.append((log_prob / length_penalty(len(tokens) + 1, form, alpha) + bonus,
-                             tokens))
+                done.append(
+                    (log_prob / length_penalty(len(tokens) + 1, form, alpha) + bonus, tokens)
+                )
         go_on = [c for c in candidates if c[2] != EOS][:beam]
         if not go_on:
             break
         state = state.index_select(torch.tensor([c[3] for c in go_on]))
-        live = [(tokens + [token], log_prob, coverage)
-                for log_prob, tokens, token, _, coverage in go_on]
+        live = [
+            (tokens + [token], log_prob, coverage) for log_prob, tokens, token, _, coverage in go_on
+        ]
     return sorted(done, key=lambda d: d[0], reverse=True)
 
 
@@ -396,12 +457,20 @@ def random_case(seed):
     sources = [[rng.randrange(4, VOCAB) for _ in range(rng.randint(1, 4))] for _ in range(3)]
     max_lens = [rng.randint(1, 6) for _ in sources]
     beam = rng.randint(1, 3)
-    form, alpha = rng.choice([("none", 0.0), ("avg", 1.0), ("avg", 0.0), ("gnmt", 0.6),
-                              ("gnmt", 2.0)])
-    return dict(model=model, sources=sources, max_lens=max_lens, beam=beam,
-                nbest=rng.randint(1, beam), form=form, alpha=alpha,
-                min_len=min(rng.choice([0, 0, 1, 2]), *max_lens),
-                beta=rng.choice([0.0, 0.0, 0.3]))
+    form, alpha = rng.choice(
+        [("none", 0.0), ("avg", 1.0), ("avg", 0.0), ("gnmt", 0.6), ("gnmt", 2.0)]
+    )
+    return dict(
+        model=model,
+        sources=sources,
+        max_lens=max_lens,
+        beam=beam,
+        nbest=rng.randint(1, beam),
+        form=form,
+        alpha=alpha,
+        min_len=min(rng.choice([0, 0, 1, 2]), *max_lens),
+        beta=rng.choice([0.0, 0.0, 0.3]),
+    )
 
 
 def test_exact_stopping_equals_beam_search_run_to_the_length_limit():
@@ -412,19 +481,38 @@ def test_exact_stopping_equals_beam_search_run_to_the_length_limit():
     for seed in range(100):
         case = random_case(seed)
         model, beam, nbest = case["model"], case["beam"], case["nbest"]
-        run = {stopping: beam_search(
-            model, encode(model, case["sources"]), torch.tensor(case["max_lens"]), beam, nbest,
-            case["form"], case["alpha"], rules=StepRules(min_len=case["min_len"]),
-            coverage_penalty=case["beta"], stopping=stopping) for stopping in STOPPING}
+        run = {
+            stopping: beam_search(
+                model,
+                encode(model, case["sources"]),
+                torch.tensor(case["max_lens"]),
+                beam,
+                nbest,
+                case["form"],
+                case["alpha"],
+                rules=StepRules(min_len=case["min_len"]),
+                coverage_penalty=case["beta"],
+                stopping=stopping,
+            )
+            for stopping in STOPPING
+        }
         for i, (source, max_len) in enumerate(zip(case["sources"], case["max_lens"])):
-            reference = unstopped_beam_search(model, source, max_len, beam, case["form"],
-                                              case["alpha"], case["min_len"],
-                                              case["beta"])[:nbest]
+            reference = unstopped_beam_search(
+                model,
+                source,
+                max_len,
+                beam,
+                case["form"],
+                case["alpha"],
+                case["min_len"],
+                case["beta"],
+            )[:nbest]
             exact, first = run["exact"][i], run["first"][i]
             where = f"seed {seed}, sentence {i}: {case}"
             assert [h.tokens for h in exact] == [tokens for _, tokens in reference], where
-            assert [h.score for h in exact] == pytest.approx([s for s, _ in reference],
-                                                             abs=1e-5), where
+            assert [h.score for h in exact] == pytest.approx([s for s, _ in reference], abs=1e-5), (
+                where
+            )
             assert exact[0].score >= first[0].score - 1e-6, where
             differ += [h.tokens for h in first] != [h.tokens for h in exact]
     assert differ >= 10  # the rule matters in these cases
@@ -438,8 +526,14 @@ def test_sampling_with_no_repeat_unigrams_when_some_samples_end_early(seed):
 
     model = tiny_model(vocab=VOCAB, seed=seed)
     sources = [[4, 5], [5]]
-    drawn = sample(model, encode(model, sources), torch.tensor([1, 6]), 4,
-                   torch.Generator().manual_seed(seed), rules=StepRules(no_repeat_ngram=1))
+    drawn = sample(
+        model,
+        encode(model, sources),
+        torch.tensor([1, 6]),
+        4,
+        torch.Generator().manual_seed(seed),
+        rules=StepRules(no_repeat_ngram=1),
+    )
     for hyps in drawn:  # the first sentence's samples end at step 1, the second goes on
         for hyp in hyps:
             assert len(set(hyp.tokens)) == len(hyp.tokens)  # no token twice

@@ -53,10 +53,29 @@ def small_lexicon(joint: bool = True) -> Lexicon:
 
 def test_shortlist_unions_specials_frequent_translations_and_copies():
     source = torch.tensor([[7, 8], [8, PAD]])
-    assert small_lexicon().shortlist(source, per_token=2, frequent=2).tolist() == \
-        [0, 1, 2, 3, 4, 5, 7, 8, 11, 12, 14, 15]
-    assert small_lexicon(joint=False).shortlist(source, per_token=1, frequent=1).tolist() == \
-        [0, 1, 2, 3, 4, 11, 14]
+    assert small_lexicon().shortlist(source, per_token=2, frequent=2).tolist() == [
+        0,
+        1,
+        2,
+        3,
+        4,
+        5,
+        7,
+        8,
+        11,
+        12,
+        14,
+        15,
+    ]
+    assert small_lexicon(joint=False).shortlist(source, per_token=1, frequent=1).tolist() == [
+        0,
+        1,
+        2,
+        3,
+        4,
+        11,
+        14,
+    ]
     required = torch.tensor([[19, PAD]])
     assert 19 in small_lexicon().shortlist(source, 1, 1, required).tolist()
 
@@ -81,8 +100,9 @@ def restricted_log_prob(model, source, tokens, vocabulary):
     previous, total = torch.tensor([2]), 0.0
     for token in [*tokens, EOS]:
         log_probs, state, _ = model.decode_step(encoded, state, previous)
-        total += float(torch.log_softmax(log_probs[0, vocabulary], -1)[
-            vocabulary.tolist().index(token)])
+        total += float(
+            torch.log_softmax(log_probs[0, vocabulary], -1)[vocabulary.tolist().index(token)]
+        )
         previous = torch.tensor([token])
     return total
 
@@ -93,12 +113,20 @@ def test_beam_search_over_a_shortlist_equals_exhaustive_search_over_it(seed):
     vocabulary = torch.tensor([0, 1, 2, 3, 5, 8])  # words 4, 6 and 7 are left out
     source, max_len, words = [4, 6, 7], 3, [1, 5, 8]
     every = [list(seq) for n in range(max_len + 1) for seq in itertools.product(words, repeat=n)]
-    scored = sorted(((restricted_log_prob(model, source, seq, vocabulary), seq) for seq in every),
-                    key=lambda item: item[0] / length_penalty(len(item[1]) + 1, "gnmt", 0.6),
-                    reverse=True)
+    scored = sorted(
+        ((restricted_log_prob(model, source, seq, vocabulary), seq) for seq in every),
+        key=lambda item: item[0] / length_penalty(len(item[1]) + 1, "gnmt", 0.6),
+        reverse=True,
+    )
     encoded = model.shortlisted(encode(model, [source]), vocabulary)
-    found = beam_search(model, encoded, torch.tensor([max_len]), len(words) ** max_len, nbest=4,
-                        vocabulary=vocabulary)[0]
+    found = beam_search(
+        model,
+        encoded,
+        torch.tensor([max_len]),
+        len(words) ** max_len,
+        nbest=4,
+        vocabulary=vocabulary,
+    )[0]
     assert [h.tokens for h in found] == [seq for _, seq in scored[:4]]
     for hyp, (log_prob, _) in zip(found, scored):
         assert hyp.log_prob == pytest.approx(log_prob, abs=1e-5)
@@ -121,8 +149,14 @@ def test_a_shortlist_of_the_whole_vocabulary_changes_nothing(kind):
     prefix = torch.tensor([[20, 21], [PAD, PAD], [22, PAD]])
     for search, options in ((beam_search, dict(beam=4, nbest=2)), (greedy_search, {})):
         plain = search(model, encode(model, sources), limits, prefix=prefix, **options)
-        short = search(model, model.shortlisted(encode(model, sources), everything), limits,
-                       prefix=prefix, vocabulary=everything, **options)
+        short = search(
+            model,
+            model.shortlisted(encode(model, sources), everything),
+            limits,
+            prefix=prefix,
+            vocabulary=everything,
+            **options,
+        )
         for a, b in zip(plain, short):
             assert [h.tokens for h in a] == [h.tokens for h in b]
             assert [h.log_prob for h in a] == pytest.approx([h.log_prob for h in b], abs=1e-5)
@@ -142,8 +176,14 @@ def test_a_forced_prefix_outside_the_frequent_words_survives_a_shortlist():
     vocabulary = torch.tensor([0, 1, 2, 3, 5, 8])
     encoded = model.shortlisted(encode(model, [[4, 6]]), vocabulary)
     for search, options in ((beam_search, dict(beam=3)), (greedy_search, {})):
-        found = search(model, encoded, torch.tensor([4]), prefix=torch.tensor([[8, 5]]),
-                       vocabulary=vocabulary, **options)[0][0]
+        found = search(
+            model,
+            encoded,
+            torch.tensor([4]),
+            prefix=torch.tensor([[8, 5]]),
+            vocabulary=vocabulary,
+            **options,
+        )[0][0]
         assert found.tokens[:2] == [8, 5]
 
 
@@ -152,12 +192,21 @@ def test_translate_with_a_shortlist_builds_the_lexicon_once(tiny_recipe, tmp_pat
     from test_cli import run
 
     run_dir = tmp_path / "run"
-    code, _, err = run(train_main, [tiny_recipe, "--run-dir", run_dir, "train.max_steps=4"],
-                       capsys)
+    code, _, err = run(train_main, [tiny_recipe, "--run-dir", run_dir, "train.max_steps=4"], capsys)
     assert code == 0, err
     corpus = tiny_recipe.parent / "corpus"
-    args = ["-m", run_dir, "--beam", 3, "-i", corpus / "test.de", "--shortlist", 5,
-            "--shortlist-frequent", 20]
+    args = [
+        "-m",
+        run_dir,
+        "--beam",
+        3,
+        "-i",
+        corpus / "test.de",
+        "--shortlist",
+        5,
+        "--shortlist-frequent",
+        20,
+    ]
     code, out, err = run(translate_main, args, capsys)
     assert code == 0, err
     assert (run_dir / LEXICON_FILE).is_file()

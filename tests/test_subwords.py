@@ -15,8 +15,12 @@ def test_round_trip_and_fixed_special_ids(tmp_path, kind, joint):
     config = TokenizerConfig(type=kind, vocab_size=150, joint=joint)
     tokenizer = Tokenizer.train(config, lines("train", "de"), lines("train", "en"), tmp_path, 1)
     for processor in (tokenizer.source, tokenizer.target):
-        assert (processor.pad_id(), processor.unk_id(), processor.bos_id(),
-                processor.eos_id()) == (PAD, UNK, BOS, EOS)
+        assert (processor.pad_id(), processor.unk_id(), processor.bos_id(), processor.eos_id()) == (
+            PAD,
+            UNK,
+            BOS,
+            EOS,
+        )
     for sentence in lines("dev", "en", 50):
         assert tokenizer.decode_target(tokenizer.encode_target([sentence])[0]) == sentence
     # Reloading from the run directory gives the same model and hash.
@@ -27,8 +31,9 @@ def test_round_trip_and_fixed_special_ids(tmp_path, kind, joint):
 
 def test_vocabulary_too_large_names_the_key(tmp_path):
     with pytest.raises(NmtError, match=r"tokenizer\.vocab_size: 5000 is more than .* at most \d+"):
-        Tokenizer.train(TokenizerConfig(vocab_size=5000), ["eins zwei", "drei"], ["one two"],
-                        tmp_path, 1)
+        Tokenizer.train(
+            TokenizerConfig(vocab_size=5000), ["eins zwei", "drei"], ["one two"], tmp_path, 1
+        )
 
 
 def test_looks_segmented():

@@ -19,10 +19,20 @@ def losses(run_dir):
     return [row.split(",")[3] for row in rows if ",train," in row]
 
 
-@pytest.mark.parametrize("extra", [[], ["train.accumulate=2", "train.schedule=rsqrt",
-                                         "train.warmup_steps=3", "train.optimizer=adamw",
-                                         "train.weight_decay=0.01"]],
-                         ids=["adam", "accumulate-rsqrt-adamw"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],
+        [
+            "train.accumulate=2",
+            "train.schedule=rsqrt",
+            "train.warmup_steps=3",
+            "train.optimizer=adamw",
+            "train.weight_decay=0.01",
+        ],
+    ],
+    ids=["adam", "accumulate-rsqrt-adamw"],
+)
 def test_resume_continues_exactly(tiny_recipe, tmp_path, extra):
     straight = tmp_path / "straight"
     train(Recipe.load(tiny_recipe, [*STEPS, *extra]), straight)
@@ -89,18 +99,36 @@ def test_accumulation_schedule_keep_best_average_and_curves(tiny_recipe, tmp_pat
     from nmt.cli import average_main
 
     run_dir = tmp_path / "run"
-    result = train(Recipe.load(tiny_recipe, [
-        "train.max_steps=6", "train.valid_every=1", "train.accumulate=2", "train.keep_best=2",
-        "train.schedule=plateau", "train.plateau_patience=1", "train.early_stopping=chrf",
-        "train.patience=0", "train.optimizer=sgd", "train.momentum=0.9", "train.lr=0.5"]), run_dir)
+    result = train(
+        Recipe.load(
+            tiny_recipe,
+            [
+                "train.max_steps=6",
+                "train.valid_every=1",
+                "train.accumulate=2",
+                "train.keep_best=2",
+                "train.schedule=plateau",
+                "train.plateau_patience=1",
+                "train.early_stopping=chrf",
+                "train.patience=0",
+                "train.optimizer=sgd",
+                "train.momentum=0.9",
+                "train.lr=0.5",
+            ],
+        ),
+        run_dir,
+    )
     _, meta = load_checkpoint(run_dir / "checkpoints" / "last")
     progress = meta["progress"]
     assert progress["step"] == 6 and progress["epoch"] * 1000 + progress["batch_in_epoch"] >= 12
     history = progress["history"]
     assert result.metric == "chrf" and result.best == max(h["dev_chrf"] for h in history)
     # Plateau: one decay per validation without improvement.
-    worse = sum(1 for a, b in zip(history, history[1:])
-                if b["dev_chrf"] <= max(h["dev_chrf"] for h in history[:history.index(b)]))
+    worse = sum(
+        1
+        for a, b in zip(history, history[1:])
+        if b["dev_chrf"] <= max(h["dev_chrf"] for h in history[: history.index(b)])
+    )
     assert progress["plateau_decays"] == worse
     kept = sorted(p.stem for p in (run_dir / "checkpoints").glob("step-*.json"))
     best_two = sorted(history, key=lambda h: -h["dev_chrf"])[:2]
@@ -117,13 +145,27 @@ def test_accumulation_schedule_keep_best_average_and_curves(tiny_recipe, tmp_pat
     Translator.from_run(run_dir, checkpoint="avg").translate(["zwei Katzen"])
 
 
-@pytest.mark.parametrize("variant", [
-    ["model.attention=bahdanau", "model.decoder_cell=gru"],
-    ["model.attention=luong-dot", "model.hidden_size=12", "model.decoder_hidden_size=24",
-     "model.decoder_init=last", "model.encoder_cell=rnn"],
-    ["model.attention=luong-general", "model.input_feeding=false", "model.decoder_layers=2",
-     "model.tie_embeddings=true", "model.tie_output=true", "model.embedding_size=24"],
-])
+@pytest.mark.parametrize(
+    "variant",
+    [
+        ["model.attention=bahdanau", "model.decoder_cell=gru"],
+        [
+            "model.attention=luong-dot",
+            "model.hidden_size=12",
+            "model.decoder_hidden_size=24",
+            "model.decoder_init=last",
+            "model.encoder_cell=rnn",
+        ],
+        [
+            "model.attention=luong-general",
+            "model.input_feeding=false",
+            "model.decoder_layers=2",
+            "model.tie_embeddings=true",
+            "model.tie_output=true",
+            "model.embedding_size=24",
+        ],
+    ],
+)
 def test_variants_train_and_translate_from_recipe_keys(tiny_recipe, tmp_path, variant):
     run_dir = tmp_path / "run"
     train(Recipe.load(tiny_recipe, ["train.max_steps=2", *variant]), run_dir)
@@ -132,8 +174,10 @@ def test_variants_train_and_translate_from_recipe_keys(tiny_recipe, tmp_path, va
 
 
 def test_time_budget_stops_after_validating_and_saving(tiny_recipe, tmp_path):
-    result = train(Recipe.load(tiny_recipe, ["train.max_time=0.000001s", "train.max_steps=50"]),
-                   tmp_path / "run")
+    result = train(
+        Recipe.load(tiny_recipe, ["train.max_time=0.000001s", "train.max_steps=50"]),
+        tmp_path / "run",
+    )
     assert result.steps == 1  # the budget is checked after each update
     _, meta = load_checkpoint(tmp_path / "run" / "checkpoints" / "last")
     assert meta["progress"]["history"][-1]["step"] == 1
@@ -180,8 +224,10 @@ def test_non_finite_losses_are_skipped_then_stop_training(tiny_recipe, tmp_path,
 
     monkeypatch.setattr(training, "batch_loss", sometimes_nan)
     with pytest.raises(NmtError, match="5 non-finite losses in a row at step 7"):
-        train(Recipe.load(tiny_recipe, ["train.max_steps=40", "train.valid_every=2"]),
-              tmp_path / "run")
+        train(
+            Recipe.load(tiny_recipe, ["train.max_steps=40", "train.valid_every=2"]),
+            tmp_path / "run",
+        )
     # Update 3 was skipped, 4-7 became steps 3-6; the last checkpoint (step 6) is from before
     # the fault and holds no NaN.
     tensors, meta = load_checkpoint(tmp_path / "run" / "checkpoints" / "last")
@@ -203,8 +249,10 @@ def _rows_without_timing(run_dir):
     import csv
 
     with open(run_dir / "metrics.csv", newline="") as handle:
-        return [{k: v for k, v in row.items() if k not in ("target_tokens_per_s", "elapsed_s")}
-                for row in csv.DictReader(handle)]
+        return [
+            {k: v for k, v in row.items() if k not in ("target_tokens_per_s", "elapsed_s")}
+            for row in csv.DictReader(handle)
+        ]
 
 
 def _another_value(field):
@@ -226,12 +274,15 @@ def test_decode_keys_stay_at_translation_time(tiny_recipe, tmp_path):
 
     from nmt.recipe import DecodeConfig
 
-    changed = [f"decode.{field.name}={_another_value(field)}"
-               for field in dataclasses.fields(DecodeConfig)]
+    changed = [
+        f"decode.{field.name}={_another_value(field)}" for field in dataclasses.fields(DecodeConfig)
+    ]
     steps = ["train.max_steps=6", "train.valid_every=2", "model.dropout=0.2"]
     recipe = Recipe.load(tiny_recipe, [*steps, *changed])
-    assert all(getattr(recipe.decode, field.name) != field.default
-               for field in dataclasses.fields(DecodeConfig))  # every key really changed
+    assert all(
+        getattr(recipe.decode, field.name) != field.default
+        for field in dataclasses.fields(DecodeConfig)
+    )  # every key really changed
     train(Recipe.load(tiny_recipe, steps), tmp_path / "plain")
     train(recipe, tmp_path / "decoded")
     assert _rows_without_timing(tmp_path / "decoded") == _rows_without_timing(tmp_path / "plain")
@@ -269,8 +320,7 @@ def test_a_folder_with_the_users_own_files_is_never_overwritten(tiny_recipe, tmp
     (exp / "recipe.yaml").write_text(mine)
     for overwrite in (False, True):
         with pytest.raises(NmtError, match="recipe.yaml: exists and was not written by an nmt"):
-            train(Recipe.load(exp / "recipe.yaml", ["train.max_steps=1"]), exp,
-                  overwrite=overwrite)
+            train(Recipe.load(exp / "recipe.yaml", ["train.max_steps=1"]), exp, overwrite=overwrite)
     assert (exp / "recipe.yaml").read_text() == mine
     (exp / "checkpoints").mkdir()  # another tool's folder beside the recipe: still not a run
     (exp / "checkpoints" / "model.safetensors").write_bytes(b"theirs")
@@ -287,8 +337,7 @@ def test_a_folder_with_the_users_own_files_is_never_overwritten(tiny_recipe, tmp
     assert (notes / "notes.md").read_text() == "plan\n"
 
 
-def test_a_crash_between_the_two_sentencepiece_models_resumes(tiny_recipe, tmp_path,
-                                                              monkeypatch):
+def test_a_crash_between_the_two_sentencepiece_models_resumes(tiny_recipe, tmp_path, monkeypatch):
     import nmt.data.subwords as subwords
 
     real_write = subwords.atomic_write_bytes
@@ -299,8 +348,12 @@ def test_a_crash_between_the_two_sentencepiece_models_resumes(tiny_recipe, tmp_p
             raise SystemExit("killed")
 
     monkeypatch.setattr(subwords, "atomic_write_bytes", crash_after_source)
-    separate = ["tokenizer.joint=false", "tokenizer.vocab_size=100", "train.max_steps=2",
-                "train.valid_every=2"]
+    separate = [
+        "tokenizer.joint=false",
+        "tokenizer.vocab_size=100",
+        "train.max_steps=2",
+        "train.valid_every=2",
+    ]
     with pytest.raises(SystemExit):
         train(Recipe.load(tiny_recipe, separate), tmp_path / "run")
     assert (tmp_path / "run" / subwords.SOURCE_MODEL).is_file()
@@ -313,6 +366,7 @@ def test_a_crash_between_the_two_sentencepiece_models_resumes(tiny_recipe, tmp_p
 def test_an_overwrite_cut_short_can_be_done_again(tiny_recipe, tmp_path, monkeypatch):
     """The stored recipe, which marks the folder as a run, is removed last."""
     import nmt.training as training
+
     steps = ["train.max_steps=2", "train.valid_every=2"]
     train(Recipe.load(tiny_recipe, steps), tmp_path / "run")
     real = training.delete_checkpoint_files
@@ -331,8 +385,15 @@ def test_an_overwrite_cut_short_can_be_done_again(tiny_recipe, tmp_path, monkeyp
 def _bookkeeping(**changes):
     from nmt.recipe import TrainConfig
 
-    return TrainConfig(**{"keep_best": 2, "schedule": "plateau", "plateau_patience": 2,
-                          "early_stopping": "bleu", **changes})
+    return TrainConfig(
+        **{
+            "keep_best": 2,
+            "schedule": "plateau",
+            "plateau_patience": 2,
+            "early_stopping": "bleu",
+            **changes,
+        }
+    )
 
 
 def _scores(bleu, loss=1.0):
@@ -370,9 +431,15 @@ def test_validation_bookkeeping_leaves_its_input_alone_and_follows_the_config():
     assert repr(start) == copy  # nothing of the input changed, lists included
     assert not outcome.improved and not outcome.kept and after.kept == [[30.0, 3]]
     assert after.bad_validations == 1 and after.plateau_decays == 0
-    after, outcome = record_validation(Progress(step=1, best=-2.0), _scores(0.0, loss=1.5),
-                                       _bookkeeping(early_stopping="loss", schedule="constant"))
+    after, outcome = record_validation(
+        Progress(step=1, best=-2.0),
+        _scores(0.0, loss=1.5),
+        _bookkeeping(early_stopping="loss", schedule="constant"),
+    )
     assert outcome.improved and after.best == -1.5  # a lower loss is better
-    after, _ = record_validation(Progress(step=1, best=-1.0, plateau_wait=1), _scores(0.0, 1.5),
-                                 _bookkeeping(early_stopping="loss", schedule="constant"))
+    after, _ = record_validation(
+        Progress(step=1, best=-1.0, plateau_wait=1),
+        _scores(0.0, 1.5),
+        _bookkeeping(early_stopping="loss", schedule="constant"),
+    )
     assert after.plateau_decays == 0 and after.plateau_wait == 2  # no plateau schedule

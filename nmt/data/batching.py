@@ -23,10 +23,10 @@ if TYPE_CHECKING:
 class Batch:
     """Padded tensors of one batch; `target_in` starts with BOS, `target_out` ends with EOS."""
 
-    source: torch.Tensor          # (B, S)
+    source: torch.Tensor  # (B, S)
     source_lengths: torch.Tensor  # (B,), on the CPU as packing wants
-    target_in: torch.Tensor       # (B, T)
-    target_out: torch.Tensor      # (B, T)
+    target_in: torch.Tensor  # (B, T)
+    target_out: torch.Tensor  # (B, T)
 
     @property
     def target_tokens(self) -> int:
@@ -39,17 +39,25 @@ class Batch:
     def to(self, device: torch.device) -> "Batch":
         """On a GPU, copied from page-locked (pinned) memory, so the copy does not wait for the
         GPU to finish its previous work."""
+
         def move(tensor: torch.Tensor) -> torch.Tensor:
             if device.type == "cuda":
                 tensor = tensor.pin_memory()
             return tensor.to(device, non_blocking=True)
 
-        return Batch(move(self.source), self.source_lengths, move(self.target_in),
-                     move(self.target_out))
+        return Batch(
+            move(self.source), self.source_lengths, move(self.target_in), move(self.target_out)
+        )
 
 
-def make_batches(src_lengths: np.ndarray, tgt_lengths: np.ndarray, batch_tokens: int,
-                 batch_sentences: int, seed: int, epoch: int) -> list[np.ndarray]:
+def make_batches(
+    src_lengths: np.ndarray,
+    tgt_lengths: np.ndarray,
+    batch_tokens: int,
+    batch_sentences: int,
+    seed: int,
+    epoch: int,
+) -> list[np.ndarray]:
     """Index arrays of one epoch's batches, deterministic for (seed, epoch).
 
     With `batch_sentences` > 0 each batch holds that many sentences; otherwise each batch holds as
@@ -60,7 +68,7 @@ def make_batches(src_lengths: np.ndarray, tgt_lengths: np.ndarray, batch_tokens:
     shuffled = rng.permutation(len(sizes))
     order = shuffled[np.argsort(sizes[shuffled], kind="stable")]
     if batch_sentences > 0:
-        batches = [order[i:i + batch_sentences] for i in range(0, len(order), batch_sentences)]
+        batches = [order[i : i + batch_sentences] for i in range(0, len(order), batch_sentences)]
     else:
         batches, start, longest = [], 0, 0
         sorted_sizes = sizes[order]
@@ -83,7 +91,7 @@ def pad_sources(sources: list) -> tuple[torch.Tensor, torch.Tensor]:
     lengths = torch.tensor([len(s) + 1 for s in sources], dtype=torch.long)
     padded = torch.full((len(sources), int(lengths.max())), PAD, dtype=torch.long)
     for row, src in enumerate(sources):
-        padded[row, :len(src)] = torch.as_tensor(np.asarray(src, dtype=np.int64))
+        padded[row, : len(src)] = torch.as_tensor(np.asarray(src, dtype=np.int64))
         padded[row, len(src)] = EOS
     return padded, lengths
 
@@ -98,7 +106,7 @@ def collate(data: EncodedSplit, indices: np.ndarray) -> Batch:
     for row, tgt in enumerate(targets):
         tgt = torch.from_numpy(tgt.astype(np.int64))
         target_in[row, 0] = BOS
-        target_in[row, 1:len(tgt) + 1] = tgt
-        target_out[row, :len(tgt)] = tgt
+        target_in[row, 1 : len(tgt) + 1] = tgt
+        target_out[row, : len(tgt)] = tgt
         target_out[row, len(tgt)] = EOS
     return Batch(source, source_lengths, target_in, target_out)

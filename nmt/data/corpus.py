@@ -79,8 +79,10 @@ class FilterCounts:
     bad_ratio: int = 0
 
     def describe(self) -> str:
-        return (f"kept {self.kept} pairs; dropped {self.empty} empty, {self.too_long} over-long, "
-                f"{self.bad_ratio} with an extreme length ratio")
+        return (
+            f"kept {self.kept} pairs; dropped {self.empty} empty, {self.too_long} over-long, "
+            f"{self.bad_ratio} with an extreme length ratio"
+        )
 
 
 def split_files(config: DataConfig, root: Path, split: str) -> list[Path]:
@@ -94,15 +96,18 @@ def split_files(config: DataConfig, root: Path, split: str) -> list[Path]:
     return []
 
 
-def load_split(config: DataConfig, root: Path, split: str,
-               cache_dir: Path | None = None) -> TextSplit:
+def load_split(
+    config: DataConfig, root: Path, split: str, cache_dir: Path | None = None
+) -> TextSplit:
     """Read one split (`train`, `dev`, ...) in the format the recipe names. Plain text is
     streamed into a memory-mapped Arrow file under `cache_dir` (in memory without one)."""
     files = split_files(config, root, split)
     for path in files:
         if not path.is_file():
-            raise NmtError(f"{path}: data file not found (data.root={config.root}, "
-                           f"data.format={config.format}, split {split!r})")
+            raise NmtError(
+                f"{path}: data file not found (data.root={config.root}, "
+                f"data.format={config.format}, split {split!r})"
+            )
     if config.format == "text":
         return _load_text(files, split, cache_dir)
     if config.format == "tsv":
@@ -147,14 +152,19 @@ def _text_batches(files: list[Path], schema: pa.Schema) -> Iterator[pa.RecordBat
         while True:
             sources, targets = list(islice(source, CHUNK_LINES)), list(islice(target, CHUNK_LINES))
             if len(sources) != len(targets):
-                counts = [done + len(sources) + sum(1 for _ in source),
-                          done + len(targets) + sum(1 for _ in target)]
-                raise NmtError(f"{files[0]} has {counts[0]} lines but {files[1]} has "
-                               f"{counts[1]}; a parallel corpus needs one line per sentence pair")
+                counts = [
+                    done + len(sources) + sum(1 for _ in source),
+                    done + len(targets) + sum(1 for _ in target),
+                ]
+                raise NmtError(
+                    f"{files[0]} has {counts[0]} lines but {files[1]} has "
+                    f"{counts[1]}; a parallel corpus needs one line per sentence pair"
+                )
             if not sources:
                 return
-            yield pa.record_batch([_decode(files[0], sources, done), _decode(files[1], targets, done)],
-                                  schema=schema)
+            yield pa.record_batch(
+                [_decode(files[0], sources, done), _decode(files[1], targets, done)], schema=schema
+            )
             done += len(sources)
 
 
@@ -174,8 +184,9 @@ def _decode(path: Path, raw_lines: list[bytes], first: int) -> list[str]:
 
 def _not_utf8(path: Path, line: int, byte: int, binary: bool) -> NmtError:
     if binary:
-        return NmtError(f"{path}: a binary file, not text (NUL bytes and invalid UTF-8 by "
-                        f"line {line})")
+        return NmtError(
+            f"{path}: a binary file, not text (NUL bytes and invalid UTF-8 by line {line})"
+        )
     return NmtError(f"{path}:{line}: invalid UTF-8 (byte 0x{byte:02x}); convert the file to UTF-8")
 
 
@@ -206,8 +217,10 @@ def _read_tsv(path: Path) -> tuple[list[str], list[str]]:
     for number, line in enumerate(read_lines(path), start=1):
         fields = line.split("\t")
         if len(fields) != 2:
-            raise NmtError(f"{path}:{number}: expected 2 tab-separated fields "
-                           f"(source, target), found {len(fields)}")
+            raise NmtError(
+                f"{path}:{number}: expected 2 tab-separated fields "
+                f"(source, target), found {len(fields)}"
+            )
         sources.append(fields[0])
         targets.append(fields[1])
     return sources, targets
@@ -226,13 +239,16 @@ def _read_jsonl(path: Path, src_lang: str, tgt_lang: str) -> tuple[list[str], li
         except json.JSONDecodeError as error:
             raise NmtError(f"{path}:{number}: invalid JSON: {error.msg}") from None
         except (KeyError, TypeError):
-            raise NmtError(f'{path}:{number}: expected {{"translation": {{"{src_lang}": ..., '
-                           f'"{tgt_lang}": ...}}}}') from None
+            raise NmtError(
+                f'{path}:{number}: expected {{"translation": {{"{src_lang}": ..., '
+                f'"{tgt_lang}": ...}}}}'
+            ) from None
     return sources, targets
 
 
-def _read_hub(config: DataConfig, split: str, cache_dir: Path | None
-              ) -> tuple[list[str], list[str]]:
+def _read_hub(
+    config: DataConfig, split: str, cache_dir: Path | None
+) -> tuple[list[str], list[str]]:
     """A dataset from the Hugging Face hub in its `translation` layout (needs the network once).
 
     Its download is cached in the run's cache (a run writes nothing outside its directory), and
@@ -244,20 +260,26 @@ def _read_hub(config: DataConfig, split: str, cache_dir: Path | None
     try:
         dataset = load_dataset(config.hub_name, config.hub_config or None, split=split, **options)
     except Exception as error:  # the hub raises many types; all mean "cannot get this data"
-        raise NmtError(f"data.hub_name={config.hub_name}: cannot load split {split!r}: "
-                       f"{str(error).splitlines()[0]}") from None
+        raise NmtError(
+            f"data.hub_name={config.hub_name}: cannot load split {split!r}: "
+            f"{str(error).splitlines()[0]}"
+        ) from None
     if "translation" not in dataset.column_names:
-        raise NmtError(f"data.hub_name={config.hub_name}: no 'translation' column "
-                       f"(has {', '.join(dataset.column_names)})")
+        raise NmtError(
+            f"data.hub_name={config.hub_name}: no 'translation' column "
+            f"(has {', '.join(dataset.column_names)})"
+        )
     pairs = dataset["translation"]
     try:
         return [p[config.src_lang] for p in pairs], [p[config.tgt_lang] for p in pairs]
     except KeyError as missing:
-        raise NmtError(f"data.hub_name={config.hub_name}: no language {missing} in "
-                       f"its translations") from None
+        raise NmtError(
+            f"data.hub_name={config.hub_name}: no language {missing} in its translations"
+        ) from None
 
 
 # ------------------------------------------------------------------ encoded corpora
+
 
 @dataclass
 class EncodedSplit:
@@ -280,13 +302,17 @@ class EncodedSplit:
         return np.diff(self.tgt_offsets)
 
     def source(self, i: int) -> np.ndarray:
-        return self.src_values[self.src_offsets[i]:self.src_offsets[i + 1]]
+        return self.src_values[self.src_offsets[i] : self.src_offsets[i + 1]]
 
     def target(self, i: int) -> np.ndarray:
-        return self.tgt_values[self.tgt_offsets[i]:self.tgt_offsets[i + 1]]
+        return self.tgt_values[self.tgt_offsets[i] : self.tgt_offsets[i + 1]]
 
-    ARRAYS = {"src_values": np.int32, "src_offsets": np.int64, "tgt_values": np.int32,
-              "tgt_offsets": np.int64}
+    ARRAYS = {
+        "src_values": np.int32,
+        "src_offsets": np.int64,
+        "tgt_values": np.int32,
+        "tgt_offsets": np.int64,
+    }
 
     @classmethod
     def open(cls, directory: Path) -> "EncodedSplit":
@@ -294,25 +320,35 @@ class EncodedSplit:
         arrays = {}
         for name, dtype in cls.ARRAYS.items():
             path = directory / f"{name}.bin"
-            arrays[name] = np.memmap(path, dtype=dtype, mode="r") if path.stat().st_size \
+            arrays[name] = (
+                np.memmap(path, dtype=dtype, mode="r")
+                if path.stat().st_size
                 else np.zeros(0, dtype=dtype)
+            )
         return cls(**arrays)
 
 
-def encode_split(split: TextSplit, tokenizer, cache_dir: Path, max_len: int | None = None,
-                 max_ratio: float | None = None) -> tuple[EncodedSplit, FilterCounts]:
+def encode_split(
+    split: TextSplit,
+    tokenizer,
+    cache_dir: Path,
+    max_len: int | None = None,
+    max_ratio: float | None = None,
+) -> tuple[EncodedSplit, FilterCounts]:
     """Encode a split into subword ids, dropping bad pairs when limits are given (training).
 
     CHUNK_LINES pairs at a time are encoded and appended to flat id arrays with offsets, stored
     under `cache_dir` and keyed by the text, the SentencePiece model and the limits, so a
     changed file or tokenizer never reuses a stale cache.
     """
-    key = hashlib.sha256(json.dumps([split.digest, tokenizer.sha256, max_len,
-                                     max_ratio]).encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        json.dumps([split.digest, tokenizer.sha256, max_len, max_ratio]).encode()
+    ).hexdigest()[:16]
     path = cache_dir / f"{split.name}-{key}"
     counts_path = path / "filter_counts.json"
-    if counts_path.is_file() and all((path / f"{name}.bin").is_file()
-                                     for name in EncodedSplit.ARRAYS):  # not an older layout
+    if counts_path.is_file() and all(
+        (path / f"{name}.bin").is_file() for name in EncodedSplit.ARRAYS
+    ):  # not an older layout
         return EncodedSplit.open(path), FilterCounts(**json.loads(counts_path.read_text()))
 
     tmp = path.with_name(path.name + ".tmp")
@@ -333,8 +369,9 @@ def encode_split(split: TextSplit, tokenizer, cache_dir: Path, max_len: int | No
             counts.kept += len(sources)
             for side, ids in (("src", sources), ("tgt", targets)):
                 lengths[side].append(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))
-                np.fromiter(chain.from_iterable(ids), dtype=np.int32,
-                            count=int(lengths[side][-1].sum())).tofile(files[f"{side}_values"])
+                np.fromiter(
+                    chain.from_iterable(ids), dtype=np.int32, count=int(lengths[side][-1].sum())
+                ).tofile(files[f"{side}_values"])
         for side in ("src", "tgt"):
             offsets = np.zeros(counts.kept + 1, dtype=np.int64)
             if lengths[side]:
@@ -348,9 +385,13 @@ def encode_split(split: TextSplit, tokenizer, cache_dir: Path, max_len: int | No
     return EncodedSplit.open(path), counts
 
 
-def _keep_good_pairs(sources: list[list[int]], targets: list[list[int]], max_len: int,
-                     max_ratio: float, counts: FilterCounts
-                     ) -> tuple[list[list[int]], list[list[int]]]:
+def _keep_good_pairs(
+    sources: list[list[int]],
+    targets: list[list[int]],
+    max_len: int,
+    max_ratio: float,
+    counts: FilterCounts,
+) -> tuple[list[list[int]], list[list[int]]]:
     """Drop empty, over-long and badly proportioned pairs, counting each reason."""
     keep = []
     for i, (src, tgt) in enumerate(zip(sources, targets)):

@@ -39,10 +39,15 @@ MAX_CROSS_PAIRS = 20_000_000  # (source, target) token pairs Model 1 is fitted o
 class Lexicon:
     translations: torch.Tensor  # (source vocabulary, WIDTH) target ids, likeliest first; PAD-padded
     by_frequency: torch.Tensor  # (target vocabulary,) target ids, most frequent first
-    joint: bool                 # one vocabulary on both sides: source tokens can be copied
+    joint: bool  # one vocabulary on both sides: source tokens can be copied
 
-    def shortlist(self, source: torch.Tensor, per_token: int, frequent: int,
-                  required: torch.Tensor | None = None) -> torch.Tensor:
+    def shortlist(
+        self,
+        source: torch.Tensor,
+        per_token: int,
+        frequent: int,
+        required: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """The sorted target ids a batch of `source` ids (any shape, PAD-padded) may produce:
         the special ids, the `frequent` most frequent tokens, `per_token` translations per source
         token beyond those, and every id in `required` (e.g. forced prefixes).
@@ -66,10 +71,16 @@ class Lexicon:
     def save(self, path: Path) -> None:
         from safetensors.torch import save
 
-
-        atomic_write_bytes(path, save({"translations": self.translations.contiguous(),
-                                       "by_frequency": self.by_frequency.contiguous()},
-                                      metadata={"joint": str(self.joint)}))
+        atomic_write_bytes(
+            path,
+            save(
+                {
+                    "translations": self.translations.contiguous(),
+                    "by_frequency": self.by_frequency.contiguous(),
+                },
+                metadata={"joint": str(self.joint)},
+            ),
+        )
 
     @classmethod
     def load(cls, path: Path) -> "Lexicon":
@@ -77,15 +88,18 @@ class Lexicon:
 
         try:
             with safe_open(str(path), "pt") as handle:
-                return cls(handle.get_tensor("translations"), handle.get_tensor("by_frequency"),
-                           handle.metadata().get("joint") == "True")
+                return cls(
+                    handle.get_tensor("translations"),
+                    handle.get_tensor("by_frequency"),
+                    handle.metadata().get("joint") == "True",
+                )
         except (SafetensorError, KeyError, OSError) as error:
-            raise NmtError(f"{path}: not a readable lexicon ({error}); delete it and it is "
-                           f"built again") from None
+            raise NmtError(
+                f"{path}: not a readable lexicon ({error}); delete it and it is built again"
+            ) from None
 
 
-def build_lexicon(data: EncodedSplit, source_vocab: int, target_vocab: int, joint: bool
-                  ) -> Lexicon:
+def build_lexicon(data: EncodedSplit, source_vocab: int, target_vocab: int, joint: bool) -> Lexicon:
     """Fit IBM Model 1, p(target token | source token), on the pairs of `data` (the first ones
     up to MAX_CROSS_PAIRS token pairs), counting each token once per sentence."""
     cross = np.cumsum(data.src_lengths * data.tgt_lengths)
@@ -113,26 +127,30 @@ def build_lexicon(data: EncodedSplit, source_vocab: int, target_vocab: int, join
         share = prob[pair]  # E: each target token's alignment to its sentence's source tokens
         share /= np.bincount(tgt_index, weights=share, minlength=len(tgt_token))[tgt_index]
         counts = np.bincount(pair, weights=share, minlength=len(codes))  # M: renormalize
-        prob = counts / np.bincount(pair_source, weights=counts, minlength=source_vocab)[pair_source]
+        prob = (
+            counts / np.bincount(pair_source, weights=counts, minlength=source_vocab)[pair_source]
+        )
 
     ranked = np.lexsort((-prob, pair_source))  # by source token, then likeliest first
     ranked_source = pair_source[ranked]
     rank = np.arange(len(ranked)) - np.searchsorted(ranked_source, ranked_source)
     keep = ranked[rank < WIDTH]
     translations = torch.full((source_vocab, WIDTH), PAD, dtype=torch.long)
-    translations[torch.from_numpy(pair_source[keep]), torch.from_numpy(rank[rank < WIDTH])] = \
+    translations[torch.from_numpy(pair_source[keep]), torch.from_numpy(rank[rank < WIDTH])] = (
         torch.from_numpy(codes[keep] % target_vocab)
+    )
     translations[PAD] = PAD  # NULL's translations are function words, not a token's
     frequency = np.bincount(tgt_token, minlength=target_vocab)
     by_frequency = torch.from_numpy(np.argsort(-frequency, kind="stable"))
     return Lexicon(translations, by_frequency, joint)
 
 
-def _distinct(values: np.ndarray, offsets: np.ndarray, sentences: int, vocab: int
-              ) -> tuple[np.ndarray, np.ndarray]:
+def _distinct(
+    values: np.ndarray, offsets: np.ndarray, sentences: int, vocab: int
+) -> tuple[np.ndarray, np.ndarray]:
     """(sentence, token) of each distinct token of the first `sentences` sentences, by sentence."""
-    lengths = np.diff(np.asarray(offsets[:sentences + 1]))
-    tokens = np.asarray(values[:int(offsets[sentences])], dtype=np.int64)
+    lengths = np.diff(np.asarray(offsets[: sentences + 1]))
+    tokens = np.asarray(values[: int(offsets[sentences])], dtype=np.int64)
     codes = np.unique(np.repeat(np.arange(sentences, dtype=np.int64), lengths) * vocab + tokens)
     return codes // vocab, codes % vocab
 
@@ -153,10 +171,10 @@ def lexicon_for_run(run_dir: Path) -> Lexicon:
     try:
         _, _, tokenizer, data, _ = prepare_data(recipe, run_dir)
     except NmtError as error:
-        raise NmtError(f"a shortlist needs {path}, built from the training data: {error}") \
-            from None
+        raise NmtError(f"a shortlist needs {path}, built from the training data: {error}") from None
     log.info("building %s from %d training pairs (once per run)", path, len(data))
-    lexicon = build_lexicon(data, tokenizer.source_vocab_size, tokenizer.target_vocab_size,
-                            recipe.tokenizer.joint)
+    lexicon = build_lexicon(
+        data, tokenizer.source_vocab_size, tokenizer.target_vocab_size, recipe.tokenizer.joint
+    )
     lexicon.save(path)
     return lexicon

@@ -15,8 +15,9 @@ from nmt.recipe import Recipe
 log = logging.getLogger("nmt")
 
 
-def prepare_data(recipe: Recipe, run_dir: Path
-                 ) -> tuple[TextSplit, TextSplit, Tokenizer, EncodedSplit, EncodedSplit]:
+def prepare_data(
+    recipe: Recipe, run_dir: Path
+) -> tuple[TextSplit, TextSplit, Tokenizer, EncodedSplit, EncodedSplit]:
     """Read train and dev, train (or reuse) SentencePiece in `run_dir`, encode and filter."""
     root = Path(recipe.data.root)
     train_text = load_split(recipe.data, root, recipe.data.train, run_dir / "cache")
@@ -27,17 +28,24 @@ def prepare_data(recipe: Recipe, run_dir: Path
     if Tokenizer.exists(run_dir):
         tokenizer = Tokenizer.load(run_dir)
     else:
-        log.info("training SentencePiece (%s, %d pieces%s)", recipe.tokenizer.type,
-                 recipe.tokenizer.vocab_size, ", joint" if recipe.tokenizer.joint else "")
+        log.info(
+            "training SentencePiece (%s, %d pieces%s)",
+            recipe.tokenizer.type,
+            recipe.tokenizer.vocab_size,
+            ", joint" if recipe.tokenizer.joint else "",
+        )
         sources, targets = train_text.sample(recipe.tokenizer.max_sentences, recipe.seed)
         tokenizer = Tokenizer.train(recipe.tokenizer, sources, targets, run_dir, recipe.seed)
-    train_data, counts = encode_split(train_text, tokenizer, run_dir / "cache",
-                                      recipe.data.max_len, recipe.data.max_ratio)
+    train_data, counts = encode_split(
+        train_text, tokenizer, run_dir / "cache", recipe.data.max_len, recipe.data.max_ratio
+    )
     log.info("training data: %s", counts.describe())
     if counts.kept == 0:
-        raise NmtError(f"{_describe(train_text)}: every pair was filtered out "
-                       f"(see data.max_len={recipe.data.max_len}, "
-                       f"data.max_ratio={recipe.data.max_ratio})")
+        raise NmtError(
+            f"{_describe(train_text)}: every pair was filtered out "
+            f"(see data.max_len={recipe.data.max_len}, "
+            f"data.max_ratio={recipe.data.max_ratio})"
+        )
     dev_data, _ = encode_split(dev_text, tokenizer, run_dir / "cache")
     return train_text, dev_text, tokenizer, train_data, dev_data
 

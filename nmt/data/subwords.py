@@ -33,8 +33,11 @@ class Tokenizer:
     def __init__(self, source_path: Path, target_path: Path):
         self.source_path, self.target_path = Path(source_path), Path(target_path)
         self.source = _load_processor(self.source_path)
-        self.target = self.source if self.target_path == self.source_path else \
-            _load_processor(self.target_path)
+        self.target = (
+            self.source
+            if self.target_path == self.source_path
+            else _load_processor(self.target_path)
+        )
         digest = hashlib.sha256()
         for path in dict.fromkeys([self.source_path, self.target_path]):
             digest.update(sha256_file(path).encode())
@@ -77,18 +80,27 @@ class Tokenizer:
             return cls(directory / JOINT_MODEL, directory / JOINT_MODEL)
         if (directory / SOURCE_MODEL).is_file() and (directory / TARGET_MODEL).is_file():
             return cls(directory / SOURCE_MODEL, directory / TARGET_MODEL)
-        raise NmtError(f"{directory}: no SentencePiece model ({JOINT_MODEL}, or "
-                       f"{SOURCE_MODEL} and {TARGET_MODEL})")
+        raise NmtError(
+            f"{directory}: no SentencePiece model ({JOINT_MODEL}, or "
+            f"{SOURCE_MODEL} and {TARGET_MODEL})"
+        )
 
     @classmethod
     def exists(cls, directory: Path) -> bool:
         """Whether `directory` holds a whole tokenizer (a crash can leave half of a pair)."""
-        return (directory / JOINT_MODEL).is_file() or \
-            ((directory / SOURCE_MODEL).is_file() and (directory / TARGET_MODEL).is_file())
+        return (directory / JOINT_MODEL).is_file() or (
+            (directory / SOURCE_MODEL).is_file() and (directory / TARGET_MODEL).is_file()
+        )
 
     @classmethod
-    def train(cls, config: TokenizerConfig, sources: list[str], targets: list[str],
-              directory: Path, seed: int) -> "Tokenizer":
+    def train(
+        cls,
+        config: TokenizerConfig,
+        sources: list[str],
+        targets: list[str],
+        directory: Path,
+        seed: int,
+    ) -> "Tokenizer":
         """Train SentencePiece on the training data and store the model(s) in `directory`."""
         if config.joint:
             path = directory / JOINT_MODEL
@@ -130,16 +142,28 @@ def _train_model(config: TokenizerConfig, lines: list[str], seed: int) -> bytes:
     model = io.BytesIO()
     try:
         spm.SentencePieceTrainer.train(
-            sentence_iterator=iter(lines), model_writer=model, vocab_size=config.vocab_size,
-            model_type=config.type, character_coverage=config.character_coverage,
-            pad_id=PAD, unk_id=UNK, bos_id=BOS, eos_id=EOS, shuffle_input_sentence=False,
-            input_sentence_size=0, num_threads=TRAINING_THREADS, minloglevel=2,
-            max_sentence_length=1 << 16)
+            sentence_iterator=iter(lines),
+            model_writer=model,
+            vocab_size=config.vocab_size,
+            model_type=config.type,
+            character_coverage=config.character_coverage,
+            pad_id=PAD,
+            unk_id=UNK,
+            bos_id=BOS,
+            eos_id=EOS,
+            shuffle_input_sentence=False,
+            input_sentence_size=0,
+            num_threads=TRAINING_THREADS,
+            minloglevel=2,
+            max_sentence_length=1 << 16,
+        )
     except RuntimeError as error:
         message = str(error)
         limit = re.search(r"value <= (\d+)", message)
         if limit:
-            raise NmtError(f"tokenizer.vocab_size: {config.vocab_size} is more than SentencePiece "
-                           f"can build from this corpus; use at most {limit.group(1)}") from None
+            raise NmtError(
+                f"tokenizer.vocab_size: {config.vocab_size} is more than SentencePiece "
+                f"can build from this corpus; use at most {limit.group(1)}"
+            ) from None
         raise NmtError(f"tokenizer: SentencePiece failed: {message.splitlines()[0]}") from None
     return model.getvalue()

@@ -49,8 +49,9 @@ class Attention(nn.Module):
         """Unnormalised scores (B, T, S) for queries (B, T, H)."""
         raise NotImplementedError
 
-    def forward(self, query: torch.Tensor, keys: torch.Tensor, memory: torch.Tensor,
-                mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, query: torch.Tensor, keys: torch.Tensor, memory: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Context (N, T, M) and weights (N, T, S); `mask` (B, S) is True on real source tokens.
 
         N may be a multiple K of the B sentences (beam search: K hypotheses per sentence, rows

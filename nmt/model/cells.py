@@ -33,27 +33,41 @@ def input_projection(rnn: nn.RNNBase, embedded: torch.Tensor) -> torch.Tensor:
     return F.linear(embedded, rnn.weight_ih_l0[:, :size], rnn.bias_ih_l0)
 
 
-def step_weights(rnn: nn.RNNBase, embedding_size: int
-                 ) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
+def step_weights(
+    rnn: nn.RNNBase, embedding_size: int
+) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
     """The (weight, bias) of each product `step` computes, by the names of INT8_PRODUCTS."""
     weights = {"embedded": (rnn.weight_ih_l0[:, :embedding_size], rnn.bias_ih_l0)}
     if rnn.input_size > embedding_size:
         weights["extra"] = (rnn.weight_ih_l0[:, embedding_size:], None)
     for layer in range(rnn.num_layers):
-        weights[f"hidden{layer}"] = (getattr(rnn, f"weight_hh_l{layer}"),
-                                     getattr(rnn, f"bias_hh_l{layer}"))
+        weights[f"hidden{layer}"] = (
+            getattr(rnn, f"weight_hh_l{layer}"),
+            getattr(rnn, f"bias_hh_l{layer}"),
+        )
         if layer:
-            weights[f"input{layer}"] = (getattr(rnn, f"weight_ih_l{layer}"),
-                                        getattr(rnn, f"bias_ih_l{layer}"))
+            weights[f"input{layer}"] = (
+                getattr(rnn, f"weight_ih_l{layer}"),
+                getattr(rnn, f"bias_ih_l{layer}"),
+            )
     return weights
 
 
-def step(rnn: nn.RNNBase, cell: str, gates_x: torch.Tensor, extra: torch.Tensor | None,
-         state: State, dropout: float, training: bool) -> tuple[torch.Tensor, State]:
+def step(
+    rnn: nn.RNNBase,
+    cell: str,
+    gates_x: torch.Tensor,
+    extra: torch.Tensor | None,
+    state: State,
+    dropout: float,
+    training: bool,
+) -> tuple[torch.Tensor, State]:
     """Advance every layer one step. `gates_x` (N, G) is layer 0's precomputed input part;
     `extra` (N, F) is the rest of layer 0's input (the fed attentional vector), if any.
     Returns the top layer's output (N, H) and the new state (L, N, H)."""
-    hidden, memory = state if isinstance(state, tuple) else (state, None)  # (L, N, H), c only in LSTMs
+    hidden, memory = (
+        state if isinstance(state, tuple) else (state, None)
+    )  # (L, N, H), c only in LSTMs
     int8 = getattr(rnn, INT8_PRODUCTS, None)
     new_hidden, new_memory = [], []
     layer_input = None
@@ -62,16 +76,25 @@ def step(rnn: nn.RNNBase, cell: str, gates_x: torch.Tensor, extra: torch.Tensor 
         if layer == 0:
             gates = gates_x  # (N, G)
             if extra is not None:  # + W_ih[:, E:] · extra, (N, G)
-                gates = gates + int8["extra"](extra) if int8 else \
-                    torch.addmm(gates, extra, w_ih[:, -extra.size(1):].t())
+                gates = (
+                    gates + int8["extra"](extra)
+                    if int8
+                    else torch.addmm(gates, extra, w_ih[:, -extra.size(1) :].t())
+                )
         else:
             layer_input = F.dropout(layer_input, dropout, training)  # (N, H)
-            gates = int8[f"input{layer}"](layer_input) if int8 else \
-                F.linear(layer_input, w_ih, getattr(rnn, f"bias_ih_l{layer}"))  # (N, G)
+            gates = (
+                int8[f"input{layer}"](layer_input)
+                if int8
+                else F.linear(layer_input, w_ih, getattr(rnn, f"bias_ih_l{layer}"))
+            )  # (N, G)
         h = hidden[layer]  # (N, H)
         # W_hh h + b_hh: (N, G)
-        recurrent = int8[f"hidden{layer}"](h) if int8 else \
-            F.linear(h, getattr(rnn, f"weight_hh_l{layer}"), getattr(rnn, f"bias_hh_l{layer}"))
+        recurrent = (
+            int8[f"hidden{layer}"](h)
+            if int8
+            else F.linear(h, getattr(rnn, f"weight_hh_l{layer}"), getattr(rnn, f"bias_hh_l{layer}"))
+        )
         if cell == "lstm":
             # Input, forget, cell and output gates, each (N, H), in PyTorch's order:
             # c' = σ(f)·c + σ(i)·tanh(g), h' = σ(o)·tanh(c').

@@ -75,11 +75,18 @@ class Decoder(nn.Module):
         self.cell, self.layers = config.decoder_cell, config.decoder_layers
         self.hidden_size, self.flow = config.decoder_hidden_size, config.flow
         self.input_feeding, self.init = config.input_feeding, config.decoder_init
-        input_size = (config.embedding_size + (memory_size if self.flow == "bahdanau" else 0)
-                      + (self.hidden_size if self.input_feeding else 0))
-        self.rnn = RNN_CLASSES[self.cell](input_size, self.hidden_size, num_layers=self.layers,
-                                          batch_first=True,
-                                          dropout=config.dropout if self.layers > 1 else 0.0)
+        input_size = (
+            config.embedding_size
+            + (memory_size if self.flow == "bahdanau" else 0)
+            + (self.hidden_size if self.input_feeding else 0)
+        )
+        self.rnn = RNN_CLASSES[self.cell](
+            input_size,
+            self.hidden_size,
+            num_layers=self.layers,
+            batch_first=True,
+            dropout=config.dropout if self.layers > 1 else 0.0,
+        )
         self.attention = build_attention(config.score, self.hidden_size, memory_size)
         self.combine = nn.Linear(self.hidden_size + memory_size, self.hidden_size, bias=False)
         self.bridge = nn.Linear(memory_size, self.hidden_size) if self.init == "bridge" else None
@@ -106,9 +113,14 @@ class Decoder(nn.Module):
         feed = encoder_final.new_zeros(batch, self.hidden_size) if self.input_feeding else None
         return DecoderState(hidden, feed)
 
-    def forward(self, embedded: torch.Tensor, state: DecoderState, keys: torch.Tensor,
-                memory: torch.Tensor, mask: torch.Tensor
-                ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
+    def forward(
+        self,
+        embedded: torch.Tensor,
+        state: DecoderState,
+        keys: torch.Tensor,
+        memory: torch.Tensor,
+        mask: torch.Tensor,
+    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
         """Run T steps: attentional vectors (N, T, H), the new state, attention (N, T, S).
 
         Without input feeding, in the Luong flow the steps do not depend on each other's
@@ -128,9 +140,15 @@ class Decoder(nn.Module):
                 extra.append(context.squeeze(1))  # (N, M)
             if self.input_feeding:
                 extra.append(state.feed)  # h̃_{t-1}: (N, H)
-            output, hidden = cells.step(self.rnn, self.cell, gates_x,
-                                        torch.cat(extra, -1) if extra else None, state.hidden,
-                                        self.rnn.dropout, self.training)  # h_t (N, H), s_t
+            output, hidden = cells.step(
+                self.rnn,
+                self.cell,
+                gates_x,
+                torch.cat(extra, -1) if extra else None,
+                state.hidden,
+                self.rnn.dropout,
+                self.training,
+            )  # h_t (N, H), s_t
             output = output.unsqueeze(1)  # (N, 1, H)
             if self.flow == "luong":
                 # c_t from h_t: (N, 1, M), weights (N, 1, S)

@@ -19,27 +19,42 @@ class Encoder(nn.Module):
     m_s = [→h_s; ←h_s] (as in Bahdanau et al., 2015). The top layer's final states, joined the
     same way, start the decoder (`Decoder.initial_state`)."""
 
-    def __init__(self, cell: str, input_size: int, hidden_size: int, layers: int,
-                 bidirectional: bool, dropout: float):
+    def __init__(
+        self,
+        cell: str,
+        input_size: int,
+        hidden_size: int,
+        layers: int,
+        bidirectional: bool,
+        dropout: float,
+    ):
         super().__init__()
-        self.rnn = RNN_CLASSES[cell](input_size, hidden_size, num_layers=layers, batch_first=True,
-                                     bidirectional=bidirectional,
-                                     dropout=dropout if layers > 1 else 0.0)
+        self.rnn = RNN_CLASSES[cell](
+            input_size,
+            hidden_size,
+            num_layers=layers,
+            batch_first=True,
+            bidirectional=bidirectional,
+            dropout=dropout if layers > 1 else 0.0,
+        )
         self.directions = 2 if bidirectional else 1
         self.output_size = hidden_size * self.directions
 
-    def forward(self, embedded: torch.Tensor, lengths: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, embedded: torch.Tensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Memory bank (B, S, output_size) and the top layer's final state (B, output_size).
 
         Sequences are packed, so padding never enters the recurrence and the backward direction
         starts at each sentence's real last token.
         """
-        packed = pack_padded_sequence(embedded, lengths.cpu(), batch_first=True,
-                                      enforce_sorted=False)  # from (B, S, E)
+        packed = pack_padded_sequence(
+            embedded, lengths.cpu(), batch_first=True, enforce_sorted=False
+        )  # from (B, S, E)
         outputs, final = self.rnn(packed)  # final: (L·D, B, M/D)
-        memory, _ = pad_packed_sequence(outputs, batch_first=True,
-                                        total_length=embedded.size(1))  # (B, S, M), 0 on padding
+        memory, _ = pad_packed_sequence(
+            outputs, batch_first=True, total_length=embedded.size(1)
+        )  # (B, S, M), 0 on padding
         hidden = final[0] if isinstance(final, tuple) else final  # LSTM: (h, c); use h
         top = hidden.view(-1, self.directions, hidden.size(1), hidden.size(2))[-1]  # (D, B, M/D)
         return memory, torch.cat(list(top), dim=-1)  # (B, S, M), (B, M)

@@ -48,18 +48,26 @@ class Ensemble(nn.Module):
         return MemberStates([model.encode(source, source_lengths) for model in self.members])
 
     def initial_state(self, encoded: MemberStates) -> MemberStates:
-        return MemberStates([model.initial_state(member) for model, member in
-                             zip(self.members, encoded.members)])
+        return MemberStates(
+            [model.initial_state(member) for model, member in zip(self.members, encoded.members)]
+        )
 
     def shortlisted(self, encoded: MemberStates, vocabulary: torch.Tensor) -> MemberStates:
-        return MemberStates([model.shortlisted(member, vocabulary) for model, member in
-                             zip(self.members, encoded.members)])
+        return MemberStates(
+            [
+                model.shortlisted(member, vocabulary)
+                for model, member in zip(self.members, encoded.members)
+            ]
+        )
 
-    def decode_step(self, encoded: MemberStates, state: MemberStates, previous: torch.Tensor
-                    ) -> tuple[torch.Tensor, MemberStates, torch.Tensor]:
+    def decode_step(
+        self, encoded: MemberStates, state: MemberStates, previous: torch.Tensor
+    ) -> tuple[torch.Tensor, MemberStates, torch.Tensor]:
         """The average of the members' log-probabilities (and of their attention)."""
-        steps = [model.decode_step(e, s, previous) for model, e, s in
-                 zip(self.members, encoded.members, state.members)]
+        steps = [
+            model.decode_step(e, s, previous)
+            for model, e, s in zip(self.members, encoded.members, state.members)
+        ]
         log_probs = torch.stack([step[0] for step in steps]).mean(0)  # (members, N, V) → (N, V)
         attention = torch.stack([step[2] for step in steps]).mean(0)  # (members, N, S) → (N, S)
         return log_probs, MemberStates([step[1] for step in steps]), attention

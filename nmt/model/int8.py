@@ -33,8 +33,7 @@ def quantized_rows(layer: nn.Module, rows: torch.Tensor):
         weight = layer.weight()  # (O, I), int8 per-tensor
         if weight.qscheme() != torch.per_tensor_affine:
             raise NmtError(f"a shortlist needs per-tensor int8 weights, not {weight.qscheme()}")
-        layer.unpacked = (weight.int_repr(), weight.q_scale(), weight.q_zero_point(),
-                          layer.bias())
+        layer.unpacked = (weight.int_repr(), weight.q_scale(), weight.q_zero_point(), layer.bias())
     integers, scale, zero_point, bias = layer.unpacked
     sliced = torch._make_per_tensor_quantized_tensor(integers[rows], scale, zero_point)  # (R, I)
     packed = torch.ops.quantized.linear_prepack(sliced, None if bias is None else bias[rows])

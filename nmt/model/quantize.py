@@ -32,13 +32,19 @@ def quantize(model: nn.Module, kind: str) -> nn.Module:
         raise NmtError("--quantize int8 is for translating on a CPU; add --device cpu")
     from torch.ao.quantization import default_dynamic_qconfig, quantize_dynamic  # slow import
 
-    stepwise = {f"{name}.decoder.rnn".lstrip(".") for name, module in model.named_modules()
-                if isinstance(module, Seq2Seq) and module.decoder.stepwise}
+    stepwise = {
+        f"{name}.decoder.rnn".lstrip(".")
+        for name, module in model.named_modules()
+        if isinstance(module, Seq2Seq) and module.decoder.stepwise
+    }
     # Additive attention's energy vector v (A → 1) meets every (query, source position) pair:
     # quantizing its huge input on the fly would cost more than the int8 product saves.
-    spec = {name: default_dynamic_qconfig for name, module in model.named_modules()
-            if (isinstance(module, nn.Linear) and not name.endswith("attention.energy")) or
-            (isinstance(module, QUANTIZABLE_RNNS) and name not in stepwise)}
+    spec = {
+        name: default_dynamic_qconfig
+        for name, module in model.named_modules()
+        if (isinstance(module, nn.Linear) and not name.endswith("attention.energy"))
+        or (isinstance(module, QUANTIZABLE_RNNS) and name not in stepwise)
+    }
     with warnings.catch_warnings():  # torch.ao's quantized tensors carry a deprecation notice
         warnings.simplefilter("ignore", UserWarning)
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -46,7 +52,14 @@ def quantize(model: nn.Module, kind: str) -> nn.Module:
         for module in quantized.modules():
             if isinstance(module, Seq2Seq) and module.decoder.stepwise:
                 rnn = module.decoder.rnn
-                setattr(rnn, cells.INT8_PRODUCTS, {
-                    name: int8_linear(weight, bias) for name, (weight, bias) in
-                    cells.step_weights(rnn, module.config.embedding_size).items()})
+                setattr(
+                    rnn,
+                    cells.INT8_PRODUCTS,
+                    {
+                        name: int8_linear(weight, bias)
+                        for name, (weight, bias) in cells.step_weights(
+                            rnn, module.config.embedding_size
+                        ).items()
+                    },
+                )
     return quantized

@@ -29,9 +29,9 @@ class EncoderState:
     """Everything the decoder needs from the source, computed once per batch."""
 
     memory: torch.Tensor  # (N, S, M)
-    keys: torch.Tensor    # attention's projection of the memory, (N, S, ·): see Attention.keys
-    mask: torch.Tensor    # (N, S), True on real tokens
-    final: torch.Tensor   # (N, M), the encoder's final state for the bridge
+    keys: torch.Tensor  # attention's projection of the memory, (N, S, ·): see Attention.keys
+    mask: torch.Tensor  # (N, S), True on real tokens
+    final: torch.Tensor  # (N, M), the encoder's final state for the bridge
     # The output layer restricted to a shortlist of target ids (see `Seq2Seq.shortlisted`);
     # None: the whole vocabulary.
     output: Callable[[torch.Tensor], torch.Tensor] | None = None
@@ -42,8 +42,10 @@ class EncoderState:
 
     def index_select(self, index: torch.Tensor) -> "EncoderState":
         """Keep (and repeat) sentences: those still searched, or one copy per sample."""
-        return EncoderState(*(t.index_select(0, index) for t in
-                              (self.memory, self.keys, self.mask, self.final)), self.output)
+        return EncoderState(
+            *(t.index_select(0, index) for t in (self.memory, self.keys, self.mask, self.final)),
+            self.output,
+        )
 
 
 class Seq2Seq(nn.Module):
@@ -59,12 +61,22 @@ class Seq2Seq(nn.Module):
     def __init__(self, config: ModelConfig, source_vocab_size: int, target_vocab_size: int):
         super().__init__()
         self.config = config
-        self.source_embedding = nn.Embedding(source_vocab_size, config.embedding_size,
-                                             padding_idx=PAD)
-        self.target_embedding = self.source_embedding if config.tie_embeddings else \
-            nn.Embedding(target_vocab_size, config.embedding_size, padding_idx=PAD)
-        self.encoder = Encoder(config.encoder_cell, config.embedding_size, config.hidden_size,
-                               config.encoder_layers, config.bidirectional, config.dropout)
+        self.source_embedding = nn.Embedding(
+            source_vocab_size, config.embedding_size, padding_idx=PAD
+        )
+        self.target_embedding = (
+            self.source_embedding
+            if config.tie_embeddings
+            else nn.Embedding(target_vocab_size, config.embedding_size, padding_idx=PAD)
+        )
+        self.encoder = Encoder(
+            config.encoder_cell,
+            config.embedding_size,
+            config.hidden_size,
+            config.encoder_layers,
+            config.bidirectional,
+            config.dropout,
+        )
         self.decoder = Decoder(config, self.encoder.output_size)
         self.output = nn.Linear(config.decoder_hidden_size, target_vocab_size)
         self.dropout = nn.Dropout(config.dropout)
@@ -91,21 +103,24 @@ class Seq2Seq(nn.Module):
         normalized over the shortlist."""
         return replace(encoded, output=linear_rows(self.output, vocabulary.to(encoded.device)))
 
-    def decode_step(self, encoded: EncoderState, state: DecoderState, previous: torch.Tensor
-                    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
+    def decode_step(
+        self, encoded: EncoderState, state: DecoderState, previous: torch.Tensor
+    ) -> tuple[torch.Tensor, DecoderState, torch.Tensor]:
         """One search step for N sequences, `previous` (N,) their last tokens: log-probabilities
         (N, V) (over the shortlist's V ids with one), new state, attention (N, S)."""
         embedded = self.dropout(self.target_embedding(previous)).unsqueeze(1)  # (N, 1, E)
         # h̃_t (N, 1, H), attention (N, 1, S)
-        attentional, state, weights = self.decoder(embedded, state, encoded.keys,
-                                                   encoded.memory, encoded.mask)
+        attentional, state, weights = self.decoder(
+            embedded, state, encoded.keys, encoded.memory, encoded.mask
+        )
         output = self.output if encoded.output is None else encoded.output
         # (N, V), in float32 even under autocast
         log_probs = torch.log_softmax(output(attentional.squeeze(1)).float(), dim=-1)
         return log_probs, state, weights.squeeze(1)
 
-    def forward(self, source: torch.Tensor, source_lengths: torch.Tensor,
-                target_in: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, source: torch.Tensor, source_lengths: torch.Tensor, target_in: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced attentional vectors (B, T, H) and attention (B, T, S).
 
         Logits are left to `logits`, so the caller can skip padding positions.
@@ -113,8 +128,9 @@ class Seq2Seq(nn.Module):
         encoded = self.encode(source, source_lengths)
         embedded = self.dropout(self.target_embedding(target_in))  # (B, T, E)
         # (B, T, H), (B, T, S)
-        attentional, _, weights = self.decoder(embedded, self.initial_state(encoded),
-                                               encoded.keys, encoded.memory, encoded.mask)
+        attentional, _, weights = self.decoder(
+            embedded, self.initial_state(encoded), encoded.keys, encoded.memory, encoded.mask
+        )
         return attentional, weights
 
     def logits(self, attentional: torch.Tensor) -> torch.Tensor:
@@ -135,7 +151,7 @@ def initialise(model: Seq2Seq, config: ModelConfig) -> None:
     for name, parameter in model.named_parameters():
         if "embedding" in name:
             if config.init == "pytorch":
-                nn.init.normal_(parameter, std=config.embedding_size ** -0.5)
+                nn.init.normal_(parameter, std=config.embedding_size**-0.5)
             elif config.init == "uniform":
                 nn.init.uniform_(parameter, -config.init_range, config.init_range)
             else:
@@ -147,8 +163,10 @@ def initialise(model: Seq2Seq, config: ModelConfig) -> None:
                 nn.init.xavier_uniform_(parameter)
             else:
                 nn.init.zeros_(parameter)
-    for rnn, cell in ((model.encoder.rnn, config.encoder_cell),
-                      (model.decoder.rnn, config.decoder_cell)):
+    for rnn, cell in (
+        (model.encoder.rnn, config.encoder_cell),
+        (model.decoder.rnn, config.decoder_cell),
+    ):
         gates = {"lstm": 4, "gru": 3, "rnn": 1}[cell]
         for name, parameter in rnn.named_parameters():
             if name.startswith("weight_hh") and config.orthogonal_recurrent:
@@ -157,7 +175,7 @@ def initialise(model: Seq2Seq, config: ModelConfig) -> None:
             if name.startswith("bias_ih") and cell == "lstm":
                 size = parameter.size(0) // 4
                 with torch.no_grad():  # PyTorch's gate order is input, forget, cell, output
-                    parameter[size:2 * size] += config.forget_bias
+                    parameter[size : 2 * size] += config.forget_bias
     with torch.no_grad():
         for embedding in (model.source_embedding, model.target_embedding):
             embedding.weight[PAD].zero_()

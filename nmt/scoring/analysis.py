@@ -54,36 +54,55 @@ class ErrorAnalysis:
         return sorted((v for v in self.verdicts if v.kind == kind), key=lambda v: -v.margin)[:count]
 
     def format(self, examples: int = 3) -> str:
-        lines = [f"{self.sentences} sentences, {len(self.verdicts)} differ from the reference: "
-                 f"{self.count('search')} search errors ({self.share('search'):.1f}%), "
-                 f"{self.count('model')} model errors ({self.share('model'):.1f}%), "
-                 f"{self.count('limit')} limit errors ({self.share('limit'):.1f}%)"]
-        for kind, meaning in (("search", "the model prefers the reference; search missed it"),
-                              ("model", "the model prefers its own output"),
-                              ("limit", "the model prefers the reference, but it is beyond the "
-                                        "search's length limits")):
+        lines = [
+            f"{self.sentences} sentences, {len(self.verdicts)} differ from the reference: "
+            f"{self.count('search')} search errors ({self.share('search'):.1f}%), "
+            f"{self.count('model')} model errors ({self.share('model'):.1f}%), "
+            f"{self.count('limit')} limit errors ({self.share('limit'):.1f}%)"
+        ]
+        for kind, meaning in (
+            ("search", "the model prefers the reference; search missed it"),
+            ("model", "the model prefers its own output"),
+            (
+                "limit",
+                "the model prefers the reference, but it is beyond the search's length limits",
+            ),
+        ):
             found = self.examples(kind, examples)
             if found:
                 lines.append(f"\n{kind} errors ({meaning}):")
             for v in found:
-                lines.append(f"  line {v.line}: {v.source}\n"
-                             f"    output    {v.hypothesis_score:8.3f}  {v.hypothesis}\n"
-                             f"    reference {v.reference_score:8.3f}  {v.reference}")
+                lines.append(
+                    f"  line {v.line}: {v.source}\n"
+                    f"    output    {v.hypothesis_score:8.3f}  {v.hypothesis}\n"
+                    f"    reference {v.reference_score:8.3f}  {v.reference}"
+                )
         return "\n".join(lines)
 
 
-def analyze(translator: Translator, sources: list[str], hypotheses: list[str],
-            references: list[str], **options) -> ErrorAnalysis:
+def analyze(
+    translator: Translator,
+    sources: list[str],
+    hypotheses: list[str],
+    references: list[str],
+    **options,
+) -> ErrorAnalysis:
     """Classify each differing sentence as a search, model or limit error (`options`: decode
     keys such as length_norm, alpha, coverage_penalty, max_len_a, max_len_b, min_len, as used
     by the search that produced the hypotheses; unset ones are the translator's)."""
     if not len(sources) == len(hypotheses) == len(references):
-        raise NmtError(f"analysis needs as many sources ({len(sources)}), hypotheses "
-                       f"({len(hypotheses)}) and references ({len(references)})")
+        raise NmtError(
+            f"analysis needs as many sources ({len(sources)}), hypotheses "
+            f"({len(hypotheses)}) and references ({len(references)})"
+        )
     differ = [i for i, (h, r) in enumerate(zip(hypotheses, references)) if h.strip() != r.strip()]
     chosen_sources = [sources[i] for i in differ]
     hyp_scores = translator.force(chosen_sources, [hypotheses[i] for i in differ], **options)
     ref_scores = translator.force(chosen_sources, [references[i] for i in differ], **options)
-    return ErrorAnalysis(len(sources), [
-        Verdict(i + 1, sources[i], hypotheses[i], references[i], h.score, r.score, r.reachable)
-        for i, h, r in zip(differ, hyp_scores, ref_scores)])
+    return ErrorAnalysis(
+        len(sources),
+        [
+            Verdict(i + 1, sources[i], hypotheses[i], references[i], h.score, r.score, r.reachable)
+            for i, h, r in zip(differ, hyp_scores, ref_scores)
+        ],
+    )

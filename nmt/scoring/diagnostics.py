@@ -30,7 +30,7 @@ log = logging.getLogger("nmt")
 # the lower bound, at least 1 for the upper). Far below it, the word was probably dropped; far
 # above it, probably translated twice.
 UNDER_ATTENDED = 0.5  # × the share
-OVER_ATTENDED = 2.5   # × the share
+OVER_ATTENDED = 2.5  # × the share
 WORD_START = "\u2581"
 
 
@@ -38,8 +38,8 @@ WORD_START = "\u2581"
 class Norms:
     """The dev set's range of normal: 5th and 95th percentiles."""
 
-    length_ratio: tuple[float, float]    # output words / source words
-    mean_log_prob: tuple[float, float]   # per output token, EOS included
+    length_ratio: tuple[float, float]  # output words / source words
+    mean_log_prob: tuple[float, float]  # per output token, EOS included
 
 
 def merge_pieces(pieces: list[str]) -> list[tuple[str, list[int]]]:
@@ -62,7 +62,7 @@ def repeated_ngrams(words: list[str], sizes: tuple[int, ...] = (3, 4)) -> list[s
     for n in sizes:
         seen: set[tuple[str, ...]] = set()
         for i in range(len(words) - n + 1):
-            gram = tuple(words[i:i + n])
+            gram = tuple(words[i : i + n])
             if gram in seen and " ".join(gram) not in found:
                 found.append(" ".join(gram))
             seen.add(gram)
@@ -96,9 +96,17 @@ def diagnose(line: int, source: str, record: dict, hyp: Hypothesis, norms: Norms
         flags.append("length-ratio")
     if mean_log_prob < norms.mean_log_prob[0]:
         flags.append("low-confidence")
-    return {"line": line, "flags": flags, "source": source, "output": hyp.text,
-            "under_attended": under, "over_attended": over, "repeated_ngrams": repeats,
-            "length_ratio": round(ratio, 3), "mean_log_prob": round(mean_log_prob, 4)}
+    return {
+        "line": line,
+        "flags": flags,
+        "source": source,
+        "output": hyp.text,
+        "under_attended": under,
+        "over_attended": over,
+        "repeated_ngrams": repeats,
+        "length_ratio": round(ratio, 3),
+        "mean_log_prob": round(mean_log_prob, 4),
+    }
 
 
 def dev_norms(translator: Translator, run_dir: Path, **options) -> Norms:
@@ -108,8 +116,9 @@ def dev_norms(translator: Translator, run_dir: Path, **options) -> Norms:
     key = json.dumps({k: v for k, v in sorted(options.items()) if v is not None})
     stored = _cached(cache)
     try:
-        return Norms(**{name: (float(low), float(high))
-                        for name, (low, high) in stored[key].items()})
+        return Norms(
+            **{name: (float(low), float(high)) for name, (low, high) in stored[key].items()}
+        )
     except (KeyError, TypeError, AttributeError, ValueError):
         pass  # not computed for these settings yet (or a damaged entry): compute them
     recipe = Recipe.load(run_dir / "recipe.yaml")
@@ -119,19 +128,26 @@ def dev_norms(translator: Translator, run_dir: Path, **options) -> Norms:
         raise NmtError(f"the diagnostics' norms need the run's dev set once: {error}") from None
     sources = [line for line in dev.sources if line.strip()]
     if not sources:
-        raise NmtError(f"{', '.join(map(str, dev.files)) or recipe.data.hub_name}: the run's dev "
-                       f"set has no sentences to compute the diagnostics' norms from")
+        raise NmtError(
+            f"{', '.join(map(str, dev.files)) or recipe.data.hub_name}: the run's dev "
+            f"set has no sentences to compute the diagnostics' norms from"
+        )
     hyps = translator.translate(sources, **options)
     ratios = [len(h.text.split()) / max(len(s.split()), 1) for s, h in zip(sources, hyps)]
     confidence = [h.log_prob / (len(h.tokens) + 1) for h in hyps]
-    norms = Norms(tuple(np.percentile(ratios, [5, 95]).round(4).tolist()),
-                  tuple(np.percentile(confidence, [5, 95]).round(4).tolist()))
+    norms = Norms(
+        tuple(np.percentile(ratios, [5, 95]).round(4).tolist()),
+        tuple(np.percentile(confidence, [5, 95]).round(4).tolist()),
+    )
     stored[key] = asdict(norms)
     try:
         atomic_write_text(cache, json.dumps(stored, indent=2) + "\n")
     except OSError as error:
-        log.warning("%s: cannot cache the diagnostics' norms (%s); they are computed again next "
-                    "time", cache, error.strerror)
+        log.warning(
+            "%s: cannot cache the diagnostics' norms (%s); they are computed again next time",
+            cache,
+            error.strerror,
+        )
     return norms
 
 

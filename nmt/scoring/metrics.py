@@ -67,11 +67,14 @@ def score(hypotheses: list[str], references: list[list[str]]) -> ScoreReport:
         raise NmtError("no sentences to score")
     for number, stream in enumerate(references, start=1):
         if len(stream) != len(hypotheses):
-            raise NmtError(f"reference {number} has {len(stream)} lines but the hypotheses have "
-                           f"{len(hypotheses)}")
+            raise NmtError(
+                f"reference {number} has {len(stream)} lines but the hypotheses have "
+                f"{len(hypotheses)}"
+            )
     metrics = []
     for name, metric in (("BLEU", BLEU()), ("chrF", CHRF()), ("TER", TER())):
         result = metric.corpus_score(hypotheses, references)
-        metrics.append(MetricScore(name, round(result.score, 4), str(metric.get_signature()),
-                                   str(result)))
+        metrics.append(
+            MetricScore(name, round(result.score, 4), str(metric.get_signature()), str(result))
+        )
     return ScoreReport(len(hypotheses), metrics)

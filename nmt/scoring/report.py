@@ -25,7 +25,7 @@ class SystemScore:
     system: str
     metric: str
     score: float
-    mean: float      # of the resampled scores
+    mean: float  # of the resampled scores
     interval: float  # half-width of the 95% confidence interval
     p_value: float | None  # against the baseline (None for the baseline itself)
 
@@ -50,39 +50,71 @@ class Comparison:
             row = f"{system:<{width}}"
             for metric in metrics:
                 s = by_key[(system, metric)]
-                p = "-" if s.p_value is None else f"{s.p_value:.4f}{'*' if s.p_value < 0.05 else ''}"
+                p = (
+                    "-"
+                    if s.p_value is None
+                    else f"{s.p_value:.4f}{'*' if s.p_value < 0.05 else ''}"
+                )
                 row += f"{s.score:>7.2f} ({s.mean:5.2f} ± {s.interval:4.2f}){p:>8}"
             lines.append(row)
         name = "paired bootstrap resampling" if self.test == "bs" else "approximate randomization"
-        lines.append(f"\n95% CI: mean ± half-width over {self.samples} bootstrap resamples"
-                     + (f"; p: {name} against the baseline {systems[0]!r}, * p < 0.05"
-                        if len(systems) > 1 else ""))
+        lines.append(
+            f"\n95% CI: mean ± half-width over {self.samples} bootstrap resamples"
+            + (
+                f"; p: {name} against the baseline {systems[0]!r}, * p < 0.05"
+                if len(systems) > 1
+                else ""
+            )
+        )
         lines.extend(f"{metric}: {signature}" for metric, signature in self.signatures.items())
         return "\n".join(lines)
 
 
-def compare_systems(named: list[tuple[str, list[str]]], references: list[list[str]],
-                    test: str = "bs", samples: int = 1000) -> Comparison:
+def compare_systems(
+    named: list[tuple[str, list[str]]],
+    references: list[list[str]],
+    test: str = "bs",
+    samples: int = 1000,
+) -> Comparison:
     """BLEU and chrF of each system with 95% CIs, and paired significance against the first."""
     for name, hypotheses in named:
         if len(hypotheses) != len(references[0]):
-            raise NmtError(f"{name} has {len(hypotheses)} lines but the reference has "
-                           f"{len(references[0])}")
-    paired = PairedTest(named, {"BLEU": BLEU(), "chrF": CHRF()}, references, test_type=test,
-                        n_samples=samples, n_ar_confidence=samples if test == "ar" else -1)
+            raise NmtError(
+                f"{name} has {len(hypotheses)} lines but the reference has {len(references[0])}"
+            )
+    paired = PairedTest(
+        named,
+        {"BLEU": BLEU(), "chrF": CHRF()},
+        references,
+        test_type=test,
+        n_samples=samples,
+        n_ar_confidence=samples if test == "ar" else -1,
+    )
     signatures, results = paired()
     scores = []
     for metric, key in (("BLEU", "BLEU"), ("chrF", "chrF2")):
         for (name, _), result in zip(named, results[key]):
-            scores.append(SystemScore(name, metric, round(float(result.score), 2),
-                                      round(float(result.mean), 2), round(float(result.ci), 2),
-                                      None if result.p_value is None else float(result.p_value)))
-    return Comparison(test, samples, scores,
-                      {"BLEU": str(signatures["BLEU"]), "chrF": str(signatures["chrF2"])})
+            scores.append(
+                SystemScore(
+                    name,
+                    metric,
+                    round(float(result.score), 2),
+                    round(float(result.mean), 2),
+                    round(float(result.ci), 2),
+                    None if result.p_value is None else float(result.p_value),
+                )
+            )
+    return Comparison(
+        test, samples, scores, {"BLEU": str(signatures["BLEU"]), "chrF": str(signatures["chrF2"])}
+    )
 
 
-def length_breakdown(sources: list[str], hypotheses: list[str], references: list[str],
-                     edges: tuple[int, ...] = (10, 20, 30)) -> list[dict]:
+def length_breakdown(
+    sources: list[str],
+    hypotheses: list[str],
+    references: list[str],
+    edges: tuple[int, ...] = (10, 20, 30),
+) -> list[dict]:
     """BLEU, length ratio and brevity penalty per bucket of source length (in words)."""
     buckets: dict[str, list[int]] = {}
     bounds = [0, *edges]
@@ -98,30 +130,48 @@ def length_breakdown(sources: list[str], hypotheses: list[str], references: list
     for label in order:
         if label in buckets:
             chosen = buckets[label]
-            result = BLEU().corpus_score([hypotheses[i] for i in chosen],
-                                         [[references[i] for i in chosen]])
-            rows.append({"source_words": label, "sentences": len(chosen),
-                         "bleu": round(result.score, 2), "length_ratio": round(result.ratio, 3),
-                         "brevity_penalty": round(result.bp, 3)})
+            result = BLEU().corpus_score(
+                [hypotheses[i] for i in chosen], [[references[i] for i in chosen]]
+            )
+            rows.append(
+                {
+                    "source_words": label,
+                    "sentences": len(chosen),
+                    "bleu": round(result.score, 2),
+                    "length_ratio": round(result.ratio, 3),
+                    "brevity_penalty": round(result.bp, 3),
+                }
+            )
     return rows
 
 
-def worst_sentences(sources: list[str] | None, hypotheses: list[str], references: list[str],
-                    count: int = 5) -> list[dict]:
+def worst_sentences(
+    sources: list[str] | None, hypotheses: list[str], references: list[str], count: int = 5
+) -> list[dict]:
     """The sentences with the lowest sentence-level chrF (perfect ones are never listed)."""
     metric = CHRF()
-    scored = [(metric.sentence_score(h, [r]).score, i) for i, (h, r) in
-              enumerate(zip(hypotheses, references))]
-    return [{"line": i + 1, "chrf": round(chrf, 2),
-             "source": sources[i] if sources else None,
-             "hypothesis": hypotheses[i], "reference": references[i]}
-            for chrf, i in sorted(scored)[:count] if chrf < 100.0]
+    scored = [
+        (metric.sentence_score(h, [r]).score, i)
+        for i, (h, r) in enumerate(zip(hypotheses, references))
+    ]
+    return [
+        {
+            "line": i + 1,
+            "chrf": round(chrf, 2),
+            "source": sources[i] if sources else None,
+            "hypothesis": hypotheses[i],
+            "reference": references[i],
+        }
+        for chrf, i in sorted(scored)[:count]
+        if chrf < 100.0
+    ]
 
 
 def _words(value: object) -> bool:
     return isinstance(value, list) and all(
         isinstance(w, dict) and isinstance(w.get("word"), str) and _number(w.get("attention"))
-        for w in value)
+        for w in value
+    )
 
 
 def _number(value: object) -> bool:
@@ -155,25 +205,33 @@ def read_diagnostics(path: Path, sentences: int) -> list[dict]:
         try:
             entry = json.loads(line)
         except json.JSONDecodeError as error:
-            raise NmtError(f"{path}:{number}: invalid JSON: {error.msg}; expected the JSON "
-                           f"lines of nmt-translate --diagnose") from None
+            raise NmtError(
+                f"{path}:{number}: invalid JSON: {error.msg}; expected the JSON "
+                f"lines of nmt-translate --diagnose"
+            ) from None
         if not isinstance(entry, dict):
-            raise NmtError(f"{path}:{number}: expected a JSON object of nmt-translate --diagnose, "
-                           f"not {type(entry).__name__}")
+            raise NmtError(
+                f"{path}:{number}: expected a JSON object of nmt-translate --diagnose, "
+                f"not {type(entry).__name__}"
+            )
         for field, (valid, kind) in DIAGNOSTIC_FIELDS.items():
             if not valid(entry.get(field)):
                 raise NmtError(f"{path}:{number}: field {field!r} must be {kind}")
         if not 1 <= entry["line"] <= sentences:
-            raise NmtError(f"{path}:{number}: line {entry['line']} is outside the "
-                           f"{sentences} lines scored")
+            raise NmtError(
+                f"{path}:{number}: line {entry['line']} is outside the {sentences} lines scored"
+            )
         entries.append(entry)
     return entries
 
 
 def format_breakdown(rows: list[dict]) -> str:
     lines = [f"{'source words':>12} {'sentences':>9} {'BLEU':>6} {'hyp/ref':>7} {'BP':>5}"]
-    lines.extend(f"{r['source_words']:>12} {r['sentences']:>9} {r['bleu']:>6.2f} "
-                 f"{r['length_ratio']:>7.3f} {r['brevity_penalty']:>5.3f}" for r in rows)
+    lines.extend(
+        f"{r['source_words']:>12} {r['sentences']:>9} {r['bleu']:>6.2f} "
+        f"{r['length_ratio']:>7.3f} {r['brevity_penalty']:>5.3f}"
+        for r in rows
+    )
     return "\n".join(lines)
 
 
@@ -187,11 +245,16 @@ def format_worst(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def build_report(hypotheses_by_system: Mapping[str, list[str]] | Sequence[tuple[str, list[str]]],
-                 references: list[list[str]], sources: list[str] | None = None,
-                 paired: str = "bs", samples: int = 1000, worst: int = 5,
-                 diagnostics: list[dict] | None = None,
-                 echo: Callable[[str], object] | None = None) -> dict:
+def build_report(
+    hypotheses_by_system: Mapping[str, list[str]] | Sequence[tuple[str, list[str]]],
+    references: list[list[str]],
+    sources: list[str] | None = None,
+    paired: str = "bs",
+    samples: int = 1000,
+    worst: int = 5,
+    diagnostics: list[dict] | None = None,
+    echo: Callable[[str], object] | None = None,
+) -> dict:
     """The report `nmt-score` prints and writes (--json, --html): for each system (name →
     detokenized lines) BLEU, chrF and TER with signatures, BLEU by source length (with
     `sources`) and the `worst` sentences by chrF (0: none); the `diagnostics` entries of
@@ -199,13 +262,18 @@ def build_report(hypotheses_by_system: Mapping[str, list[str]] | Sequence[tuple[
     "ar") of each system against the first. `echo` is given each part of the text report as
     soon as it is ready (nmt-score passes `print`). `report_json` writes the result as
     `nmt-score --json` does; `nmt.scoring.html.render` makes its HTML page."""
-    systems = list(hypotheses_by_system.items() if isinstance(hypotheses_by_system, Mapping)
-                   else hypotheses_by_system)
+    systems = list(
+        hypotheses_by_system.items()
+        if isinstance(hypotheses_by_system, Mapping)
+        else hypotheses_by_system
+    )
     if not systems or not references:
         raise NmtError("a report needs at least one system and one reference")
     if sources is not None and len(sources) != len(references[0]):
-        raise NmtError(f"{len(sources)} sources for {len(references[0])} reference lines; give "
-                       f"one per sentence")
+        raise NmtError(
+            f"{len(sources)} sources for {len(references[0])} reference lines; give "
+            f"one per sentence"
+        )
     for name, value in (("samples", samples), ("worst", worst)):
         if value < 0:
             raise NmtError(f"{name} must be at least 0, not {value}")
@@ -226,8 +294,10 @@ def build_report(hypotheses_by_system: Mapping[str, list[str]] | Sequence[tuple[
         document["systems"][name] = entry
     if diagnostics is not None:
         document["diagnostics"] = [entry for entry in diagnostics if entry["flags"]]
-        say(f"diagnostics: {len(document['diagnostics'])} of {len(diagnostics)} outputs "
-            f"flagged (see --json or --html)\n")
+        say(
+            f"diagnostics: {len(document['diagnostics'])} of {len(diagnostics)} outputs "
+            f"flagged (see --json or --html)\n"
+        )
     if samples > 0:
         comparison = compare_systems(systems, references, paired, samples)
         say(comparison.format())

@@ -24,12 +24,21 @@ STOPPING = ("exact", "first")  # when a sentence's search ends; see `beam_search
 
 
 @torch.no_grad()
-def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor, beam: int,
-                nbest: int = 1, length_norm: str = "gnmt", alpha: float = 0.6,
-                keep_attention: bool = False, rules: StepRules = StepRules(),
-                prefix: torch.Tensor | None = None, coverage_penalty: float = 0.0,
-                vocabulary: torch.Tensor | None = None, stopping: str = "exact"
-                ) -> list[list[Hypothesis]]:
+def beam_search(
+    model: Seq2Seq,
+    encoded: EncoderState,
+    max_lengths: torch.Tensor,
+    beam: int,
+    nbest: int = 1,
+    length_norm: str = "gnmt",
+    alpha: float = 0.6,
+    keep_attention: bool = False,
+    rules: StepRules = StepRules(),
+    prefix: torch.Tensor | None = None,
+    coverage_penalty: float = 0.0,
+    vocabulary: torch.Tensor | None = None,
+    stopping: str = "exact",
+) -> list[list[Hypothesis]]:
     """The `nbest` best hypotheses per sentence, best first by normalized score.
 
     `prefix` (B, P), PAD-padded, forces each output's first tokens. `coverage_penalty` β adds
@@ -56,7 +65,9 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
         raise ValueError(f"unknown stopping rule {stopping!r}; use one of {', '.join(STOPPING)}")
     batch, device = max_lengths.size(0), encoded.device
     max_lengths = max_lengths.to(device)
-    sentence_ids = torch.arange(batch, device=device)  # original index of each sentence still searched
+    sentence_ids = torch.arange(
+        batch, device=device
+    )  # original index of each sentence still searched
     # A sentence's beams share its encoder state (attention groups rows by sentence).
     state = model.initial_state(encoded).index_select(sentence_ids.repeat_interleave(beam))
     # Cumulative log-probabilities (n, K); at the start only the first beam is alive.
@@ -75,14 +86,16 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
     best = torch.full((batch, beam), float("-inf"), dtype=torch.float64, device=device)
     top_penalty = length_penalty(max_lengths.double() + 1, length_norm, alpha)  # (n,)
     # Per row, (N,), (N, P) and (N, S): each sentence's limit, prefix and real tokens, K times.
-    row_limits, row_prefix, row_real = _per_row(max_lengths, prefix, beam, encoded,
-                                                coverage_penalty)
+    row_limits, row_prefix, row_real = _per_row(
+        max_lengths, prefix, beam, encoded, coverage_penalty
+    )
 
     for t in range(int(max_lengths.max()) + 1):
         n = sentence_ids.size(0)  # sentences still searched: N = n·K rows
         # Score: every row's next-token log-probabilities (N, V) and attention (N, S).
-        log_probs, state, weights = model.decode_step(encoded, state,
-                                                    to_ids(vocabulary, tokens[:, -1]))
+        log_probs, state, weights = model.decode_step(
+            encoded, state, to_ids(vocabulary, tokens[:, -1])
+        )
         log_probs = rules.apply(log_probs, t, row_limits, tokens[:, 1:], row_prefix)  # (N, V)
         # Rank candidates: the 2·beam best of a sentence are among the 2·beam best of each of
         # its beams, so rank within each beam first (no (n, beam × vocab) sum is ever built).
@@ -109,17 +122,26 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
             normalized = top_scores.double() / length_penalty(t + 1, length_norm, alpha)
             if coverage_penalty:
                 normalized = normalized + bonus[rows].double()
-            best = torch.cat([best, normalized.masked_fill(~ends, float("-inf"))], 1
-                             ).topk(beam, dim=1).values  # (n, K)
+            best = (
+                torch.cat([best, normalized.masked_fill(~ends, float("-inf"))], 1)
+                .topk(beam, dim=1)
+                .values
+            )  # (n, K)
             sentence, candidate = ends.nonzero(as_tuple=True)  # (F,) each: F hypotheses end
             ended = rows[sentence, candidate]  # (F,) their rows
-            for i, (index, ids, log_prob, score) in enumerate(zip(
+            for i, (index, ids, log_prob, score) in enumerate(
+                zip(
                     sentence_ids[sentence].tolist(),
                     to_ids(vocabulary, tokens[ended, 1:]).tolist(),
                     top_scores[sentence, candidate].tolist(),
-                    normalized[sentence, candidate].tolist())):
-                results[index].append(Hypothesis(
-                    ids, log_prob, score, history[ended[i]].cpu() if keep_attention else None))
+                    normalized[sentence, candidate].tolist(),
+                )
+            ):
+                results[index].append(
+                    Hypothesis(
+                        ids, log_prob, score, history[ended[i]].cpu() if keep_attention else None
+                    )
+                )
 
         # Continue the beam with the best candidates that did not end: each (n, K).
         alive_scores, picks = top_scores.masked_fill(token == EOS, float("-inf")).topk(beam, dim=1)
@@ -153,18 +175,25 @@ def beam_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
             top_penalty = length_penalty(max_lengths.double() + 1, length_norm, alpha)
             if prefix is not None:
                 prefix = prefix[keep]
-            row_limits, row_prefix, row_real = _per_row(max_lengths, prefix, beam, encoded,
-                                                        coverage_penalty)
+            row_limits, row_prefix, row_real = _per_row(
+                max_lengths, prefix, beam, encoded, coverage_penalty
+            )
 
     # Each sentence's `nbest` best finished hypotheses, best first by normalized score.
     return [sorted(found, key=lambda h: h.score, reverse=True)[:nbest] for found in results]
 
 
-def _per_row(max_lengths: torch.Tensor, prefix: torch.Tensor | None, beam: int,
-             encoded: EncoderState, coverage_penalty: float
-             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+def _per_row(
+    max_lengths: torch.Tensor,
+    prefix: torch.Tensor | None,
+    beam: int,
+    encoded: EncoderState,
+    coverage_penalty: float,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Each sentence's length limit, forced prefix and (for the coverage penalty) real source
     tokens, repeated for its beams: remade only when sentences leave the batch, not every step."""
-    return (max_lengths.repeat_interleave(beam),
-            None if prefix is None else prefix.repeat_interleave(beam, 0),
-            encoded.mask.repeat_interleave(beam, 0) if coverage_penalty else None)
+    return (
+        max_lengths.repeat_interleave(beam),
+        None if prefix is None else prefix.repeat_interleave(beam, 0),
+        encoded.mask.repeat_interleave(beam, 0) if coverage_penalty else None,
+    )

@@ -20,22 +20,49 @@ Pick = Callable[[torch.Tensor], torch.Tensor]  # (B, V) log-probabilities → (B
 
 
 @torch.no_grad()
-def greedy_search(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor,
-                  length_norm: str = "none", alpha: float = 0.0, keep_attention: bool = False,
-                  rules: StepRules = StepRules(), prefix: torch.Tensor | None = None,
-                  vocabulary: torch.Tensor | None = None) -> list[list[Hypothesis]]:
+def greedy_search(
+    model: Seq2Seq,
+    encoded: EncoderState,
+    max_lengths: torch.Tensor,
+    length_norm: str = "none",
+    alpha: float = 0.0,
+    keep_attention: bool = False,
+    rules: StepRules = StepRules(),
+    prefix: torch.Tensor | None = None,
+    vocabulary: torch.Tensor | None = None,
+) -> list[list[Hypothesis]]:
     """One hypothesis per sentence; `max_lengths` (B,) caps each output (EOS not counted);
     `prefix` (B, P), PAD-padded, forces each output's first tokens; `vocabulary`: a shortlist's
     sorted target ids, as in `beam_search`."""
-    return [[hyp] for hyp in follow_path(model, encoded, max_lengths, lambda lp: lp.argmax(-1),
-                                         length_norm, alpha, keep_attention, rules, prefix,
-                                         vocabulary)]
+    return [
+        [hyp]
+        for hyp in follow_path(
+            model,
+            encoded,
+            max_lengths,
+            lambda lp: lp.argmax(-1),
+            length_norm,
+            alpha,
+            keep_attention,
+            rules,
+            prefix,
+            vocabulary,
+        )
+    ]
 
 
-def follow_path(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor, pick: Pick,
-                length_norm: str, alpha: float, keep_attention: bool,
-                rules: StepRules, prefix: torch.Tensor | None = None,
-                vocabulary: torch.Tensor | None = None) -> list[Hypothesis]:
+def follow_path(
+    model: Seq2Seq,
+    encoded: EncoderState,
+    max_lengths: torch.Tensor,
+    pick: Pick,
+    length_norm: str,
+    alpha: float,
+    keep_attention: bool,
+    rules: StepRules,
+    prefix: torch.Tensor | None = None,
+    vocabulary: torch.Tensor | None = None,
+) -> list[Hypothesis]:
     """Decode each row of `encoded` along the tokens `pick` chooses; the score is always the
     model's own log-probability of the chosen tokens."""
     batch = max_lengths.size(0)
@@ -73,6 +100,13 @@ def follow_path(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor
     results = []
     for row in range(batch):
         length = tokens[row].index(EOS)
-        results.append(finished(tokens[row][:length], float(log_prob[row]), length_norm, alpha,
-                                attention[row, :length + 1] if keep_attention else None))
+        results.append(
+            finished(
+                tokens[row][:length],
+                float(log_prob[row]),
+                length_norm,
+                alpha,
+                attention[row, : length + 1] if keep_attention else None,
+            )
+        )
     return results

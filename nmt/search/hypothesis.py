@@ -27,8 +27,7 @@ class Hypothesis:
     reachable: bool = True
 
 
-def length_penalty(length: int | torch.Tensor, form: str, alpha: float
-                   ) -> float | torch.Tensor:
+def length_penalty(length: int | torch.Tensor, form: str, alpha: float) -> float | torch.Tensor:
     """The divisor of a hypothesis' log-probability; `length` counts the EOS (a tensor of lengths
     gives a tensor of divisors, for beam search's stopping bound).
 
@@ -37,7 +36,7 @@ def length_penalty(length: int | torch.Tensor, form: str, alpha: float
     `none`: 1
     """
     if form == "avg":
-        return length ** alpha
+        return length**alpha
     if form == "gnmt":
         return ((5 + length) / 6) ** alpha
     if form == "none":
@@ -59,8 +58,14 @@ def coverage_bonus(coverage: torch.Tensor, real: torch.Tensor, beta: float) -> t
     return beta * coverage.clamp(MIN_COVERAGE, 1.0).log().masked_fill(~real, 0.0).sum(-1)
 
 
-def finished(tokens: list[int], log_prob: float, form: str, alpha: float,
-             attention: torch.Tensor | None = None, bonus: float = 0.0) -> Hypothesis:
+def finished(
+    tokens: list[int],
+    log_prob: float,
+    form: str,
+    alpha: float,
+    attention: torch.Tensor | None = None,
+    bonus: float = 0.0,
+) -> Hypothesis:
     """A complete hypothesis, scored log P / length penalty (+ a coverage term)."""
     score = log_prob / length_penalty(len(tokens) + 1, form, alpha) + bonus
     return Hypothesis(tokens, log_prob, score, attention)

@@ -18,8 +18,7 @@ from nmt.search.hypothesis import Hypothesis
 from nmt.search.steps import StepRules
 
 
-def truncate(log_probs: torch.Tensor, temperature: float, top_k: int, top_p: float
-             ) -> torch.Tensor:
+def truncate(log_probs: torch.Tensor, temperature: float, top_k: int, top_p: float) -> torch.Tensor:
     """Log-weights to sample from: tempered, then cut to the top k and the top-p nucleus."""
     scaled = log_probs / max(temperature, 1e-6)  # (N, V)
     if 0 < top_k < scaled.size(-1):
@@ -34,12 +33,22 @@ def truncate(log_probs: torch.Tensor, temperature: float, top_k: int, top_p: flo
 
 
 @torch.no_grad()
-def sample(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor, samples: int,
-           generator: torch.Generator, temperature: float = 1.0, top_k: int = 0,
-           top_p: float = 1.0, length_norm: str = "none", alpha: float = 0.0,
-           keep_attention: bool = False, rules: StepRules = StepRules(),
-           prefix: torch.Tensor | None = None, vocabulary: torch.Tensor | None = None
-           ) -> list[list[Hypothesis]]:
+def sample(
+    model: Seq2Seq,
+    encoded: EncoderState,
+    max_lengths: torch.Tensor,
+    samples: int,
+    generator: torch.Generator,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    length_norm: str = "none",
+    alpha: float = 0.0,
+    keep_attention: bool = False,
+    rules: StepRules = StepRules(),
+    prefix: torch.Tensor | None = None,
+    vocabulary: torch.Tensor | None = None,
+) -> list[list[Hypothesis]]:
     """`samples` draws per sentence, best first by normalized score. With a shortlist
     (`vocabulary`), draws come from the model's distribution renormalized over it."""
     batch = max_lengths.size(0)
@@ -49,9 +58,19 @@ def sample(model: Seq2Seq, encoded: EncoderState, max_lengths: torch.Tensor, sam
         weights = truncate(log_probs, temperature, top_k, top_p).softmax(-1)  # (N, V)
         return torch.multinomial(weights, 1, generator=generator).squeeze(1)  # (N,) token ids
 
-    drawn = follow_path(model, encoded.index_select(rows), max_lengths.repeat_interleave(samples),
-                        pick, length_norm, alpha, keep_attention, rules,
-                        None if prefix is None else prefix.to(rows.device).index_select(0, rows),
-                        vocabulary)
-    return [sorted(drawn[i * samples:(i + 1) * samples], key=lambda h: h.score, reverse=True)
-            for i in range(batch)]
+    drawn = follow_path(
+        model,
+        encoded.index_select(rows),
+        max_lengths.repeat_interleave(samples),
+        pick,
+        length_norm,
+        alpha,
+        keep_attention,
+        rules,
+        None if prefix is None else prefix.to(rows.device).index_select(0, rows),
+        vocabulary,
+    )
+    return [
+        sorted(drawn[i * samples : (i + 1) * samples], key=lambda h: h.score, reverse=True)
+        for i in range(batch)
+    ]

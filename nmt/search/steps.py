@@ -17,12 +17,17 @@ from nmt.data.subwords import BOS, EOS, PAD
 class StepRules:
     """Length limits and repetition blocking, applied to each step's log-probabilities."""
 
-    min_len: int = 0          # EOS is forbidden before this many tokens
+    min_len: int = 0  # EOS is forbidden before this many tokens
     no_repeat_ngram: int = 0  # no n-gram of this size may occur twice in an output (0: off)
 
-    def apply(self, log_probs: torch.Tensor, step: int, max_lengths: torch.Tensor,
-              history: torch.Tensor | None, prefix: torch.Tensor | None = None
-              ) -> torch.Tensor:
+    def apply(
+        self,
+        log_probs: torch.Tensor,
+        step: int,
+        max_lengths: torch.Tensor,
+        history: torch.Tensor | None,
+        prefix: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """`log_probs` (N, V) for output position `step` (0-based); `max_lengths` (N,);
         `history` (N, step) holds the tokens already produced (needed for n-gram blocking);
         `prefix` (N, P), PAD-padded, forces each row's output to begin with its tokens."""
@@ -37,11 +42,12 @@ class StepRules:
         n = self.no_repeat_ngram
         if n and history is not None and history.size(1) >= n:
             # Every n-gram so far whose first n-1 tokens equal the last n-1 tokens bans its last.
-            windows = history.unfold(1, n, 1)                      # (N, W, n)
-            suffix = history[:, history.size(1) - n + 1:]          # (N, n-1)
+            windows = history.unfold(1, n, 1)  # (N, W, n)
+            suffix = history[:, history.size(1) - n + 1 :]  # (N, n-1)
             repeats = (windows[:, :, :-1] == suffix[:, None, :]).all(-1)  # (N, W)
             penalty = torch.zeros_like(repeats, dtype=log_probs.dtype).masked_fill(
-                repeats, float("-inf"))  # (N, W)
+                repeats, float("-inf")
+            )  # (N, W)
             log_probs.scatter_add_(1, windows[:, :, -1], penalty)
         at_limit = max_lengths <= step  # (N,)
         if bool(at_limit.any()):  # rows at their length limit may only end
