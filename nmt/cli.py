@@ -16,7 +16,7 @@ import re
 import select
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, get_type_hints
+from typing import Callable, Iterator, Sequence, get_type_hints
 
 from tqdm import tqdm
 
@@ -308,13 +308,14 @@ def _add_decode_options(parser: argparse.ArgumentParser, config: type | None = N
                 flags[f.name], dest=f.name, action="store_true", default=None, help=described
             )
         else:
+            converted = {} if kind is str else {"type": kind}  # text is kept as given
             group.add_argument(
                 flags[f.name],
                 dest=f.name,
-                type=None if kind is str else kind,
                 choices=choices,
                 help=described,
                 metavar=None if choices else {int: "N", float: "X"}.get(kind),
+                **converted,
             )
 
 
@@ -462,8 +463,8 @@ def _run_inputs(runs: list[str]) -> list[tuple[str, str]]:
 def _check_paths(
     inputs: list[tuple[str, str | None]],
     outputs: list[tuple[str, str | None]],
-    folders: list[tuple[str, str | None]] = (),
-    protected: list[Path] = (),
+    folders: Sequence[tuple[str, str | None]] = (),
+    protected: Sequence[Path] = (),
 ) -> None:
     """Refuse, before any work, outputs (files, or `folders` of files) that cannot be written,
     or that would replace an input, each other, or anything in a `protected` folder: found
@@ -649,6 +650,7 @@ def score_main(argv: list[str] | None = None) -> int:
     )
     _write_report(args, document)
     if translator is not None:
+        assert sources is not None  # --analyze needs -s (checked with the arguments)
         _analyze(args, translator, sources, systems[0][1], references[0])
     return 0
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Callable, TypeVar
+from typing import Callable, TypeVar, cast
 
 import numpy as np
 import torch
@@ -85,7 +85,7 @@ class Cluster:
         if error is not None:
             self.barrier()  # all have the message before any of them leaves
             raise NmtError(error)
-        return result if self.is_main else work()
+        return cast(T, result) if self.is_main else work()  # rank 0's result, set above
 
 
 def _collective_device() -> torch.device:

@@ -655,7 +655,7 @@ def _build(cls: type, raw: dict, prefix: str, where: str, provenance: dict) -> A
     for f in recipe_fields(cls):
         key = f"{prefix}{f.name}"
         kind = hints[f.name]
-        if dataclasses.is_dataclass(kind):
+        if isinstance(kind, type) and dataclasses.is_dataclass(kind):
             values[f.name] = _build(kind, raw.get(f.name) or {}, f"{key}.", where, provenance)
         elif f.name in raw:
             values[f.name] = _coerce(raw[f.name], kind, f, key, where)
@@ -720,7 +720,8 @@ def reference_markdown() -> str:
     """The README's recipe reference: every key, its default and meaning, from the fields."""
     rows = ["| key | default | meaning |", "| --- | --- | --- |"]
     for top in recipe_fields(Recipe):
-        section = top.default_factory() if top.default is dataclasses.MISSING else None
+        factory = top.default_factory
+        section = factory() if callable(factory) and top.default is dataclasses.MISSING else None
         if section is None:
             rows.append(f"| `{top.name}` | `{top.default}` | {top.metadata['help']} |")
             continue

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -364,6 +364,7 @@ class _Run:
             speed = progress.window_tokens / max(seconds, 1e-9)
             loss = progress.window_loss / progress.window_tokens
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{speed:,.0f}", lr=f"{self.rate:.1e}")
+            assert self.metrics is not None  # rank 0 opened it in `start`
             self.metrics.write(
                 step=progress.step,
                 epoch=progress.epoch + 1,
@@ -399,6 +400,7 @@ class _Run:
         every other file follows from it (complete_commit writes what a crash left unwritten
         when the run resumes). Then `best`, the step-N checkpoint, and the deletions."""
         progress, config = self.progress, self.config
+        assert self.metrics is not None  # rank 0 opened it in `start`
         self.metrics.write(
             step=progress.step,
             epoch=progress.epoch + 1,
@@ -488,7 +490,9 @@ class _Run:
             progress.best_step,
             " (early stop)" if stopped_early else "",
         )
-        best = -progress.best if config.early_stopping == "loss" else progress.best
+        best = progress.best
+        if best is not None and config.early_stopping == "loss":
+            best = -best  # recorded negated, so that higher is better for every metric
         return TrainResult(
             self.run_dir,
             progress.step,
@@ -516,7 +520,10 @@ class Updater:
         cluster: Cluster = Cluster(),
     ):
         self.model, self.optimizer, self.config, self.cluster = model, optimizer, config, cluster
-        self.loss = distributed.wrap(TrainingLoss(model, config.label_smoothing), cluster, device)
+        # The loss module, or DDP around it (whose `no_sync` the type of `wrap` does not show).
+        self.loss: Any = distributed.wrap(
+            TrainingLoss(model, config.label_smoothing), cluster, device
+        )
         self.device_type = device.type
         self.mixed = device.type == "cuda" and config.precision != "fp32"
         if config.precision != "fp32" and not self.mixed:
@@ -565,7 +572,7 @@ class TrainingLoss(torch.nn.Module):
 
     def forward(self, batch: Batch | None) -> torch.Tensor:
         if batch is None:
-            return sum(parameter.sum() for parameter in self.model.parameters()) * 0.0
+            return torch.stack([p.sum() for p in self.model.parameters()]).sum() * 0.0
         return batch_loss(self.model, batch, self.label_smoothing)
 
 
@@ -622,7 +629,7 @@ class _StopRequests:
 
     def __init__(self):
         self.signal: int | None = None
-        self.previous: dict[int, object] = {}
+        self.previous: dict[int, Any] = {}  # the handlers to put back
 
     @property
     def requested(self) -> bool:
@@ -952,7 +959,7 @@ def write_manifest(
     run_dir: Path, recipe: Recipe, splits: list[TextSplit], tokenizer: Tokenizer, model: Seq2Seq
 ) -> None:
     """manifest.json: what ran, on what, from which data, and where each recipe value came from."""
-    versions = {"python": platform.python_version()}
+    versions: dict[str, str | None] = {"python": platform.python_version()}
     for package in ("nmt", "torch", "sentencepiece", "sacrebleu", "datasets", "safetensors"):
         try:
             versions[package] = metadata.version(package)

@@ -11,6 +11,8 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
+from typing import TypedDict
+
 import torch
 import yaml
 from tqdm import tqdm
@@ -24,6 +26,7 @@ from nmt.errors import NmtError
 from nmt.scoring.metrics import corpus_bleu, corpus_chrf
 from nmt.data.lexicon import Lexicon, lexicon_for_run
 from nmt.model.ensemble import Ensemble
+from nmt.model.interface import AnyDecodable, EncodedSource, SearchState
 from nmt.model.quantize import quantize as quantized
 from nmt.model.seq2seq import Seq2Seq
 from nmt.recipe import DecodeConfig, Recipe, check_decoding, with_changes
@@ -74,6 +77,7 @@ class Translator:
         """One run, or an ensemble of runs that share their SentencePiece model(s); decoding
         defaults come from the first run. `quantize="int8"`: int8 linear layers (CPU only)."""
         loaded = [_load_run(Path(run_dir), checkpoint) for run_dir in run_dirs]
+        model: Seq2Seq | Ensemble
         model, tokenizer, recipe = loaded[0]
         for other_dir, (_, other, _) in zip(run_dirs[1:], loaded[1:]):
             if other.sha256 != tokenizer.sha256:
@@ -294,7 +298,7 @@ class Translator:
 
         Greedy search (beam 1) has no length normalization to tune, nor does `none` an alpha.
         """
-        grid = []
+        grid: list[tuple[int, str, float]] = []
         for beam in beams:
             forms = (
                 [("none", 0.0)]
@@ -335,11 +339,12 @@ class Translator:
         source_ids = self._limit(self.tokenizer.encode_source(list(sources)))
         target_ids = self.tokenizer.encode_target(list(targets))
         results: list[Hypothesis] = []
+        model: AnyDecodable = self.model
         for start in range(0, len(sources), settings.batch_size):
             chunk_targets = target_ids[start : start + settings.batch_size]
             source, lengths = pad_sources(source_ids[start : start + settings.batch_size])
-            encoded = self.model.encode(source.to(self.device), lengths)
-            state = self.model.initial_state(encoded)
+            encoded: EncodedSource = model.encode(source.to(self.device), lengths)
+            state: SearchState = model.initial_state(encoded)
             limits = length_limits(settings, lengths).tolist()
             steps = max(len(t) for t in chunk_targets) + 1
             target = torch.full((len(chunk_targets), steps), PAD, dtype=torch.long)
@@ -351,7 +356,7 @@ class Translator:
             total = torch.zeros(len(chunk_targets), device=self.device)
             coverage = torch.zeros(source.shape, device=self.device)
             for t in range(steps):
-                log_probs, state, weights = self.model.decode_step(encoded, state, previous)
+                log_probs, state, weights = model.decode_step(encoded, state, previous)
                 picked = log_probs.gather(1, target[:, t : t + 1]).squeeze(1)
                 real = target[:, t] != PAD
                 total += picked.masked_fill(~real, 0.0)
@@ -410,7 +415,8 @@ class Translator:
         prefixes: list[list[int]] | None,
     ) -> list[list[Hypothesis]]:
         source, lengths = pad_sources(sources)
-        encoded = self.model.encode(source.to(self.device), lengths)
+        model: AnyDecodable = self.model
+        encoded: EncodedSource = model.encode(source.to(self.device), lengths)
         max_lengths = length_limits(settings, lengths)
         prefix = None
         if prefixes and any(prefixes):
@@ -423,9 +429,9 @@ class Translator:
             vocabulary = self.lexicon.shortlist(
                 source, settings.shortlist, settings.shortlist_frequent, prefix
             )
-            encoded = self.model.shortlisted(encoded, vocabulary)
+            encoded = model.shortlisted(encoded, vocabulary)
         rules = StepRules(settings.min_len, settings.no_repeat_ngram)
-        common = dict(
+        common = _SearchOptions(
             length_norm=settings.length_norm,
             alpha=settings.alpha,
             keep_attention=keep_attention,
@@ -435,7 +441,7 @@ class Translator:
         )
         if settings.sample:
             return sample(
-                self.model,
+                model,
                 encoded,
                 max_lengths,
                 nbest,
@@ -446,9 +452,9 @@ class Translator:
                 **common,
             )
         if settings.beam == 1:
-            return greedy_search(self.model, encoded, max_lengths, **common)
+            return greedy_search(model, encoded, max_lengths, **common)
         return beam_search(
-            self.model,
+            model,
             encoded,
             max_lengths,
             settings.beam,
@@ -457,6 +463,17 @@ class Translator:
             stopping=settings.stopping,
             **common,
         )
+
+
+class _SearchOptions(TypedDict):
+    """The options every search takes alike (`Translator._search`)."""
+
+    length_norm: str
+    alpha: float
+    keep_attention: bool
+    rules: StepRules
+    prefix: torch.Tensor | None
+    vocabulary: torch.Tensor | None
 
 
 _DEFAULTS = {field.name: field.default for field in dataclasses.fields(DecodeConfig)}

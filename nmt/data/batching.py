@@ -103,8 +103,8 @@ def collate(data: EncodedSplit, indices: np.ndarray) -> Batch:
     target_length = max(len(t) for t in targets) + 1
     target_in = torch.full((len(indices), target_length), PAD, dtype=torch.long)
     target_out = torch.full((len(indices), target_length), PAD, dtype=torch.long)
-    for row, tgt in enumerate(targets):
-        tgt = torch.from_numpy(tgt.astype(np.int64))
+    for row, ids in enumerate(targets):
+        tgt = torch.from_numpy(ids.astype(np.int64))
         target_in[row, 0] = BOS
         target_in[row, 1 : len(tgt) + 1] = tgt
         target_out[row, : len(tgt)] = tgt

@@ -365,7 +365,8 @@ def encode_split(
             sources = tokenizer.encode_source(part.column("src").to_pylist())
             targets = tokenizer.encode_target(part.column("tgt").to_pylist())
             if max_len is not None:
-                sources, targets = _keep_good_pairs(sources, targets, max_len, max_ratio, counts)
+                ratio = float("inf") if max_ratio is None else max_ratio
+                sources, targets = _keep_good_pairs(sources, targets, max_len, ratio, counts)
             counts.kept += len(sources)
             for side, ids in (("src", sources), ("tgt", targets)):
                 lengths[side].append(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))

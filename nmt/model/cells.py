@@ -14,6 +14,8 @@ Shapes: N rows, T steps, E embedding size, H hidden size, L layers, G gate width
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -30,16 +32,21 @@ def input_projection(rnn: nn.RNNBase, embedded: torch.Tensor) -> torch.Tensor:
     if int8 is not None:
         return int8["embedded"](embedded)
     size = embedded.size(-1)  # E: layer 0's first input columns
-    return F.linear(embedded, rnn.weight_ih_l0[:, :size], rnn.bias_ih_l0)
+    # nn.RNNBase registers its weights by name: typed Tensor | Module through Module.__getattr__
+    weight, bias = cast(torch.Tensor, rnn.weight_ih_l0), cast(torch.Tensor, rnn.bias_ih_l0)
+    return F.linear(embedded, weight[:, :size], bias)
 
 
 def step_weights(
     rnn: nn.RNNBase, embedding_size: int
 ) -> dict[str, tuple[torch.Tensor, torch.Tensor | None]]:
     """The (weight, bias) of each product `step` computes, by the names of INT8_PRODUCTS."""
-    weights = {"embedded": (rnn.weight_ih_l0[:, :embedding_size], rnn.bias_ih_l0)}
+    weight, bias = cast(torch.Tensor, rnn.weight_ih_l0), cast(torch.Tensor, rnn.bias_ih_l0)
+    weights: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {
+        "embedded": (weight[:, :embedding_size], bias)
+    }
     if rnn.input_size > embedding_size:
-        weights["extra"] = (rnn.weight_ih_l0[:, embedding_size:], None)
+        weights["extra"] = (weight[:, embedding_size:], None)
     for layer in range(rnn.num_layers):
         weights[f"hidden{layer}"] = (
             getattr(rnn, f"weight_hh_l{layer}"),
@@ -70,7 +77,7 @@ def step(
     )  # (L, N, H), c only in LSTMs
     int8 = getattr(rnn, INT8_PRODUCTS, None)
     new_hidden, new_memory = [], []
-    layer_input = None
+    layer_input: torch.Tensor | None = None
     for layer in range(rnn.num_layers):
         w_ih = getattr(rnn, f"weight_ih_l{layer}")
         if layer == 0:
@@ -82,6 +89,7 @@ def step(
                     else torch.addmm(gates, extra, w_ih[:, -extra.size(1) :].t())
                 )
         else:
+            assert layer_input is not None  # the layer below's output
             layer_input = F.dropout(layer_input, dropout, training)  # (N, H)
             gates = (
                 int8[f"input{layer}"](layer_input)
@@ -99,6 +107,7 @@ def step(
             # Input, forget, cell and output gates, each (N, H), in PyTorch's order:
             # c' = σ(f)·c + σ(i)·tanh(g), h' = σ(o)·tanh(c').
             i, f, g, o = (gates + recurrent).chunk(4, dim=1)
+            assert memory is not None  # an LSTM's state is (h, c)
             c = torch.sigmoid(f) * memory[layer] + torch.sigmoid(i) * torch.tanh(g)
             h = torch.sigmoid(o) * torch.tanh(c)
             new_memory.append(c)
@@ -114,4 +123,5 @@ def step(
         new_hidden.append(h)
         layer_input = h
     hidden = torch.stack(new_hidden)  # (L, N, H)
+    assert layer_input is not None  # an RNN has at least one layer
     return layer_input, ((hidden, torch.stack(new_memory)) if cell == "lstm" else hidden)

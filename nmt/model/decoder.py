@@ -16,6 +16,7 @@ layer 0 (4H LSTM, 3H GRU, H RNN).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -42,8 +43,13 @@ class DecoderState:
     def index_select(self, index: torch.Tensor) -> "DecoderState":
         """Keep (and reorder) sequences: one gather per tensor, for beam search. `index` (N',)
         picks the rows of the new state."""
+        hidden: cells.State
         if isinstance(self.hidden, tuple):
-            hidden = tuple(h.index_select(1, index) for h in self.hidden)  # each (L, N', H)
+            # each (L, N', H)
+            hidden = cast(
+                "tuple[torch.Tensor, torch.Tensor]",
+                tuple(h.index_select(1, index) for h in self.hidden),
+            )
         else:
             hidden = self.hidden.index_select(1, index)  # (L, N', H)
         feed = None if self.feed is None else self.feed.index_select(0, index)  # (N', H)
@@ -105,7 +111,9 @@ class Decoder(nn.Module):
         elif self.init == "last":
             first = encoder_final  # (N, M), M = H
         else:
+            assert self.bridge is not None  # made when init is "bridge"
             first = torch.tanh(self.bridge(encoder_final))  # (N, H)
+        hidden: cells.State
         hidden = first.unsqueeze(0).repeat(self.layers, 1, 1).contiguous()  # (L, N, H)
         if self.cell == "lstm":
             hidden = (hidden, hidden.clone())  # (h, c), each (L, N, H)

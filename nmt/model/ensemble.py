@@ -9,6 +9,7 @@ Shapes: N rows, S source length, V target vocabulary (a shortlist's size when on
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterable, cast
 
 import torch
 from torch import nn
@@ -44,19 +45,23 @@ class Ensemble(nn.Module):
         super().__init__()
         self.members = nn.ModuleList(models)
 
+    def _models(self) -> Iterable[Seq2Seq]:
+        """`members`, typed: an nn.ModuleList's items are typed as any Module."""
+        return cast("Iterable[Seq2Seq]", self.members)
+
     def encode(self, source: torch.Tensor, source_lengths: torch.Tensor) -> MemberStates:
-        return MemberStates([model.encode(source, source_lengths) for model in self.members])
+        return MemberStates([model.encode(source, source_lengths) for model in self._models()])
 
     def initial_state(self, encoded: MemberStates) -> MemberStates:
         return MemberStates(
-            [model.initial_state(member) for model, member in zip(self.members, encoded.members)]
+            [model.initial_state(member) for model, member in zip(self._models(), encoded.members)]
         )
 
     def shortlisted(self, encoded: MemberStates, vocabulary: torch.Tensor) -> MemberStates:
         return MemberStates(
             [
                 model.shortlisted(member, vocabulary)
-                for model, member in zip(self.members, encoded.members)
+                for model, member in zip(self._models(), encoded.members)
             ]
         )
 
@@ -66,7 +71,7 @@ class Ensemble(nn.Module):
         """The average of the members' log-probabilities (and of their attention)."""
         steps = [
             model.decode_step(e, s, previous)
-            for model, e, s in zip(self.members, encoded.members, state.members)
+            for model, e, s in zip(self._models(), encoded.members, state.members)
         ]
         log_probs = torch.stack([step[0] for step in steps]).mean(0)  # (members, N, V) → (N, V)
         attention = torch.stack([step[2] for step in steps]).mean(0)  # (members, N, S) → (N, S)

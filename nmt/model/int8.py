@@ -7,6 +7,8 @@ Shapes: O a layer's outputs, I its inputs, R the rows kept (a shortlist's size),
 
 from __future__ import annotations
 
+from typing import Callable, Protocol
+
 import torch
 from torch import nn
 
@@ -25,7 +27,18 @@ def int8_linear(weight: torch.Tensor, bias: torch.Tensor | None) -> nn.Module:
     return quantize_dynamic(nn.Sequential(linear), {nn.Linear}, dtype=torch.qint8)[0]
 
 
-def quantized_rows(layer: nn.Module, rows: torch.Tensor):
+class Int8Linear(Protocol):
+    """What `quantized_rows` uses of a dynamically quantized linear layer
+    (torch.ao.nn.quantized.dynamic.Linear), whose weight and bias are methods."""
+
+    unpacked: tuple[torch.Tensor, float, int, torch.Tensor | None]  # set by `quantized_rows`
+
+    def weight(self) -> torch.Tensor: ...
+
+    def bias(self) -> torch.Tensor | None: ...
+
+
+def quantized_rows(layer: Int8Linear, rows: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
     """The outputs `rows` of a dynamically quantized linear layer, as a function: the same int8
     weights, sliced and packed once per call (for vocabulary shortlists). Unpacking the layer's
     weights is slow, so it happens once per layer."""

@@ -11,6 +11,7 @@ uses it; the BLEU it costs and the time it saves on Multi30k are in benchmarks/R
 from __future__ import annotations
 
 import warnings
+from typing import TypeVar, cast
 
 import torch
 from torch import nn
@@ -23,8 +24,10 @@ from nmt.model.seq2seq import Seq2Seq
 QUANTIZATIONS = ("int8",)
 QUANTIZABLE_RNNS = (nn.LSTM, nn.GRU)  # what torch.ao quantizes dynamically
 
+Model = TypeVar("Model", bound=nn.Module)
 
-def quantize(model: nn.Module, kind: str) -> nn.Module:
+
+def quantize(model: Model, kind: str) -> Model:
     """A copy of `model` (on the CPU) with int8 weights."""
     if kind not in QUANTIZATIONS:
         raise NmtError(f"--quantize {kind}: expected one of {', '.join(QUANTIZATIONS)}")
@@ -62,4 +65,4 @@ def quantize(model: nn.Module, kind: str) -> nn.Module:
                         ).items()
                     },
                 )
-    return quantized
+    return cast(Model, quantized)  # a copy of `model`: the same class, its submodules swapped

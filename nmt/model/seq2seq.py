@@ -11,7 +11,7 @@ V target vocabulary (a shortlist's size when one is used).
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, cast
 
 import torch
 from torch import nn
@@ -20,7 +20,7 @@ from torch.nn import functional as F
 from nmt.data.subwords import PAD
 from nmt.model.decoder import Decoder, DecoderState
 from nmt.model.encoder import Encoder
-from nmt.model.int8 import quantized_rows
+from nmt.model.int8 import Int8Linear, quantized_rows
 from nmt.recipe import ModelConfig
 
 
@@ -43,7 +43,10 @@ class EncoderState:
     def index_select(self, index: torch.Tensor) -> "EncoderState":
         """Keep (and repeat) sentences: those still searched, or one copy per sample."""
         return EncoderState(
-            *(t.index_select(0, index) for t in (self.memory, self.keys, self.mask, self.final)),
+            self.memory.index_select(0, index),
+            self.keys.index_select(0, index),
+            self.mask.index_select(0, index),
+            self.final.index_select(0, index),
             self.output,
         )
 
@@ -143,7 +146,7 @@ def linear_rows(layer: nn.Module, rows: torch.Tensor) -> Callable[[torch.Tensor]
     if isinstance(layer, nn.Linear):
         weight, bias = layer.weight[rows], layer.bias[rows]  # (V, H), (V,), V = len(rows)
         return lambda x: F.linear(x, weight, bias)
-    return quantized_rows(layer, rows)
+    return quantized_rows(cast(Int8Linear, layer), rows)  # not float: int8 (nmt/model/quantize.py)
 
 
 def initialise(model: Seq2Seq, config: ModelConfig) -> None:

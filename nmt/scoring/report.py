@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import cast
 from pathlib import Path
 
 from sacrebleu.metrics import BLEU, CHRF
-from sacrebleu.significance import PairedTest
+from sacrebleu.significance import PairedTest, Result
 
 from nmt.data.corpus import read_lines
 from nmt.errors import NmtError
@@ -83,7 +84,7 @@ def compare_systems(
                 f"{name} has {len(hypotheses)} lines but the reference has {len(references[0])}"
             )
     paired = PairedTest(
-        named,
+        cast("list[tuple[str, Sequence[str]]]", named),
         {"BLEU": BLEU(), "chrF": CHRF()},
         references,
         test_type=test,
@@ -93,7 +94,9 @@ def compare_systems(
     signatures, results = paired()
     scores = []
     for metric, key in (("BLEU", "BLEU"), ("chrF", "chrF2")):
-        for (name, _), result in zip(named, results[key]):
+        for (name, _), outcome in zip(named, results[key]):
+            result = cast(Result, outcome)  # sacreBLEU's per-system result; its `str` is for names
+            assert result.mean is not None and result.ci is not None  # set by the resampling
             scores.append(
                 SystemScore(
                     name,

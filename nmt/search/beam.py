@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from nmt.data.subwords import BOS, EOS
-from nmt.model.seq2seq import EncoderState, Seq2Seq
+from nmt.model.interface import Decodable, Encoded, EncodedSource, State
 from nmt.search.hypothesis import Hypothesis, coverage_bonus, length_penalty
 from nmt.search.steps import StepRules, to_columns, to_ids
 
@@ -25,8 +25,8 @@ STOPPING = ("exact", "first")  # when a sentence's search ends; see `beam_search
 
 @torch.no_grad()
 def beam_search(
-    model: Seq2Seq,
-    encoded: EncoderState,
+    model: Decodable[Encoded, State],
+    encoded: Encoded,
     max_lengths: torch.Tensor,
     beam: int,
     nbest: int = 1,
@@ -112,6 +112,7 @@ def beam_search(
             history = step if history is None else torch.cat([history, step], 1)  # (N, t + 1, S)
         if coverage_penalty:
             coverage = weights if coverage is None else coverage + weights  # (N, S)
+            assert row_real is not None  # `_per_row` gives it with a coverage penalty
             bonus = coverage_bonus(coverage, row_real, coverage_penalty)  # (N,)
 
         # Collect finished: EOS candidates ranked within the beam, with a finite score, end here.
@@ -139,7 +140,10 @@ def beam_search(
             ):
                 results[index].append(
                     Hypothesis(
-                        ids, log_prob, score, history[ended[i]].cpu() if keep_attention else None
+                        ids,
+                        log_prob,
+                        score,
+                        history[ended[i]].cpu() if history is not None else None,
                     )
                 )
 
@@ -165,8 +169,10 @@ def beam_search(
         tokens = torch.cat([tokens[row_index], alive_tokens[keep].view(-1, 1)], 1)  # (n'·K, t + 2)
         state = state.index_select(row_index)
         if keep_attention:
+            assert history is not None  # set at every step with keep_attention
             history = history[row_index]  # (n'·K, t + 1, S)
         if coverage_penalty:
+            assert coverage is not None  # set at every step with a coverage penalty
             coverage = coverage[row_index]  # (n'·K, S)
         # Shrink finished sentences: drop what is kept per sentence for those that left.
         if keep.size(0) < n:
@@ -187,7 +193,7 @@ def _per_row(
     max_lengths: torch.Tensor,
     prefix: torch.Tensor | None,
     beam: int,
-    encoded: EncoderState,
+    encoded: EncodedSource,
     coverage_penalty: float,
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Each sentence's length limit, forced prefix and (for the coverage penalty) real source

@@ -12,7 +12,7 @@ from typing import Callable
 import torch
 
 from nmt.data.subwords import BOS, EOS
-from nmt.model.seq2seq import EncoderState, Seq2Seq
+from nmt.model.interface import Decodable, Encoded, State
 from nmt.search.hypothesis import Hypothesis, finished
 from nmt.search.steps import StepRules, to_columns, to_ids
 
@@ -21,8 +21,8 @@ Pick = Callable[[torch.Tensor], torch.Tensor]  # (B, V) log-probabilities → (B
 
 @torch.no_grad()
 def greedy_search(
-    model: Seq2Seq,
-    encoded: EncoderState,
+    model: Decodable[Encoded, State],
+    encoded: Encoded,
     max_lengths: torch.Tensor,
     length_norm: str = "none",
     alpha: float = 0.0,
@@ -52,8 +52,8 @@ def greedy_search(
 
 
 def follow_path(
-    model: Seq2Seq,
-    encoded: EncoderState,
+    model: Decodable[Encoded, State],
+    encoded: Encoded,
     max_lengths: torch.Tensor,
     pick: Pick,
     length_norm: str,
@@ -76,7 +76,8 @@ def follow_path(
     previous = torch.full((batch,), BOS, dtype=torch.long, device=device)  # (B,) last tokens
     log_prob = torch.zeros(batch, device=device)  # (B,) log P of each path so far
     done = torch.zeros(batch, dtype=torch.bool, device=device)  # (B,) True once EOS is taken
-    steps, attentions = [], []  # per step: tokens (B,), attention (B, S)
+    steps: list[torch.Tensor] = []  # per step: tokens (B,)
+    attentions: list[torch.Tensor] = []  # per step: attention (B, S)
     for t in range(int(max_lengths.max()) + 1):
         # (B, V), the new state, (B, S)
         log_probs, state, weights = model.decode_step(encoded, state, to_ids(vocabulary, previous))
@@ -106,7 +107,7 @@ def follow_path(
                 float(log_prob[row]),
                 length_norm,
                 alpha,
-                attention[row, : length + 1] if keep_attention else None,
+                attention[row, : length + 1] if attention is not None else None,
             )
         )
     return results

@@ -6,6 +6,7 @@ Shapes: N rows, S source length.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import overload
 
 import torch
 
@@ -27,6 +28,10 @@ class Hypothesis:
     reachable: bool = True
 
 
+@overload
+def length_penalty(length: int, form: str, alpha: float) -> float: ...
+@overload
+def length_penalty(length: torch.Tensor, form: str, alpha: float) -> float | torch.Tensor: ...
 def length_penalty(length: int | torch.Tensor, form: str, alpha: float) -> float | torch.Tensor:
     """The divisor of a hypothesis' log-probability; `length` counts the EOS (a tensor of lengths
     gives a tensor of divisors, for beam search's stopping bound).

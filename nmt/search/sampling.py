@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import torch
 
-from nmt.model.seq2seq import EncoderState, Seq2Seq
+from nmt.model.interface import Decodable, Encoded, State
 from nmt.search.greedy import follow_path
 from nmt.search.hypothesis import Hypothesis
 from nmt.search.steps import StepRules
@@ -34,8 +34,8 @@ def truncate(log_probs: torch.Tensor, temperature: float, top_k: int, top_p: flo
 
 @torch.no_grad()
 def sample(
-    model: Seq2Seq,
-    encoded: EncoderState,
+    model: Decodable[Encoded, State],
+    encoded: Encoded,
     max_lengths: torch.Tensor,
     samples: int,
     generator: torch.Generator,
