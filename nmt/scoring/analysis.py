@@ -19,6 +19,9 @@ from nmt.translate import Translator
 
 @dataclass
 class Verdict:
+    """One sentence whose output differs from its reference: both scored by the model as
+    search scores them, and whose fault that is (search, model, or the length limits)."""
+
     line: int  # 1-based
     source: str
     hypothesis: str
@@ -40,6 +43,9 @@ class Verdict:
 
 @dataclass
 class ErrorAnalysis:
+    """Search errors against model errors over a test set: the verdicts, their shares and a
+    few examples of each (`format` prints what `nmt-score --analyze` shows)."""
+
     sentences: int
     verdicts: list[Verdict] = field(default_factory=list)  # sentences whose output differs
 
