@@ -7,8 +7,9 @@ The Python API mirrors the commands: `Recipe` + `train` (nmt-train), `Translator
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+from typing import TYPE_CHECKING as _TYPE_CHECKING
+from typing import Any as _Any
 
 __version__ = "0.1.0"
 _WHERE = {
@@ -23,7 +24,7 @@ _WHERE = {
 }
 __all__ = [*sorted(_WHERE), "__version__"]
 
-if TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` imports
+if _TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` imports
     from nmt.errors import NmtError
     from nmt.scoring.metrics import ScoreReport, score
     from nmt.recipe import Recipe
@@ -32,13 +33,13 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` im
     from nmt.translate import Translator
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _Any:
     if name not in _WHERE:
         raise AttributeError(f"module 'nmt' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_WHERE[name]), name)
+    value = getattr(_importlib.import_module(_WHERE[name]), name)
     globals()[name] = value  # found once
     return value
 
 
 def __dir__() -> list[str]:
-    return sorted([*globals(), *_WHERE])
+    return sorted(__all__)

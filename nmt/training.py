@@ -275,6 +275,7 @@ class _Run:
         )
         run.started = time.perf_counter() - run.progress.elapsed_s
         run.stopper.started = run.started
+        run.window_start = time.perf_counter()  # the first log window measures training only
         if cluster.is_main and resume:
             complete_commit(run_dir, run.progress, run.save)
         return run
@@ -289,6 +290,7 @@ class _Run:
         self.rate = learning_rate(
             self.config, max(self.progress.step, 1), self.progress.plateau_decays
         )
+        self.saved_at = _position(self.progress)  # `last` holds exactly this position
         log.info(
             "resumed at step %d (epoch %d, batch %d)",
             self.progress.step,

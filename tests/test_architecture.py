@@ -38,7 +38,9 @@ def modules() -> dict[str, Path]:
 
 def imports(path: Path, known: set[str]) -> set[str]:
     """The nmt modules a file imports (`from nmt.x import y` counts nmt.x.y when that is a
-    module, else nmt.x)."""
+    module, else nmt.x; `from nmt import Name` counts the module the package takes Name from)."""
+    from nmt import _WHERE
+
     found = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
@@ -51,7 +53,10 @@ def imports(path: Path, known: set[str]) -> set[str]:
         ):
             for alias in node.names:
                 child = f"{node.module}.{alias.name}"
-                found.add(child if child in known else node.module)
+                if node.module == "nmt" and alias.name in _WHERE:
+                    found.add(_WHERE[alias.name])
+                else:
+                    found.add(child if child in known else node.module)
     return found
 
 
@@ -161,3 +166,16 @@ def test_long_functions_say_why():
                         f"{node.name} ({statements} statements)"
                     )
     assert not too_long, "split these, or say why in the docstring:\n" + "\n".join(too_long)
+
+
+def test_the_package_namespace_gives_every_name_it_lists():
+    """`from nmt import ...` for each public name, each from the module the namespace says."""
+    import importlib
+
+    import nmt
+
+    for name in nmt.__all__:
+        value = getattr(nmt, name)
+        if name != "__version__":
+            assert value is getattr(importlib.import_module(nmt._WHERE[name]), name), name
+    assert dir(nmt) == sorted(nmt.__all__)

@@ -126,3 +126,17 @@ def test_forget_bias_and_orthogonal_recurrent_weights():
     assert torch.all(bias[size : 2 * size] == 1.0) and torch.all(bias[:size] == 0.0)
     block = model.decoder.rnn.weight_hh_l0[:12]
     assert torch.allclose(block @ block.t(), torch.eye(12), atol=1e-5)
+
+
+def test_the_attention_docstring_table_is_the_recipes_presets():
+    """nmt/model/attention.py shows the presets beside the classes; the recipe holds them (it may
+    not import the model). The two must say the same, and each score must build its class."""
+    import re
+
+    from nmt.model import attention
+    from nmt.recipe import ATTENTION_PRESETS
+
+    rows = re.findall(r"^\s+([a-z-]+)\s+(\w+)\s+(\w+Attention)\s+(\w+)$", attention.__doc__, re.M)
+    assert {name: (score, flow) for name, score, _, flow in rows} == ATTENTION_PRESETS
+    for name, score, cls, _ in rows:
+        assert type(attention.build_attention(score, 8, 8)).__name__ == cls, name

@@ -443,3 +443,25 @@ def test_validation_bookkeeping_leaves_its_input_alone_and_follows_the_config():
         _bookkeeping(early_stopping="loss", schedule="constant"),
     )
     assert after.plateau_decays == 0 and after.plateau_wait == 2  # no plateau schedule
+
+
+def test_a_resumed_run_knows_which_step_its_last_checkpoint_holds(
+    tiny_recipe, tmp_path, monkeypatch
+):
+    """After --resume, the divergence error names the step `last` holds (not step 0)."""
+    import nmt.training as training
+
+    train(Recipe.load(tiny_recipe, ["train.max_steps=4", "train.valid_every=2"]), tmp_path / "run")
+    original = training.batch_loss
+
+    def always_nan(model, batch, smoothing):
+        loss = original(model, batch, smoothing)
+        return loss * float("nan") if model.training else loss
+
+    monkeypatch.setattr(training, "batch_loss", always_nan)
+    with pytest.raises(NmtError, match=r"checkpoints/last \(step 4\) is from before it"):
+        train(
+            Recipe.load(tiny_recipe, ["train.max_steps=40", "train.valid_every=2"]),
+            tmp_path / "run",
+            resume=True,
+        )
