@@ -84,11 +84,10 @@ def test_bleu_chrf_ter_equal_the_sacrebleu_command_line(tmp_path, capsys):
     assert got == pytest.approx(expected, abs=1e-4)
 
 
-def test_the_python_report_is_the_one_nmt_score_prints_and_writes(tmp_path, capsys):
-    from nmt.scoring.html import render
-
+def write_scoring_files(folder):
+    """ref, a, b, src and diag.jsonl (two sentences --diagnose flagged) in `folder`."""
     for name, lines in (("ref", REFERENCES), ("a", SYSTEM_A), ("b", SYSTEM_B), ("src", SOURCES)):
-        (tmp_path / name).write_text("\n".join(lines) + "\n")
+        (folder / name).write_text("\n".join(lines) + "\n")
     flagged = {
         "line": 2,
         "flags": ["under-translation"],
@@ -100,9 +99,15 @@ def test_the_python_report_is_the_one_nmt_score_prints_and_writes(tmp_path, caps
         "length_ratio": 0.4,
         "mean_log_prob": -0.5,
     }
-    (tmp_path / "diag.jsonl").write_text(
+    (folder / "diag.jsonl").write_text(
         json.dumps(flagged) + "\n" + json.dumps({**flagged, "line": 3, "flags": []}) + "\n"
     )
+
+
+def test_the_python_report_is_the_one_nmt_score_prints_and_writes(tmp_path, capsys):
+    from nmt.scoring.html import render
+
+    write_scoring_files(tmp_path)
     with pytest.raises(SystemExit) as code:
         score_main(
             [
@@ -180,25 +185,8 @@ def test_html_report_opens_in_headless_chromium_without_console_errors(tmp_path,
     browser = shutil.which("chromium") or shutil.which("chromium-browser")
     if browser is None:
         pytest.skip("needs Debian's chromium (.ci/run installs it)")
-    (tmp_path / "ref").write_text("\n".join(REFERENCES) + "\n")
-    (tmp_path / "a").write_text("\n".join(SYSTEM_A) + "\n")
-    (tmp_path / "b").write_text("\n".join(SYSTEM_B) + "\n")
-    (tmp_path / "src").write_text("\n".join(SOURCES) + "\n")
+    write_scoring_files(tmp_path)
     page = tmp_path / "report.html"
-    flagged = {
-        "line": 2,
-        "flags": ["under-translation"],
-        "source": SOURCES[1],
-        "output": SYSTEM_A[1],
-        "under_attended": [{"word": "Schnee", "attention": 0.01}],
-        "over_attended": [],
-        "repeated_ngrams": [],
-        "length_ratio": 0.4,
-        "mean_log_prob": -0.5,
-    }
-    (tmp_path / "diag.jsonl").write_text(
-        json.dumps(flagged) + "\n" + json.dumps({**flagged, "line": 3, "flags": []}) + "\n"
-    )
     with pytest.raises(SystemExit) as code:
         score_main(
             [
