@@ -405,10 +405,11 @@ def test_a_real_source_token_without_attention_is_penalized():
 
 
 @torch.no_grad()
-def unstopped_beam_search(model, source, max_len, beam, form, alpha, min_len, beta):
+def unstopped_beam_search(model, source, max_len, beam, form, alpha, min_len, beta, steps=None):
     """Beam search in plain Python with beam_search's pruning (of the 2·beam best extensions,
     EOS ones ranked within the beam finish and the `beam` best others go on) but no early
-    stopping: it runs to the length limit. Every finished hypothesis, best first."""
+    stopping: it runs to the length limit. Every finished hypothesis, best first. `steps` (a
+    list) receives each step's kept (tokens, log-prob) and finished (tokens, log-prob, score)."""
     encoded = encode(model, [source])
     state = model.initial_state(encoded)
     live = [([], 0.0, torch.zeros(len(source) + 1))]  # tokens, log-prob, coverage; row of state
@@ -431,13 +432,17 @@ def unstopped_beam_search(model, source, max_len, beam, form, alpha, min_len, be
                     (log_prob + float(log_probs[row, token]), tokens, token, row, coverage)
                 )
         candidates = sorted(candidates, key=lambda c: c[0], reverse=True)[: 2 * beam]
+        ended = []
         for rank, (log_prob, tokens, token, _, coverage) in enumerate(candidates):
             if token == EOS and rank < beam:
                 bonus = beta * float(coverage.clamp(MIN_COVERAGE, 1.0).log().sum())
-                done.append(
-                    (log_prob / length_penalty(len(tokens) + 1, form, alpha) + bonus, tokens)
-                )
+                score = log_prob / length_penalty(len(tokens) + 1, form, alpha) + bonus
+                done.append((score, tokens))
+                ended.append((tokens, log_prob, score))
         go_on = [c for c in candidates if c[2] != EOS][:beam]
+        if steps is not None:
+            kept = [(tokens + [token], log_prob) for log_prob, tokens, token, _, _ in go_on]
+            steps.append({"kept": kept, "finished": ended})
         if not go_on:
             break
         state = state.index_select(torch.tensor([c[3] for c in go_on]))
@@ -516,6 +521,70 @@ def test_exact_stopping_equals_beam_search_run_to_the_length_limit():
             assert exact[0].score >= first[0].score - 1e-6, where
             differ += [h.tokens for h in first] != [h.tokens for h in exact]
     assert differ >= 10  # the rule matters in these cases
+
+
+def test_recorded_steps_are_the_beam_at_each_step():
+    """`beam_search(steps=...)` records, per sentence and step, the hypotheses the beam keeps and
+    those that end, as a plain-Python beam search sees them, until the sentence stops; its
+    result is among the recorded finished hypotheses."""
+    checked = 0
+    for seed in range(30):
+        case = random_case(seed)
+        model, beam = case["model"], max(case["beam"], 2)
+        steps = [[] for _ in case["sources"]]
+        found = beam_search(
+            model,
+            encode(model, case["sources"]),
+            torch.tensor(case["max_lens"]),
+            beam,
+            1,
+            case["form"],
+            case["alpha"],
+            rules=StepRules(min_len=case["min_len"]),
+            coverage_penalty=case["beta"],
+            steps=steps,
+        )
+        for i, (source, max_len) in enumerate(zip(case["sources"], case["max_lens"])):
+            reference: list = []
+            unstopped_beam_search(
+                model, source, max_len, beam, case["form"], case["alpha"], case["min_len"],
+                case["beta"], reference,
+            )  # fmt: skip
+            recorded = steps[i]
+            assert 1 <= len(recorded) <= len(reference), f"seed {seed}, sentence {i}"
+            for got, want in zip(recorded, reference):
+                assert [h["tokens"] for h in got["kept"]] == [t for t, _ in want["kept"]]
+                assert [h["log_prob"] for h in got["kept"]] == pytest.approx(
+                    [p for _, p in want["kept"]], abs=1e-5
+                )
+                assert [h["tokens"] for h in got["finished"]] == [t for t, _, _ in want["finished"]]
+                assert [h["score"] for h in got["finished"]] == pytest.approx(
+                    [s for _, _, s in want["finished"]], abs=1e-5
+                )
+            ended = [h for step in recorded for h in step["finished"]]
+            assert found[i][0].tokens in [h["tokens"] for h in ended]
+            checked += len(recorded)
+    assert checked > 100
+
+
+def test_recording_steps_changes_no_result():
+    case = random_case(4)
+    model = case["model"]
+    runs = [
+        beam_search(
+            model,
+            encode(model, case["sources"]),
+            torch.tensor(case["max_lens"]),
+            3,
+            2,
+            keep_attention=True,
+            steps=steps,
+        )
+        for steps in (None, [[] for _ in case["sources"]])
+    ]
+    assert [[(h.tokens, h.score) for h in hyps] for hyps in runs[0]] == [
+        [(h.tokens, h.score) for h in hyps] for hyps in runs[1]
+    ]
 
 
 @pytest.mark.parametrize("seed", range(8))

@@ -38,6 +38,7 @@ def beam_search(
     coverage_penalty: float = 0.0,
     vocabulary: torch.Tensor | None = None,
     stopping: str = "exact",
+    steps: list[list[dict]] | None = None,
 ) -> list[list[Hypothesis]]:
     """The `nbest` best hypotheses per sentence, best first by normalized score.
 
@@ -51,6 +52,10 @@ def beam_search(
     hypothesis left in its beam can score above its `nbest`-th best finished one, so the result
     is what the same beam run to the length limit would give. `first`: once `beam` hypotheses
     have finished, although one still in the beam may score better (faster, not exact).
+
+    `steps` (one empty list per sentence) receives each sentence's beam after every step: the
+    hypotheses kept and those that finished, with their scores (`_record_step`); the course
+    material's beam search diagram, drawn from a real search. It costs nothing when None.
 
     Why one long function: every step rebinds the same dozen tensors together (the beams'
     scores, tokens, decoder state, attention history and coverage, and, when sentences leave,
@@ -116,6 +121,7 @@ def beam_search(
             bonus = coverage_bonus(coverage, row_real, coverage_penalty)  # (N,)
 
         # Collect finished: EOS candidates ranked within the beam, with a finite score, end here.
+        ended_now: list[tuple[int, Hypothesis]] = []  # (sentence, hypothesis), for `steps`
         ends = (token == EOS) & torch.isfinite(top_scores)  # (n, 2K)
         ends[:, beam:] = False
         if bool(ends.any()):  # gathered together: one copy out of tensors, not one per item
@@ -146,11 +152,16 @@ def beam_search(
                         history[ended[i]].cpu() if history is not None else None,
                     )
                 )
+                if steps is not None:
+                    ended_now.append((index, results[index][-1]))
 
         # Continue the beam with the best candidates that did not end: each (n, K).
         alive_scores, picks = top_scores.masked_fill(token == EOS, float("-inf")).topk(beam, dim=1)
         alive_rows = rows.gather(1, picks)
         alive_tokens = token.gather(1, picks)
+        if steps is not None:
+            kept = torch.cat([tokens[alive_rows.view(-1), 1:], alive_tokens.view(-1, 1)], 1)
+            _record_step(steps, sentence_ids, to_ids(vocabulary, kept), alive_scores, ended_now)
 
         # Stop rule: a sentence is done when settled, at its length limit, or out of live beams.
         if stopping == "exact":
@@ -187,6 +198,35 @@ def beam_search(
 
     # Each sentence's `nbest` best finished hypotheses, best first by normalized score.
     return [sorted(found, key=lambda h: h.score, reverse=True)[:nbest] for found in results]
+
+
+def _record_step(
+    steps: list[list[dict]],
+    sentence_ids: torch.Tensor,
+    kept: torch.Tensor,
+    kept_scores: torch.Tensor,
+    ended: list[tuple[int, Hypothesis]],
+) -> None:
+    """Append one step of each searched sentence to `steps`: the hypotheses its beam keeps,
+    `kept` (n·K, t + 1) target ids with log-probabilities `kept_scores` (n, K), best first, and
+    those that ended at this step, with their normalized scores."""
+    beam = kept_scores.size(1)
+    ids, scores = kept.tolist(), kept_scores.tolist()
+    for j, index in enumerate(sentence_ids.tolist()):
+        steps[index].append(
+            {
+                "kept": [
+                    {"tokens": ids[j * beam + k], "log_prob": score}
+                    for k, score in enumerate(scores[j])
+                    if score != float("-inf")
+                ],
+                "finished": [
+                    {"tokens": hyp.tokens, "log_prob": hyp.log_prob, "score": hyp.score}
+                    for where, hyp in ended
+                    if where == index
+                ],
+            }
+        )
 
 
 def _per_row(

@@ -26,6 +26,9 @@ class Hypothesis:
     # False for a forced output (`Translator.force`) that search could not have produced: longer
     # than its sentence's length limit or shorter than `min_len`.
     reachable: bool = True
+    # With `keep_steps` (beam search): the beam of its sentence after each step, as
+    # `beam_search(steps=...)` records it, target pieces added by the Translator.
+    steps: list[dict] | None = None
 
 
 @overload
