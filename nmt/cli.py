@@ -145,15 +145,7 @@ def train_main(argv: list[str] | None = None) -> int:
 def translate_main(argv: list[str] | None = None) -> int:
     args = _translate_parser().parse_args(argv)
     _check_translate_args(args)
-    from nmt.checkpoint import check_name
-    from nmt.translate import Translator
-
-    translator = Translator.from_runs(
-        args.model, check_name(args.checkpoint, "--checkpoint"), args.device, args.quantize or ""
-    )
-    flags = _decode_flags()  # the keyword options of Translator.nbest, each with its flag
-    options = {key: getattr(args, key) for key in flags}
-    settings = translator.settings(args.nbest, {**flags, "nbest": "--nbest"}, **options)
+    translator, options, settings = _load_translator(args)
     if args.tune:
         return _tune(translator, args)
     if args.self_check:
@@ -178,20 +170,7 @@ def _translate_parser(config: type | None = None) -> _Parser:
         "stdin and writes stdout unless -i/-o are given; unset search options come from the "
         "run's decode.yaml (see --tune), then from its recipe's decode section.",
     )
-    parser.add_argument(
-        "-m",
-        "--model",
-        required=True,
-        metavar="RUN_DIR",
-        action="append",
-        help="run directory written by nmt-train; repeat for an ensemble of "
-        "runs that share a vocabulary",
-    )
-    parser.add_argument(
-        "--checkpoint",
-        default="best",
-        help="checkpoint name: best, last, step-N, or one made by nmt-average",
-    )
+    _add_model_options(parser)
     parser.add_argument(
         "-i", "--input", help="file to translate, one sentence a line (default or `-`: stdin)"
     )
@@ -266,14 +245,47 @@ def _translate_parser(config: type | None = None) -> _Parser:
         default=[0.6, 1.0],
         help="with --tune: alphas to try for avg and gnmt",
     )
+    _add_decode_options(parser, config)
+    return parser
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """The run(s) to load and how: nmt-translate's and nmt-serve's."""
+    parser.add_argument(
+        "-m",
+        "--model",
+        required=True,
+        metavar="RUN_DIR",
+        action="append",
+        help="run directory written by nmt-train; repeat for an ensemble of "
+        "runs that share a vocabulary",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        default="best",
+        help="checkpoint name: best, last, step-N, or one made by nmt-average",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     parser.add_argument(
         "--quantize",
         choices=["int8"],
         help="int8 linear layers: faster on a CPU for a little BLEU (see benchmarks/README.md)",
     )
-    _add_decode_options(parser, config)
-    return parser
+
+
+def _load_translator(args: argparse.Namespace):
+    """The Translator of -m/--checkpoint/--device/--quantize, its decoding defaults changed by
+    the decoding flags (each checked), and those flags' values (None: not given)."""
+    from nmt.checkpoint import check_name
+    from nmt.translate import Translator
+
+    translator = Translator.from_runs(
+        args.model, check_name(args.checkpoint, "--checkpoint"), args.device, args.quantize or ""
+    )
+    flags = _decode_flags()  # the keyword options of Translator.nbest, each with its flag
+    options = {key: getattr(args, key) for key in flags}
+    settings = translator.settings(args.nbest, {**flags, "nbest": "--nbest"}, **options)
+    return translator, options, settings
 
 
 def _decode_flags(config: type | None = None) -> dict[str, str]:
@@ -821,6 +833,99 @@ def _analyze(
             )
 
 
+# ---------------------------------------------------------------------- nmt-serve
+
+
+@_command("nmt-serve")
+def serve_main(argv: list[str] | None = None) -> int:
+    args = _serve_parser().parse_args(argv)
+    _check_serve_args(args)
+    try:
+        from nmt.serving.app import Limits, create_app, describe_runs, serve
+    except ImportError as error:
+        raise NmtError(
+            f"nmt-serve needs its web stack ({error.name} is missing): "
+            f"pip install 'nmt[serve]' (or pip install -e '.[serve]' in a clone)"
+        ) from None
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    args.nbest = 1
+    translator, _, settings = _load_translator(args)
+    translator.decode = settings  # the flags are the server's defaults
+    info = describe_runs([Path(run) for run in args.model], args.checkpoint, args.quantize or "")
+    limits = Limits(
+        max_sentences=args.max_sentences,
+        max_chars=args.max_chars,
+        max_body=args.max_body,
+        max_beam=args.max_beam,
+        max_output=args.max_output,
+        max_pending=args.max_pending,
+        max_wait=args.batch_wait / 1000,
+    )
+    serve(create_app(translator, info, limits), args.host, args.port)
+    return 0
+
+
+def _serve_parser() -> _Parser:
+    parser = _Parser(
+        prog="nmt-serve",
+        description="Serve a trained run as a JSON API (POST /translate, /score; GET /info, "
+        "/health) with a page at / that shows attention and beam search at work. Stops on "
+        "Ctrl-C or SIGTERM once the requests in flight are answered.",
+    )
+    _add_model_options(parser)
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    parser.add_argument("--port", type=int, default=8000, help="port (0: any free one)")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="CPU threads of the search (0: torch's default)"
+    )
+    defaults = {
+        "max_sentences": ("N", "sentences per request"),
+        "max_chars": ("N", "characters per sentence"),
+        "max_body": ("BYTES", "bytes per request body"),
+        "max_beam": ("N", "beams (or samples) per sentence"),
+        "max_output": ("N", "subwords an output may grow to (max_len_a·|source| + max_len_b)"),
+        "max_pending": ("N", "sentences waiting to be searched; beyond, requests get 503"),
+    }
+    from nmt.serving.limits import DEFAULT_LIMITS
+
+    for key, (metavar, text) in defaults.items():
+        parser.add_argument(
+            f"--{key.replace('_', '-')}",
+            type=int,
+            default=getattr(DEFAULT_LIMITS, key),
+            metavar=metavar,
+            help=f"at most this many {text} (default %(default)s)",
+        )
+    parser.add_argument(
+        "--batch-wait",
+        type=float,
+        default=DEFAULT_LIMITS.max_wait * 1000,
+        metavar="MS",
+        help="milliseconds a request waits for others to be searched with (default %(default)s)",
+    )
+    _add_decode_options(parser)
+    return parser
+
+
+def _check_serve_args(args: argparse.Namespace) -> None:
+    if not 0 <= args.port <= 65535:
+        raise NmtError(f"--port {args.port}: expected 0 to 65535")
+    for flag in ("threads", "max_sentences", "max_chars", "max_body", "max_beam", "max_output",
+                 "max_pending"):  # fmt: skip
+        value = getattr(args, flag)
+        least = 0 if flag == "threads" else 1
+        if value < least:
+            raise NmtError(f"--{flag.replace('_', '-')} {value}: must be at least {least}")
+    if not 0 <= args.batch_wait <= 10_000:
+        raise NmtError(f"--batch-wait {args.batch_wait}: expected 0 to 10000 milliseconds")
+    _check_paths(
+        [*_run_inputs(args.model)], [], [], [Path(run) / "checkpoints" for run in args.model]
+    )
+
+
 # ---------------------------------------------------------------------- nmt-average
 
 
@@ -876,6 +981,7 @@ COMMANDS = {
     "translate": translate_main,
     "score": score_main,
     "average": average_main,
+    "serve": serve_main,
 }
 
 

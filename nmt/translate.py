@@ -123,6 +123,7 @@ class Translator:
         keep_attention: bool = False,
         progress: bool = False,
         prefixes: list[str] | None = None,
+        keep_steps: bool = False,
         **options,
     ) -> list[list[Hypothesis]]:
         """The `nbest` best translations (or samples) of each line.
@@ -133,9 +134,10 @@ class Translator:
         shortlist_frequent, sample, temperature, top_k, top_p, seed); unset ones (None) keep the
         run's defaults. Lines are sorted by length into batches (less padding) and results come
         back in input order; an empty line gives an empty translation. `progress` draws a bar on
-        stderr.
+        stderr. `keep_steps` (beam search only) gives each hypothesis its sentence's beam after
+        every step (`Hypothesis.steps`, the target pieces added), for teaching views.
         """
-        settings = self.settings(nbest, **options)
+        settings = self.settings(nbest, keep_steps=keep_steps, **options)
         generator = torch.Generator(self.device).manual_seed(settings.seed)
         if looks_segmented(lines):
             log.warning(
@@ -173,6 +175,7 @@ class Translator:
                     keep_attention,
                     generator,
                     chunk_prefixes,
+                    keep_steps,
                 )
             except RuntimeError as error:
                 if not _out_of_memory(error):
@@ -189,13 +192,20 @@ class Translator:
                     hyp.text = self.tokenizer.decode_target(hyp.tokens)
                     if hyp.attention is not None:  # drop the batch's padding columns
                         hyp.attention = hyp.attention[:, : len(encoded[i]) + 1]
+                for step in hyps[0].steps or ():  # one list, shared by the sentence's n-best
+                    for entry in step["kept"] + step["finished"]:
+                        entry["pieces"] = self.tokenizer.target_pieces(entry["tokens"])
                 results[i] = hyps
             bar.update(len(chunk))
         bar.close()
         return results
 
     def settings(
-        self, nbest: int = 1, labels: dict[str, str] | None = None, **options
+        self,
+        nbest: int = 1,
+        labels: dict[str, str] | None = None,
+        keep_steps: bool = False,
+        **options,
     ) -> DecodeConfig:
         """The run's decoding defaults changed by `options` (None: unchanged), each checked like
         a recipe value, then together and against the model, before any work is done. Errors
@@ -204,7 +214,9 @@ class Translator:
         add_sample = (labels or {}).get("sample", "sample=True")  # how the caller would say it
         # A value the caller gave is named as they gave it; one from the run, as decode.KEY.
         labels = {
-            key: label for key, label in (labels or {}).items() if key in given or key == "nbest"
+            key: label
+            for key, label in (labels or {}).items()
+            if key in given or key in ("nbest", "keep_steps")
         }
 
         def name(key: str) -> str:
@@ -230,6 +242,11 @@ class Translator:
                 raise NmtError(f"option: {name(key)} {reason}")
         if nbest < 1:
             raise NmtError(f"option: {name('nbest')} must be at least 1, not {nbest}")
+        if keep_steps and (settings.sample or settings.beam == 1):
+            raise NmtError(
+                f"option: {labels.get('keep_steps', 'keep_steps')} records beam search; "
+                f"use {name('beam')} 2 or more, without sampling"
+            )
         if nbest > settings.beam and not settings.sample:
             raise NmtError(
                 f"option: {name('nbest')} {nbest} needs {name('beam')} {nbest} or more "
@@ -413,6 +430,7 @@ class Translator:
         keep_attention: bool,
         generator: torch.Generator,
         prefixes: list[list[int]] | None,
+        keep_steps: bool = False,
     ) -> list[list[Hypothesis]]:
         source, lengths = pad_sources(sources)
         model: AnyDecodable = self.model
@@ -453,7 +471,8 @@ class Translator:
             )
         if settings.beam == 1:
             return greedy_search(model, encoded, max_lengths, **common)
-        return beam_search(
+        steps: list[list[dict]] | None = [[] for _ in sources] if keep_steps else None
+        found = beam_search(
             model,
             encoded,
             max_lengths,
@@ -461,8 +480,13 @@ class Translator:
             nbest,
             coverage_penalty=settings.coverage_penalty,
             stopping=settings.stopping,
+            steps=steps,
             **common,
         )
+        for hyps, sentence_steps in zip(found, steps or ()):
+            for hyp in hyps:
+                hyp.steps = sentence_steps
+        return found
 
 
 class _SearchOptions(TypedDict):

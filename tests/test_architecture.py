@@ -23,6 +23,7 @@ LAYERS = [
     ["nmt.translate"],
     ["nmt.scoring.analysis", "nmt.scoring.diagnostics"],
     ["nmt.training"],
+    ["nmt.serving"],  # nmt-serve: the web API over the Translator
     ["nmt.cli", "nmt.__main__"],
 ]
 

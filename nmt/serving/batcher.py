@@ -1,0 +1,165 @@
+"""Batching across requests: sentences of concurrent requests are searched together.
+
+Requests arrive one by one on the web server's event loop; searching each alone would waste
+most of a batched beam search. A single worker thread takes the first waiting request, waits
+at most `max_wait` seconds for others (less once a batch is full), and hands the sentences of
+all requests with the same settings to `Translator.nbest` at once, which sorts them by length
+into batches as nmt-translate does. Each request gets its own sentences' results back.
+
+A request's output does not depend on the requests it was batched with: batched beam search
+gives what batch size 1 gives (`Translator.self_check`), and a request that samples is searched
+in a group of its own, with its own seed. The exception is a vocabulary shortlist, which is
+made for a whole batch: with one, an output can change with the other sentences of its batch,
+as it can with nmt-translate's batch size.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Hashable
+
+from nmt.recipe import DecodeConfig
+from nmt.search import Hypothesis
+from nmt.translate import Translator
+
+
+class Overloaded(Exception):
+    """More sentences are waiting than the server keeps (`max_pending`): answer 503."""
+
+
+@dataclass
+class Job:
+    """One request's sentences, how to search them, and where its answer goes."""
+
+    lines: list[str]
+    settings: DecodeConfig  # what the options make of the server's defaults, for grouping
+    options: dict  # the request's decode options, as `Translator.nbest` takes them
+    nbest: int = 1
+    keep_attention: bool = False
+    keep_steps: bool = False
+    future: Future = field(default_factory=Future)
+
+    def group(self) -> Hashable:
+        """Jobs of one group are searched together. Samples depend on the other lines drawn
+        with the same generator, so a sampling job is a group of its own."""
+        if self.settings.sample:
+            return id(self)
+        return (self.settings, self.nbest, self.keep_attention, self.keep_steps)
+
+
+class Batcher:
+    """A worker thread that searches the sentences of waiting requests together.
+
+    `submit` is called from any thread and returns a Future of the request's n-best lists
+    (input order); `stop` lets the worker finish what is queued, then ends it.
+    """
+
+    def __init__(
+        self,
+        translator: Translator,
+        max_wait: float = 0.005,
+        batch_size: int | None = None,
+        max_pending: int = 1024,
+    ):
+        self.translator = translator
+        self.max_wait = max_wait
+        self.batch_size = batch_size or translator.decode.batch_size
+        self.max_pending = max_pending
+        self.pending = 0  # sentences submitted and not yet answered
+        self.batches = 0  # searches run (groups of jobs), for /health and the tests
+        self._lock = threading.Lock()
+        self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._work, name="nmt-batcher", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Answer every job already submitted, then end the worker."""
+        self._queue.put(None)
+        self._thread.join()
+
+    def submit(self, job: Job) -> Future:
+        size = max(len(job.lines), 1)
+        with self._lock:
+            if self.pending + size > self.max_pending:
+                raise Overloaded(
+                    f"{self.pending} sentences are waiting (the server keeps at most "
+                    f"{self.max_pending}); retry shortly"
+                )
+            self.pending += size
+        self._queue.put(job)
+        return job.future
+
+    def _work(self) -> None:
+        while True:
+            first = self._queue.get()
+            if first is None:
+                return
+            jobs, stopping = self._gather(first)
+            groups: dict[Hashable, list[Job]] = {}
+            for job in jobs:
+                groups.setdefault(job.group(), []).append(job)
+            for group in groups.values():
+                self._search(group)
+            if stopping:
+                return
+
+    def _gather(self, first: Job) -> tuple[list[Job], bool]:
+        """The first job and those that arrive within `max_wait` of it, until a batch is full;
+        True when `stop` was asked meanwhile."""
+        jobs, sentences = [first], len(first.lines)
+        deadline = time.monotonic() + self.max_wait
+        while sentences < self.batch_size:
+            remaining = deadline - time.monotonic()
+            try:
+                job = (
+                    self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get(False)
+                )
+            except queue.Empty:
+                break
+            if job is None:
+                return jobs, True
+            jobs.append(job)
+            sentences += len(job.lines)
+        return jobs, False
+
+    def _search(self, jobs: list[Job]) -> None:
+        """One search over the lines of jobs that share their settings; each job's future gets
+        its own lines' results (or the error, which every job of the group shares)."""
+        lines = [line for job in jobs for line in job.lines]
+        first = jobs[0]
+        try:
+            found = self.translator.nbest(
+                lines,
+                nbest=first.nbest,
+                keep_attention=first.keep_attention,
+                keep_steps=first.keep_steps,
+                **first.options,
+            )
+        except Exception as error:  # handed to each request; the worker goes on
+            for job in jobs:
+                self._answer(job, error=error)
+        else:
+            start = 0
+            for job in jobs:
+                self._answer(job, found[start : start + len(job.lines)])
+                start += len(job.lines)
+        self.batches += 1
+
+    def _answer(
+        self,
+        job: Job,
+        result: list[list[Hypothesis]] | None = None,
+        error: Exception | None = None,
+    ) -> None:
+        with self._lock:
+            self.pending -= max(len(job.lines), 1)
+        if error is not None:
+            job.future.set_exception(error)
+        else:
+            job.future.set_result(result)

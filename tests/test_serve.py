@@ -1,0 +1,428 @@
+"""nmt-serve: the JSON API in-process (FastAPI's test client), batching across requests, the
+real server under concurrent good and bad requests, and its shutdown."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("fastapi")
+from fastapi.testclient import TestClient  # noqa: E402
+
+from conftest import QUICKSTART, trained_run  # noqa: E402
+from nmt.cli import serve_main  # noqa: E402
+from nmt.scoring.report import build_report  # noqa: E402
+from nmt.search import length_penalty  # noqa: E402
+from nmt.serving.app import create_app, describe_runs  # noqa: E402
+from nmt.serving.batcher import Batcher, Job  # noqa: E402
+from nmt.serving.limits import Limits  # noqa: E402
+from nmt.translate import Translator  # noqa: E402
+
+SENTENCES = (QUICKSTART / "test.de").read_text(encoding="utf-8").splitlines()[:12]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    return trained_run(tmp_path_factory.mktemp("serve"))
+
+
+@pytest.fixture(scope="module")
+def translator(run) -> Translator:
+    return Translator.from_run(run)
+
+
+@pytest.fixture
+def client(run, translator):
+    app = create_app(translator, describe_runs([run], "best"), Limits(max_sentences=16))
+    with TestClient(app) as client:
+        yield client
+
+
+def post(client, body, path="/translate"):
+    """POST a body as given: a str or bytes is sent as is (malformed JSON too)."""
+    if isinstance(body, (str, bytes)):
+        return client.post(path, content=body, headers={"content-type": "application/json"})
+    return client.post(path, json=body)
+
+
+# ------------------------------------------------------------------ the endpoints
+
+
+def test_translate_answers_what_the_translator_gives_in_input_order(client, translator):
+    lines = [SENTENCES[3], "", SENTENCES[0], SENTENCES[7]]
+    response = post(client, {"text": lines, "beam": 3, "nbest": 2, "length_norm": "avg"})
+    assert response.status_code == 200
+    answers = response.json()["translations"]
+    expected = translator.nbest(lines, nbest=2, beam=3, length_norm="avg")
+    assert len(answers) == len(lines)
+    for answer, hyps in zip(answers, expected):
+        assert answer["text"] == hyps[0].text
+        assert answer["score"] == pytest.approx(hyps[0].score)
+        assert [h["text"] for h in answer["nbest"]] == [h.text for h in hyps]
+        for hyp in answer["nbest"]:  # raw and normalized scores, as the page shows them
+            penalty = length_penalty(hyp["length"] + 1, "avg", translator.decode.alpha)
+            assert hyp["score"] == pytest.approx(hyp["log_prob"] / penalty)
+    assert answers[1] == {"text": "", "score": 0.0, "log_prob": 0.0, "length": 0, "nbest": [
+        {"text": "", "score": 0.0, "log_prob": 0.0, "length": 0}] * 2}  # fmt: skip
+
+
+def test_greedy_sampling_and_the_servers_defaults(client, translator):
+    greedy = post(client, {"text": SENTENCES[:3], "beam": 1}).json()["translations"]
+    assert [a["text"] for a in greedy] == [
+        h.text for h in translator.translate(SENTENCES[:3], beam=1)
+    ]
+    body = {"text": SENTENCES[:2], "sample": True, "nbest": 3, "seed": 7, "temperature": 0.8}
+    first, again = (post(client, body).json()["translations"] for _ in range(2))
+    assert first == again and len(first[0]["nbest"]) == 3  # a seed gives the same samples
+    plain = post(client, {"text": SENTENCES[:2]}).json()["translations"]
+    assert [a["text"] for a in plain] == [h.text for h in translator.translate(SENTENCES[:2])]
+
+
+def test_attention_and_steps_of_a_sentence(client, translator):
+    answer = post(client, {"text": [SENTENCES[2]], "beam": 3, "attention": True, "steps": True})
+    result = answer.json()["translations"][0]
+    record = result["attention"]
+    weights = record["attention"]
+    assert record["target"][-1] == "</s>" and record["source"][-1] == "</s>"
+    assert len(weights) == len(record["target"]) == result["length"] + 1
+    assert all(len(row) == len(record["source"]) for row in weights)
+    assert all(sum(row) == pytest.approx(1.0, abs=1e-2) for row in weights)
+    steps = result["steps"]
+    for t, step in enumerate(steps):  # at the length limit, every hypothesis must end
+        assert (1 if t < len(steps) - 1 else 0) <= len(step["kept"]) <= 3
+        assert all(len(h["tokens"]) == t + 1 == len(h["pieces"]) for h in step["kept"])
+        kept = [h["log_prob"] for h in step["kept"]]
+        assert kept == sorted(kept, reverse=True)
+    ended = [h for step in steps for h in step["finished"]]
+    assert any(h["score"] == pytest.approx(result["score"]) for h in ended)
+    assert max(h["score"] for h in ended) == pytest.approx(result["score"])
+
+
+def test_health_info_and_page(client, run):
+    assert client.get("/health").json() == {"status": "ready", "pending": 0}
+    info = client.get("/info").json()
+    assert (info["source_language"], info["target_language"]) == ("de", "en")
+    assert info["decode"]["beam"] == 3 and "batch_size" not in info["decode"]
+    member = info["members"][0]
+    rows = (run / "metrics.csv").read_text().splitlines()
+    valid = [row.split(",") for row in rows if ",valid," in row]
+    header = rows[0].split(",")
+    at = {int(row[0]): dict(zip(header, row)) for row in valid}
+    best = json.loads((run / "checkpoints" / "best.json").read_text())["progress"]
+    assert member["step"] == best["step"] == member["best_step"] and member["step"] in at
+    assert member["dev_bleu"] == float(at[member["step"]]["dev_bleu"]) == member["best_dev"]
+    assert member["parameters"] > 1000
+    assert info["limits"]["max_sentences"] == 16
+    page = client.get("/")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "http://" not in page.text and "https://" not in page.text  # nothing fetched
+
+
+def test_score_reports_what_nmt_score_json_reports(client):
+    hyps = ["a dog runs .", "two men sit ."]
+    refs = ["a dog is running .", "two men are sitting ."]
+    answer = post(client, {"hypotheses": hyps, "references": refs}, "/score")
+    assert answer.status_code == 200
+    assert answer.json() == json.loads(
+        json.dumps(build_report({"hypotheses": hyps}, [refs], samples=0))
+    )
+    metrics = answer.json()["systems"]["hypotheses"]["metrics"]
+    assert [m["name"] for m in metrics] == ["BLEU", "chrF", "TER"]
+    assert metrics[0]["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    two = post(client, {"hypotheses": {"a": hyps, "b": refs}, "references": [refs, refs],
+                        "samples": 50}, "/score")  # fmt: skip
+    assert set(two.json()["systems"]) == {"a", "b"} and "comparison" in two.json()
+
+
+# ------------------------------------------------------------------ every kind of bad request
+
+
+BAD = [
+    ('{"text": ["a"', 400, None),
+    ("[1, 2]", 422, None),
+    ('"text"', 422, None),
+    ("", 422, None),
+    (b"\xff\xfe\x00", 400, None),
+    ({"beam": 3}, 422, "text"),
+    ({"text": "Ein Hund."}, 422, "text"),
+    ({"text": ["a", 5]}, 422, "text[1]"),
+    ({"text": ["a"], "beam": "5"}, 422, "beam"),
+    ({"text": ["a"], "beam": True}, 422, "beam"),
+    ({"text": ["a"], "beam": 2.5}, 422, "beam"),
+    ({"text": ["a"], "alpha": "high"}, 422, "alpha"),
+    ({"text": ["a"], "attention": "yes"}, 422, "attention"),
+    ({"text": ["a"], "bogus": 1}, 422, "bogus"),
+    ({"text": ["a"], "batch_size": 8}, 422, "batch_size"),
+    ({"text": ["a"], "beam": 0}, 422, "beam"),
+    ({"text": ["a"], "beam": 1000}, 422, "beam"),
+    ({"text": ["a"], "alpha": -1}, 422, "alpha"),
+    ({"text": ["a"], "top_p": 2.0, "sample": True}, 422, "top_p"),
+    ({"text": ["a"], "length_norm": "log"}, 422, "length_norm"),
+    ({"text": ["a"], "stopping": "never"}, 422, "stopping"),
+    ({"text": ["a"], "nbest": 0}, 422, "nbest"),
+    ({"text": ["a"], "nbest": 4, "beam": 2}, 422, "nbest"),
+    ({"text": ["a"], "temperature": 0.5}, 422, "temperature"),
+    ({"text": ["a"], "beam": 1, "steps": True}, 422, "steps"),
+    ({"text": ["a"], "sample": True, "steps": True}, 422, "steps"),
+    ({"text": ["a"], "min_len": 500}, 422, "min_len"),
+    ({"text": ["a"] * 17}, 422, "text"),
+    ({"text": ["a", "b" * 1001]}, 422, "text[1]"),
+    ({"text": ["a"], "max_len_a": 1e308, "max_len_b": 10**30}, 422, "max_len_a"),
+    ({"text": ["a"], "max_len_b": 10**6}, 422, "max_len_b"),
+    ({"text": ["a"], "beam": 51}, 422, "beam"),
+    ({"text": ["a"], "sample": True, "nbest": 51}, 422, "nbest"),
+]
+
+
+@pytest.mark.parametrize("body, status, field", BAD, ids=[str(b)[:40] for b, _, _ in BAD])
+def test_a_bad_request_gets_a_4xx_naming_its_field(client, body, status, field):
+    response = post(client, body)
+    assert response.status_code == status, response.text
+    answer = response.json()
+    assert set(answer) == {"error", "field"} and answer["field"] == field
+    assert answer["error"] and "\n" not in answer["error"]
+    if field:
+        assert answer["error"].startswith(field.split("[")[0]) or field in answer["error"]
+    assert client.get("/health").json()["status"] == "ready"
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"hypotheses": ["a"], "references": ["a", "b"]}, "hypotheses"),
+        ({"hypotheses": ["a"], "references": []}, None),
+        ({"hypotheses": [1], "references": ["a"]}, "hypotheses[0]"),
+        ({"hypotheses": ["a"], "references": ["a"], "worst": -1}, "worst"),
+        ({"hypotheses": ["a"], "references": ["a"], "sources": ["x", "y"]}, "sources"),
+        ({"hypotheses": ["a"], "references": ["a"], "lowercase": True}, "lowercase"),
+    ],
+)
+def test_a_bad_score_request_gets_a_422(client, body, field):
+    response = post(client, body, "/score")
+    assert response.status_code == 422, response.text
+    assert response.json()["field"] == field or field is None
+
+
+def test_a_body_over_the_limit_is_refused_declared_or_streamed(run, translator):
+    app = create_app(translator, None, Limits(max_body=1000))
+    with TestClient(app) as client:
+        big = json.dumps({"text": ["x" * 2000]})
+        assert post(client, big).status_code == 413
+
+        def chunks():  # no Content-Length: the limit is counted as the body arrives
+            yield b'{"text": ["'
+            for _ in range(100):
+                yield b"x" * 100
+            yield b'"]}'
+
+        response = client.post("/translate", content=chunks())
+        assert response.status_code == 413 and "1,000 bytes" in response.json()["error"]
+        assert post(client, {"text": ["Ein Hund."]}).status_code == 200
+
+
+def test_unknown_paths_and_methods_answer_json(client):
+    assert client.get("/nowhere").json()["error"] == "Not Found"
+    assert client.get("/translate").status_code == 405
+    assert "error" in client.get("/translate").json()
+
+
+def test_overload_is_refused_with_503_and_retry_after(run, translator):
+    app = create_app(translator, None, Limits(max_pending=4))
+    with TestClient(app) as client:
+        response = post(client, {"text": SENTENCES[:5]})
+        assert response.status_code == 503 and response.headers["retry-after"] == "1"
+        assert "at most 4" in response.json()["error"]
+        assert post(client, {"text": SENTENCES[:4]}).status_code == 200
+        assert client.get("/health").json() == {"status": "ready", "pending": 0}
+
+
+# ------------------------------------------------------------------ batching across requests
+
+
+def test_requests_searched_together_get_what_they_get_alone(translator):
+    """Jobs queued before the worker starts are gathered into one round: one search per group
+    of equal settings, and every job's results equal its lines translated alone."""
+    batcher = Batcher(translator, max_wait=0.0, batch_size=64)
+    wanted = [
+        (SENTENCES[0:3], {}),
+        (SENTENCES[3:4], {"beam": 2}),
+        (SENTENCES[4:9], {}),
+        (["", SENTENCES[9]], {"beam": 2}),
+        (SENTENCES[10:12], {}),
+        (SENTENCES[0:2], {"sample": True, "seed": 3}),
+    ]
+    jobs = [Job(lines, translator.settings(**options), options) for lines, options in wanted]
+    futures = [batcher.submit(job) for job in jobs]
+    assert batcher.pending == sum(max(len(lines), 1) for lines, _ in wanted)
+    batcher.start()
+    results = [future.result(timeout=60) for future in futures]
+    batcher.stop()
+    assert batcher.batches == 3  # defaults, beam 2, and the sampling job on its own
+    assert batcher.pending == 0
+    for (lines, options), found in zip(wanted, results):
+        alone = translator.nbest(lines, **options)
+        assert [[(h.text, round(h.score, 5)) for h in hyps] for hyps in found] == [
+            [(h.text, round(h.score, 5)) for h in hyps] for hyps in alone
+        ]
+
+
+def test_an_error_in_a_search_reaches_its_requests_and_the_worker_goes_on(translator):
+    batcher = Batcher(translator, max_wait=0.0)
+    broken = Job(["a"], translator.settings(), {"beam": "not a number"})
+    fine = Job(["Ein Hund."], translator.settings(beam=2), {"beam": 2})
+    futures = [batcher.submit(broken), batcher.submit(fine)]
+    batcher.start()
+    with pytest.raises(Exception, match="beam"):
+        futures[0].result(timeout=60)
+    assert (
+        futures[1].result(timeout=60)[0][0].text
+        == translator.translate(["Ein Hund."], beam=2)[0].text
+    )
+    batcher.stop()
+
+
+# ------------------------------------------------------------------ the real server
+
+
+class Server:
+    """`nmt-serve` in a subprocess on a free 127.0.0.1 port, read from its log line."""
+
+    def __init__(self, run: Path, *flags: str):
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from nmt.cli import serve_main; serve_main()",
+             "-m", str(run), "--port", "0", "--threads", "1", *flags],
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        self.log = []
+        for line in self.process.stderr:
+            self.log.append(line)
+            if "serving on http://" in line:
+                self.port = int(line.rsplit(":", 1)[1].split("/")[0])
+                break
+        else:
+            raise AssertionError("nmt-serve did not start:\n" + "".join(self.log))
+
+    def request(self, method: str, path: str, body: object = None, raw: bytes | None = None):
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        connection.request(method, path, data, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        answer = response.status, json.loads(response.read() or b"null")
+        connection.close()
+        return answer
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout=60)
+        self.log.extend(self.process.stderr)
+        return code
+
+
+def test_soak_concurrent_good_and_bad_requests(run, translator):
+    """A few seconds of concurrent clients, good requests and bad ones mixed: every good one
+    gets its own right answer, every bad one its 4xx, and the server still answers."""
+    server = Server(run, "--max-sentences", "8", "--max-body", "20000")
+    expected = {line: hyps[0].text for line, hyps in zip(SENTENCES, translator.nbest(SENTENCES))}
+    bad = [
+        (b'{"text": [', 400),
+        (json.dumps({"text": ["a"], "beam": -1}).encode(), 422),
+        (json.dumps({"text": ["a"] * 9}).encode(), 422),
+        (json.dumps({"text": ["x" * 30000]}).encode(), 413),
+        (b"\x00\x01binary", 400),
+    ]
+    failures: list[str] = []
+    counts = {"good": 0, "bad": 0}
+    lock = threading.Lock()
+
+    def client(number: int) -> None:
+        deadline = time.monotonic() + 3.0
+        i = number
+        while time.monotonic() < deadline:
+            i += 1
+            if i % 3 == 0:
+                raw, status = bad[i % len(bad)]
+                got, _ = server.request("POST", "/translate", raw=raw)
+                ok, kind = got == status, "bad"
+            else:
+                lines = [SENTENCES[(i + k) % len(SENTENCES)] for k in range(1 + i % 4)]
+                got, answer = server.request("POST", "/translate", {"text": lines})
+                ok = got == 200 and [a["text"] for a in answer["translations"]] == [
+                    expected[line] for line in lines
+                ]
+                kind = "good"
+            with lock:
+                counts[kind] += 1
+                if not ok:
+                    failures.append(f"client {number}, request {i}: {got}")
+
+    try:
+        with ThreadPoolExecutor(8) as pool:
+            list(pool.map(client, range(8)))
+        assert not failures, failures[:5]
+        assert counts["good"] > 20 and counts["bad"] > 10
+        assert server.request("GET", "/health") == (200, {"status": "ready", "pending": 0})
+    finally:
+        code = server.stop()
+    assert code == 0, "".join(server.log)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_lets_requests_in_flight_finish_then_exits_0(run, translator, sig):
+    """With a long batching wait, a request is surely in flight when the signal comes: it is
+    answered in full, then the server exits 0."""
+    server = Server(run, "--batch-wait", "1500")
+    answers = []
+    sender = threading.Thread(
+        target=lambda: answers.append(server.request("POST", "/translate", {"text": SENTENCES[:3]}))
+    )
+    sender.start()
+    while server.request("GET", "/health")[1]["pending"] == 0:
+        pass  # until the request is queued
+    code = server.stop(sig)
+    sender.join(timeout=60)
+    assert code == 0, "".join(server.log)
+    status, answer = answers[0]
+    assert status == 200
+    assert [a["text"] for a in answer["translations"]] == [
+        h.text for h in translator.translate(SENTENCES[:3])
+    ]
+
+
+def test_nmt_serve_refuses_bad_arguments_in_one_line(run, tmp_path, capsys):
+    cases = [
+        (["-m", str(tmp_path / "nowhere")], "nowhere"),
+        (["-m", str(run), "--port", "70000"], "--port 70000"),
+        (["-m", str(run), "--max-sentences", "0"], "--max-sentences 0"),
+        (["-m", str(run), "--batch-wait", "-1"], "--batch-wait"),
+        (["-m", str(run), "--beam", "0"], "--beam"),
+        (["-m", str(run), "--host", "256.1.1.1", "--port", "0"], "--host 256.1.1.1"),
+    ]
+    for argv, named in cases:
+        with pytest.raises(SystemExit) as code:
+            serve_main(argv)
+        err = capsys.readouterr().err
+        assert code.value.code == 2 and named in err, (argv, err)
+        assert err.startswith("nmt-serve: error: ") and err.count("\n") == 1
+
+
+def test_a_port_in_use_is_one_line(run, capsys):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    with pytest.raises(SystemExit) as code:
+        serve_main(["-m", str(run), "--port", str(taken.getsockname()[1])])
+    taken.close()
+    err = capsys.readouterr().err
+    assert code.value.code == 2 and "cannot listen there" in err and err.count("\n") == 1
