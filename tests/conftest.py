@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import http.client
+import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,3 +85,38 @@ def tiny_model(vocab: int = 11, seed: int = 0, **changes) -> Seq2Seq:
     settings = dict(embedding_size=8, hidden_size=6, decoder_hidden_size=12, dropout=0.0)
     settings.update(changes)
     return Seq2Seq(ModelConfig(**settings), vocab, vocab).eval()
+
+
+class Server:
+    """`nmt-serve` in a subprocess on a free 127.0.0.1 port, read from its log line."""
+
+    def __init__(self, run: Path, *flags: str):
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from nmt.cli import serve_main; serve_main()",
+             "-m", str(run), "--port", "0", "--threads", "1", *flags],
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        self.log = []
+        for line in self.process.stderr:
+            self.log.append(line)
+            if "serving on http://" in line:
+                self.port = int(line.rsplit(":", 1)[1].split("/")[0])
+                break
+        else:
+            raise AssertionError("nmt-serve did not start:\n" + "".join(self.log))
+
+    def request(self, method: str, path: str, body: object = None, raw: bytes | None = None):
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        connection.request(method, path, data, {"Content-Type": "application/json"})
+        response = connection.getresponse()
+        answer = response.status, json.loads(response.read() or b"null")
+        connection.close()
+        return answer
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout=60)
+        self.log.extend(self.process.stderr)
+        return code

@@ -30,7 +30,7 @@ def test_shipped_python_files_parse_as_python_3_10_and_pass_pyflakes():
     """The check of .ci/run, with pyproject.toml's [tool.ruff] (target-version py310)."""
     ruff = _ruff()
     result = subprocess.run(
-        [*ruff, "check", "--no-cache", "nmt", "tests", "data", "benchmarks"],
+        [*ruff, "check", "--no-cache", "nmt", "tests", "data", "benchmarks", "docs"],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -3,11 +3,8 @@ real server under concurrent good and bad requests, and its shutdown."""
 
 from __future__ import annotations
 
-import http.client
 import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -18,7 +15,7 @@ import pytest
 pytest.importorskip("fastapi")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conftest import QUICKSTART, trained_run  # noqa: E402
+from conftest import QUICKSTART, Server, trained_run  # noqa: E402
 from nmt.cli import serve_main  # noqa: E402
 from nmt.scoring.report import build_report  # noqa: E402
 from nmt.search import length_penalty  # noqa: E402
@@ -291,41 +288,6 @@ def test_an_error_in_a_search_reaches_its_requests_and_the_worker_goes_on(transl
 
 
 # ------------------------------------------------------------------ the real server
-
-
-class Server:
-    """`nmt-serve` in a subprocess on a free 127.0.0.1 port, read from its log line."""
-
-    def __init__(self, run: Path, *flags: str):
-        self.process = subprocess.Popen(
-            [sys.executable, "-c", "from nmt.cli import serve_main; serve_main()",
-             "-m", str(run), "--port", "0", "--threads", "1", *flags],
-            stderr=subprocess.PIPE,
-            text=True,
-        )  # fmt: skip
-        self.log = []
-        for line in self.process.stderr:
-            self.log.append(line)
-            if "serving on http://" in line:
-                self.port = int(line.rsplit(":", 1)[1].split("/")[0])
-                break
-        else:
-            raise AssertionError("nmt-serve did not start:\n" + "".join(self.log))
-
-    def request(self, method: str, path: str, body: object = None, raw: bytes | None = None):
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
-        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-        connection.request(method, path, data, {"Content-Type": "application/json"})
-        response = connection.getresponse()
-        answer = response.status, json.loads(response.read() or b"null")
-        connection.close()
-        return answer
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        self.process.send_signal(sig)
-        code = self.process.wait(timeout=60)
-        self.log.extend(self.process.stderr)
-        return code
 
 
 def test_soak_concurrent_good_and_bad_requests(run, translator):
