@@ -864,7 +864,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         max_pending=args.max_pending,
         max_wait=args.batch_wait / 1000,
     )
-    serve(create_app(translator, info, limits), args.host, args.port)
+    serve(create_app(translator, info, limits, search_thread=False), args.host, args.port)
     return 0
 
 

@@ -377,6 +377,33 @@ def test_nmt_serve_refuses_bad_arguments_in_one_line(run, tmp_path, capsys):
         assert err.startswith("nmt-serve: error: ") and err.count("\n") == 1
 
 
+def test_connections_to_the_servers_socket_have_nagles_algorithm_off():
+    """asyncio sets TCP_NODELAY only on sockets that name IPPROTO_TCP; without it, every answer
+    (headers and body written apart) waited for the client's delayed ACK, 40 ms."""
+    import asyncio
+    import socket
+
+    from nmt.serving.app import listen
+
+    async def accept_one() -> int:
+        seen = []
+
+        async def handle(reader, writer):
+            sock = writer.get_extra_info("socket")
+            seen.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+            writer.close()
+
+        server = await asyncio.start_server(handle, sock=listen("127.0.0.1", 0))
+        host, port = server.sockets[0].getsockname()[:2]
+        reader, writer = await asyncio.open_connection(host, port)
+        await reader.read()
+        writer.close()
+        server.close()
+        return seen[0]
+
+    assert asyncio.run(accept_one()) == 1
+
+
 def test_a_port_in_use_is_one_line(run, capsys):
     import socket
 

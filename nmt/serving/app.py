@@ -20,6 +20,7 @@ import logging
 import re
 import signal
 import socket
+import threading
 from importlib import resources
 from pathlib import Path
 from dataclasses import asdict, dataclass
@@ -115,10 +116,15 @@ routes = APIRouter()
 
 
 def create_app(
-    translator: Translator, info: dict | None = None, limits: Limits = DEFAULT_LIMITS
+    translator: Translator,
+    info: dict | None = None,
+    limits: Limits = DEFAULT_LIMITS,
+    search_thread: bool = True,
 ) -> FastAPI:
     """The application: GET / (the page), /health, /info; POST /translate, /score. `info`
-    (see `describe_runs`) is what /info says about the model."""
+    (see `describe_runs`) is what /info says about the model. The search runs in a thread the
+    application starts, or with `search_thread=False` wherever the caller runs
+    `app.state.service.batcher.run()` (as `serve` does, in the main thread)."""
     try:  # the server's own defaults must be a request it would take
         _check_work(translator.decode, 1, {}, translator, limits)
     except _Refused as problem:
@@ -128,7 +134,8 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        batcher.start()
+        if search_thread:
+            batcher.start()
         service.status = "ready"
         yield
         service.status = "stopping"
@@ -412,26 +419,12 @@ class _BodyLimit:
 PAGE = resources.files("nmt.serving").joinpath("page.html").read_text(encoding="utf-8")
 
 
-class _Server(uvicorn.Server):
-    """uvicorn, but a signal only asks it to stop: it re-raises none afterwards, so a server
-    stopped by SIGINT or SIGTERM after finishing its requests exits 0."""
-
-    @contextlib.contextmanager
-    def capture_signals(self):  # type: ignore[override]
-        handled = (signal.SIGINT, signal.SIGTERM)
-        previous = {sig: signal.signal(sig, self.handle_exit) for sig in handled}
-        try:
-            yield
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-
-
-def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve `app` until SIGINT or SIGTERM; requests in flight are answered first. The address
-    (with the port the system chose for port 0) is logged once the socket listens."""
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (port 0: any free one), or an NmtError naming the address."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP said out loud: asyncio turns Nagle's algorithm off only on sockets that say it,
+    # and with it on every answer waits ~40 ms for the client's delayed ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
@@ -439,9 +432,39 @@ def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
         sock.close()
         raise NmtError(f"--host {host} --port {port}: cannot listen there: {error.strerror}")
     sock.listen(2048)
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    return sock
+
+
+def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve `app` (made with `search_thread=False`) until SIGINT or SIGTERM: HTTP in a thread
+    of its own, the search in this one (see `Batcher.run`); requests in flight are answered
+    first. The address (with the port the system chose for port 0) is logged once the socket
+    listens."""
+    sock = listen(host, port)
+    shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("--host %s: reachable from other machines, and nmt-serve has no login", host)
-    log.info("serving on http://%s:%d/ (Ctrl-C stops)", shown, sock.getsockname()[1])
-    config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=60)
-    _Server(config).run(sockets=[sock])
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=60))
+    batcher = app.state.service.batcher
+
+    def serve_http() -> None:
+        try:
+            server.run(sockets=[sock])
+        finally:  # however uvicorn ends, the search loop below ends too
+            batcher.stop()
+
+    http = threading.Thread(target=serve_http, name="nmt-http")
+
+    def stop(signum: int, frame: object) -> None:  # uvicorn's own way: stop taking requests,
+        server.force_exit = server.should_exit  # answer those in flight; twice: at once
+        server.should_exit = True
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        http.start()
+        log.info("serving on http://%s:%d/ (Ctrl-C stops)", shown, sock.getsockname()[1])
+        batcher.run()  # until the application's shutdown (or uvicorn's end) stops it
+        http.join()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
