@@ -854,6 +854,8 @@ def serve_main(argv: list[str] | None = None) -> int:
     args.nbest = 1
     translator, _, settings = _load_translator(args)
     translator.decode = settings  # the flags are the server's defaults
+    if settings.shortlist:  # load (or build) the lexicon now, not in the first request's search
+        translator.lexicon  # noqa: B018 (a property that loads)
     info = describe_runs([Path(run) for run in args.model], args.checkpoint, args.quantize or "")
     limits = Limits(
         max_sentences=args.max_sentences,
@@ -861,6 +863,8 @@ def serve_main(argv: list[str] | None = None) -> int:
         max_body=args.max_body,
         max_beam=args.max_beam,
         max_output=args.max_output,
+        max_work=args.max_work,
+        max_connections=args.max_connections,
         max_pending=args.max_pending,
         max_wait=args.batch_wait / 1000,
     )
@@ -887,6 +891,8 @@ def _serve_parser() -> _Parser:
         "max_body": ("BYTES", "bytes per request body"),
         "max_beam": ("N", "beams (or samples) per sentence"),
         "max_output": ("N", "subwords an output may grow to (max_len_a·|source| + max_len_b)"),
+        "max_work": ("N", "hypothesis steps per request (sentences × beam × output limit)"),
+        "max_connections": ("N", "open connections; beyond, new ones get 503"),
         "max_pending": ("N", "sentences waiting to be searched; beyond, requests get 503"),
     }
     from nmt.serving.limits import DEFAULT_LIMITS
@@ -913,8 +919,8 @@ def _serve_parser() -> _Parser:
 def _check_serve_args(args: argparse.Namespace) -> None:
     if not 0 <= args.port <= 65535:
         raise NmtError(f"--port {args.port}: expected 0 to 65535")
-    for flag in ("threads", "max_sentences", "max_chars", "max_body", "max_beam", "max_output",
-                 "max_pending"):  # fmt: skip
+    limits = ("max_sentences", "max_chars", "max_body", "max_beam", "max_output", "max_work")
+    for flag in ("threads", *limits, "max_connections", "max_pending"):
         value = getattr(args, flag)
         least = 0 if flag == "threads" else 1
         if value < least:

@@ -101,6 +101,11 @@ class Translator:
         )
 
     @property
+    def has_lexicon(self) -> bool:
+        """Whether the lexicon is loaded (a shortlist would otherwise load or build it first)."""
+        return self._lexicon is not None
+
+    @property
     def lexicon(self) -> Lexicon:
         """The lexical table shortlists come from, loaded (or built) on first use."""
         if self._lexicon is None:
@@ -135,7 +140,7 @@ class Translator:
         run's defaults. Lines are sorted by length into batches (less padding) and results come
         back in input order; an empty line gives an empty translation. `progress` draws a bar on
         stderr. `keep_steps` (beam search only) gives each hypothesis its sentence's beam after
-        every step (`Hypothesis.steps`, the target pieces added), for teaching views.
+        every step (`Hypothesis.steps`, each new token's piece added), for teaching views.
         """
         settings = self.settings(nbest, keep_steps=keep_steps, **options)
         generator = torch.Generator(self.device).manual_seed(settings.seed)
@@ -193,8 +198,8 @@ class Translator:
                     if hyp.attention is not None:  # drop the batch's padding columns
                         hyp.attention = hyp.attention[:, : len(encoded[i]) + 1]
                 for step in hyps[0].steps or ():  # one list, shared by the sentence's n-best
-                    for entry in step["kept"] + step["finished"]:
-                        entry["pieces"] = self.tokenizer.target_pieces(entry["tokens"])
+                    for entry in step["kept"]:
+                        entry["piece"] = self.tokenizer.target_pieces([entry["token"]])[0]
                 results[i] = hyps
             bar.update(len(chunk))
         bar.close()

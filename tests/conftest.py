@@ -7,6 +7,7 @@ import json
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,9 @@ class Server:
                 break
         else:
             raise AssertionError("nmt-serve did not start:\n" + "".join(self.log))
+        # Keep reading its log, or a server that logs much would block on a full pipe.
+        self.reader = threading.Thread(target=lambda: self.log.extend(self.process.stderr))
+        self.reader.start()
 
     def request(self, method: str, path: str, body: object = None, raw: bytes | None = None):
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
@@ -115,8 +119,10 @@ class Server:
         connection.close()
         return answer
 
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        self.process.send_signal(sig)
+    def stop(self, *signals: int) -> int:
+        """Send the signals (SIGTERM by default), one after another; the exit code."""
+        for sig in signals or (signal.SIGTERM,):
+            self.process.send_signal(sig)
         code = self.process.wait(timeout=60)
-        self.log.extend(self.process.stderr)
+        self.reader.join()
         return code

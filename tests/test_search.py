@@ -7,7 +7,7 @@ import torch
 from nmt.data.batching import pad_sources
 from nmt.data.subwords import EOS
 from nmt.search import beam_search, greedy_search, length_penalty
-from nmt.search.beam import STOPPING
+from nmt.search.beam import STOPPING, prefixes
 from nmt.search.hypothesis import MIN_COVERAGE
 from nmt.search.steps import StepRules
 from conftest import tiny_model
@@ -550,19 +550,19 @@ def test_recorded_steps_are_the_beam_at_each_step():
                 model, source, max_len, beam, case["form"], case["alpha"], case["min_len"],
                 case["beta"], reference,
             )  # fmt: skip
-            recorded = steps[i]
+            recorded, rebuilt = steps[i], prefixes(steps[i])
             assert 1 <= len(recorded) <= len(reference), f"seed {seed}, sentence {i}"
-            for got, want in zip(recorded, reference):
-                assert [h["tokens"] for h in got["kept"]] == [t for t, _ in want["kept"]]
+            for got, tokens, want in zip(recorded, rebuilt, reference):
+                assert tokens["kept"] == [t for t, _ in want["kept"]]
                 assert [h["log_prob"] for h in got["kept"]] == pytest.approx(
                     [p for _, p in want["kept"]], abs=1e-5
                 )
-                assert [h["tokens"] for h in got["finished"]] == [t for t, _, _ in want["finished"]]
+                assert tokens["finished"] == [t for t, _, _ in want["finished"]]
                 assert [h["score"] for h in got["finished"]] == pytest.approx(
                     [s for _, _, s in want["finished"]], abs=1e-5
                 )
-            ended = [h for step in recorded for h in step["finished"]]
-            assert found[i][0].tokens in [h["tokens"] for h in ended]
+            ended = [t for step in rebuilt for t in step["finished"]]
+            assert found[i][0].tokens in ended
             checked += len(recorded)
     assert checked > 100
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -19,6 +21,7 @@ from conftest import QUICKSTART, Server, trained_run  # noqa: E402
 from nmt.cli import serve_main  # noqa: E402
 from nmt.scoring.report import build_report  # noqa: E402
 from nmt.search import length_penalty  # noqa: E402
+from nmt.search.beam import prefixes  # noqa: E402
 from nmt.serving.app import create_app, describe_runs  # noqa: E402
 from nmt.serving.batcher import Batcher, Job  # noqa: E402
 from nmt.serving.limits import Limits  # noqa: E402
@@ -93,15 +96,23 @@ def test_attention_and_steps_of_a_sentence(client, translator):
     assert len(weights) == len(record["target"]) == result["length"] + 1
     assert all(len(row) == len(record["source"]) for row in weights)
     assert all(sum(row) == pytest.approx(1.0, abs=1e-2) for row in weights)
-    steps = result["steps"]
-    for t, step in enumerate(steps):  # at the length limit, every hypothesis must end
+    steps, rebuilt = result["steps"], prefixes(result["steps"])
+    for t, (step, tokens) in enumerate(zip(steps, rebuilt)):  # at the limit, every one ends
         assert (1 if t < len(steps) - 1 else 0) <= len(step["kept"]) <= 3
-        assert all(len(h["tokens"]) == t + 1 == len(h["pieces"]) for h in step["kept"])
+        assert all(len(ids) == t + 1 for ids in tokens["kept"])
+        assert [h["piece"] for h in step["kept"]] == [
+            translator.tokenizer.target_pieces([h["token"]])[0] for h in step["kept"]
+        ]
         kept = [h["log_prob"] for h in step["kept"]]
         assert kept == sorted(kept, reverse=True)
-    ended = [h for step in steps for h in step["finished"]]
-    assert any(h["score"] == pytest.approx(result["score"]) for h in ended)
-    assert max(h["score"] for h in ended) == pytest.approx(result["score"])
+    ended = [
+        (h["score"], ids)
+        for step, tokens in zip(steps, rebuilt)
+        for h, ids in zip(step["finished"], tokens["finished"])
+    ]
+    best = max(ended)
+    assert best[0] == pytest.approx(result["score"])
+    assert translator.tokenizer.decode_target(best[1]) == result["text"]
 
 
 def test_health_info_and_page(client, run):
@@ -177,6 +188,10 @@ BAD = [
     ({"text": ["a"], "max_len_b": 10**6}, 422, "max_len_b"),
     ({"text": ["a"], "beam": 51}, 422, "beam"),
     ({"text": ["a"], "sample": True, "nbest": 51}, 422, "nbest"),
+    (r'{"text": ["a", "\ud800 Hund"]}', 422, "text[1]"),  # a lone surrogate: not text
+    ({"text": ["a", "b"], "beam": 3, "steps": True}, 422, "steps"),
+    ({"text": ["a"], "shortlist": 5}, 422, "shortlist"),
+    ({"text": ["a"] * 16, "beam": 50, "max_len_a": 0.0, "max_len_b": 400}, 422, "text"),
 ]
 
 
@@ -201,12 +216,38 @@ def test_a_bad_request_gets_a_4xx_naming_its_field(client, body, status, field):
         ({"hypotheses": ["a"], "references": ["a"], "worst": -1}, "worst"),
         ({"hypotheses": ["a"], "references": ["a"], "sources": ["x", "y"]}, "sources"),
         ({"hypotheses": ["a"], "references": ["a"], "lowercase": True}, "lowercase"),
+        (
+            {"hypotheses": {"a": ["a"], "b": ["b"]}, "references": ["a"], "samples": 10**7},
+            "samples",
+        ),
+        ({"hypotheses": ["a"], "references": ["a"], "samples": -1}, "samples"),
     ],
 )
 def test_a_bad_score_request_gets_a_422(client, body, field):
     response = post(client, body, "/score")
     assert response.status_code == 422, response.text
-    assert response.json()["field"] == field or field is None
+    assert response.json()["field"] == field
+
+
+def test_a_body_not_sent_as_json_gets_415(client):
+    response = client.post("/translate", content=b'{"text": ["a"]}')  # no Content-Type
+    assert response.status_code == 415 and "application/json" in response.json()["error"]
+    form = client.post("/translate", data={"text": "a"})
+    assert form.status_code == 415
+
+
+def test_a_bug_is_a_json_500_and_the_server_goes_on(translator, monkeypatch):
+    def broken(line, hyp):
+        raise ValueError("planted")
+
+    app = create_app(translator)
+    with TestClient(app, raise_server_exceptions=False) as client:
+        monkeypatch.setattr(translator, "attention_record", broken)
+        response = post(client, {"text": ["Ein Hund."], "attention": True})
+        assert response.status_code == 500
+        assert response.json() == {"error": "internal error: ValueError: planted", "field": None}
+        monkeypatch.undo()
+        assert post(client, {"text": ["Ein Hund."]}).status_code == 200
 
 
 def test_a_body_over_the_limit_is_refused_declared_or_streamed(run, translator):
@@ -287,6 +328,83 @@ def test_an_error_in_a_search_reaches_its_requests_and_the_worker_goes_on(transl
     batcher.stop()
 
 
+def test_a_request_that_gave_up_is_skipped_and_the_worker_goes_on(translator):
+    """A cancelled future (the client went away, or the server's shutdown timed out) must not
+    kill the search loop: it is skipped, and its sentences no longer count as pending."""
+    batcher = Batcher(translator, max_wait=0.0)
+    gone = Job(SENTENCES[:2], translator.settings(), {})
+    kept = Job(SENTENCES[2:3], translator.settings(), {})
+    futures = [batcher.submit(gone), batcher.submit(kept)]
+    assert futures[0].cancel()
+    batcher.start()
+    assert futures[1].result(timeout=60)[0][0].text == translator.translate(SENTENCES[2:3])[0].text
+    later = batcher.submit(Job(SENTENCES[3:4], translator.settings(), {}))
+    assert later.result(timeout=60)[0][0].text == translator.translate(SENTENCES[3:4])[0].text
+    batcher.stop()
+    assert batcher.pending == 0
+
+
+def test_one_bad_sentence_fails_its_own_request_only(translator):
+    """Jobs with equal settings are searched together; when that search fails, each is searched
+    alone, so the request with the sentence SentencePiece refuses gets the error, not its
+    neighbours."""
+    batcher = Batcher(translator, max_wait=0.0)
+    settings = translator.settings()
+    bad = Job(["\ud800 Hund"], settings, {})
+    good = [Job([line], settings, {}) for line in SENTENCES[:2]]
+    futures = [batcher.submit(job) for job in (good[0], bad, good[1])]
+    batcher.start()
+    with pytest.raises(Exception):
+        futures[1].result(timeout=60)
+    for future, line in zip((futures[0], futures[2]), SENTENCES[:2]):
+        assert future.result(timeout=60)[0][0].text == translator.translate([line])[0].text
+    batcher.stop()
+    assert batcher.pending == 0
+
+
+def test_info_of_an_averaged_and_of_a_format_1_checkpoint(run, translator):
+    import shutil
+
+    assert serve_main_code(["-m", str(run)], average=True) == 0  # checkpoints/averaged
+    averaged = describe_runs([run], "averaged")["members"][0]
+    assert averaged["averaged_from"] and averaged["step"] is None and "dev_bleu" not in averaged
+    expected = sum(p.numel() for p in translator.model.parameters())
+    assert averaged["parameters"] == expected
+    best = describe_runs([run], "best")["members"][0]
+    assert best["parameters"] == expected  # model tensors only, not the optimizer's moments
+    # A format-1 checkpoint: weights beside the JSON, under its name.
+    old = run.parent / "old"
+    shutil.copytree(run, old)
+    meta_path = old / "checkpoints" / "best.json"
+    meta = json.loads(meta_path.read_text())
+    (old / "checkpoints" / meta.pop("weights_file")).rename(
+        old / "checkpoints" / "best.safetensors"
+    )
+    meta["format_version"] = 1
+    meta_path.write_text(json.dumps(meta))
+    assert describe_runs([old], "best")["members"][0]["parameters"] == expected
+
+
+def serve_main_code(argv: list[str], average: bool = False) -> int:
+    from nmt.cli import average_main
+
+    with pytest.raises(SystemExit) as code:
+        (average_main if average else serve_main)(argv)
+    return code.value.code
+
+
+def test_defaults_over_the_limits_refuse_to_start_naming_the_flags(run, translator):
+    import dataclasses
+
+    from nmt.errors import NmtError
+
+    generous = Translator(translator.model, translator.tokenizer, dataclasses.replace(
+        translator.decode, max_len_b=1000), max_source_tokens=100)  # fmt: skip
+    with pytest.raises(NmtError, match="--max-output") as refused:
+        create_app(generous)
+    assert "--max-len-b" in str(refused.value)
+
+
 # ------------------------------------------------------------------ the real server
 
 
@@ -360,11 +478,32 @@ def test_a_stop_signal_lets_requests_in_flight_finish_then_exits_0(run, translat
     ]
 
 
+def test_a_second_signal_stops_at_once_answering_nothing_more(run):
+    """The first signal waits for requests in flight; a second one ends the server without
+    searching what is queued, and without tracebacks from answers nobody can take."""
+    server = Server(run, "--batch-wait", "3000")
+    senders = [
+        threading.Thread(target=lambda: server.request("POST", "/translate", {"text": SENTENCES}))
+        for _ in range(2)
+    ]
+    for sender in senders:
+        sender.daemon = True
+        sender.start()
+    while server.request("GET", "/health")[1]["pending"] < 2 * len(SENTENCES):
+        pass  # until both requests wait in the batcher
+    code = server.stop(signal.SIGINT, signal.SIGINT)
+    log = "".join(server.log)
+    assert code == 0, log
+    assert "Traceback" not in log and "exception calling callback" not in log, log
+
+
 def test_nmt_serve_refuses_bad_arguments_in_one_line(run, tmp_path, capsys):
     cases = [
         (["-m", str(tmp_path / "nowhere")], "nowhere"),
         (["-m", str(run), "--port", "70000"], "--port 70000"),
         (["-m", str(run), "--max-sentences", "0"], "--max-sentences 0"),
+        (["-m", str(run), "--max-connections", "0"], "--max-connections 0"),
+        (["-m", str(run), "--max-work", "-5"], "--max-work -5"),
         (["-m", str(run), "--batch-wait", "-1"], "--batch-wait"),
         (["-m", str(run), "--beam", "0"], "--beam"),
         (["-m", str(run), "--host", "256.1.1.1", "--port", "0"], "--host 256.1.1.1"),
@@ -415,3 +554,19 @@ def test_a_port_in_use_is_one_line(run, capsys):
     taken.close()
     err = capsys.readouterr().err
     assert code.value.code == 2 and "cannot listen there" in err and err.count("\n") == 1
+
+
+def test_without_the_web_stack_help_works_and_serving_says_what_to_install(run):
+    """fastapi and uvicorn are an extra: `--help` needs neither, serving names the install."""
+    blocked = "import sys; sys.modules['fastapi'] = sys.modules['uvicorn'] = None; "
+    command = "from nmt.cli import serve_main; serve_main()"
+    helped = subprocess.run(
+        [sys.executable, "-c", blocked + command, "--help"], capture_output=True, text=True
+    )
+    assert helped.returncode == 0 and "--max-sentences" in helped.stdout
+    refused = subprocess.run(
+        [sys.executable, "-c", blocked + command, "-m", str(run)], capture_output=True, text=True
+    )
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("nmt-serve: error: nmt-serve needs its web stack")
+    assert "pip install 'nmt[serve]'" in refused.stderr and refused.stderr.count("\n") == 1

@@ -54,8 +54,9 @@ def beam_search(
     have finished, although one still in the beam may score better (faster, not exact).
 
     `steps` (one empty list per sentence) receives each sentence's beam after every step: the
-    hypotheses kept and those that finished, with their scores (`_record_step`); the course
-    material's beam search diagram, drawn from a real search. It costs nothing when None.
+    hypotheses kept and those that finished, with their scores and parents (`_record_step`);
+    the course material's beam search diagram, drawn from a real search (`prefixes` rebuilds
+    the hypotheses' tokens). It costs nothing when None.
 
     Why one long function: every step rebinds the same dozen tensors together (the beams'
     scores, tokens, decoder state, attention history and coverage, and, when sentences leave,
@@ -121,7 +122,7 @@ def beam_search(
             bonus = coverage_bonus(coverage, row_real, coverage_penalty)  # (N,)
 
         # Collect finished: EOS candidates ranked within the beam, with a finite score, end here.
-        ended_now: list[tuple[int, Hypothesis]] = []  # (sentence, hypothesis), for `steps`
+        ended_now: list[tuple[int, dict]] = []  # (sentence, finished entry), for `steps`
         ends = (token == EOS) & torch.isfinite(top_scores)  # (n, 2K)
         ends[:, beam:] = False
         if bool(ends.any()):  # gathered together: one copy out of tensors, not one per item
@@ -152,16 +153,20 @@ def beam_search(
                         history[ended[i]].cpu() if history is not None else None,
                     )
                 )
-                if steps is not None:
-                    ended_now.append((index, results[index][-1]))
+                if steps is not None:  # the parent: the row's slot in the last step's beam
+                    parent = int(ended[i]) - int(sentence[i]) * beam
+                    ended_now.append(
+                        (index, {"parent": parent, "log_prob": log_prob, "score": score})
+                    )
 
         # Continue the beam with the best candidates that did not end: each (n, K).
         alive_scores, picks = top_scores.masked_fill(token == EOS, float("-inf")).topk(beam, dim=1)
         alive_rows = rows.gather(1, picks)
         alive_tokens = token.gather(1, picks)
         if steps is not None:
-            kept = torch.cat([tokens[alive_rows.view(-1), 1:], alive_tokens.view(-1, 1)], 1)
-            _record_step(steps, sentence_ids, to_ids(vocabulary, kept), alive_scores, ended_now)
+            parents = alive_rows - (torch.arange(n, device=device) * beam)[:, None]  # (n, K)
+            tokens_now = to_ids(vocabulary, alive_tokens)
+            _record_step(steps, sentence_ids, tokens_now, parents, alive_scores, ended_now)
 
         # Stop rule: a sentence is done when settled, at its length limit, or out of live beams.
         if stopping == "exact":
@@ -203,30 +208,42 @@ def beam_search(
 def _record_step(
     steps: list[list[dict]],
     sentence_ids: torch.Tensor,
-    kept: torch.Tensor,
-    kept_scores: torch.Tensor,
-    ended: list[tuple[int, Hypothesis]],
+    tokens: torch.Tensor,
+    parents: torch.Tensor,
+    scores: torch.Tensor,
+    ended: list[tuple[int, dict]],
 ) -> None:
     """Append one step of each searched sentence to `steps`: the hypotheses its beam keeps,
-    `kept` (n·K, t + 1) target ids with log-probabilities `kept_scores` (n, K), best first, and
-    those that ended at this step, with their normalized scores."""
-    beam = kept_scores.size(1)
-    ids, scores = kept.tolist(), kept_scores.tolist()
+    best first, each as its new token, its `parent` (the slot it extends in the previous
+    step's `kept`; at the first step, 0: the empty start) and log-probability, from `tokens`,
+    `parents` and `scores` (n, K); and those that ended at this step (`parent`, log-probability,
+    normalized score). Parent pointers keep a record linear in beam × steps, where whole
+    prefixes would grow with the square of the length."""
+    ids, origins, values = tokens.tolist(), parents.tolist(), scores.tolist()
     for j, index in enumerate(sentence_ids.tolist()):
         steps[index].append(
             {
                 "kept": [
-                    {"tokens": ids[j * beam + k], "log_prob": score}
-                    for k, score in enumerate(scores[j])
-                    if score != float("-inf")
+                    {"token": token, "parent": parent, "log_prob": value}
+                    for token, parent, value in zip(ids[j], origins[j], values[j])
+                    if value != float("-inf")  # dead slots come last: the others keep theirs
                 ],
-                "finished": [
-                    {"tokens": hyp.tokens, "log_prob": hyp.log_prob, "score": hyp.score}
-                    for where, hyp in ended
-                    if where == index
-                ],
+                "finished": [entry for where, entry in ended if where == index],
             }
         )
+
+
+def prefixes(steps: list[dict]) -> list[dict[str, list[list[int]]]]:
+    """The tokens of every hypothesis of a sentence's recorded `steps`: for each step, `kept`
+    and `finished` lists of token ids, in the order of the record."""
+    previous: list[list[int]] = [[]]  # before the first step: the empty start
+    rebuilt = []
+    for step in steps:
+        kept = [previous[h["parent"]] + [h["token"]] for h in step["kept"]]
+        finished = [previous[h["parent"]] for h in step["finished"]]
+        rebuilt.append({"kept": kept, "finished": finished})
+        previous = kept
+    return rebuilt
 
 
 def _per_row(

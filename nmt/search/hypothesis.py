@@ -27,7 +27,7 @@ class Hypothesis:
     # than its sentence's length limit or shorter than `min_len`.
     reachable: bool = True
     # With `keep_steps` (beam search): the beam of its sentence after each step, as
-    # `beam_search(steps=...)` records it, target pieces added by the Translator.
+    # `beam_search(steps=...)` records it, each new token's piece added by the Translator.
     steps: list[dict] | None = None
 
 

@@ -17,6 +17,7 @@ import contextlib
 import csv
 import json
 import logging
+import math
 import re
 import signal
 import socket
@@ -66,6 +67,7 @@ def _decode_fields() -> dict[str, Any]:
 
 
 STRICT = ConfigDict(extra="forbid", strict=True)
+MAX_SAMPLES = 10_000  # bootstrap samples of /score: sacreBLEU holds samples × sentences ints
 
 TranslateRequest = create_model(  # type: ignore[call-overload]
     "TranslateRequest",
@@ -85,8 +87,10 @@ class ScoreRequest(BaseModel):
     hypotheses: Union[list[str], dict[str, list[str]]]
     references: Union[list[str], list[list[str]]]
     sources: Union[list[str], None] = None
-    samples: StrictInt = Field(0, description="Paired bootstrap samples (several systems).")
-    worst: StrictInt = Field(5, description="Lowest-chrF sentences to list per system.")
+    samples: StrictInt = Field(
+        0, ge=0, le=MAX_SAMPLES, description="Paired bootstrap samples (several systems)."
+    )
+    worst: StrictInt = Field(5, ge=0, le=100, description="Lowest-chrF sentences per system.")
 
 
 class _Refused(Exception):
@@ -113,6 +117,7 @@ DECODE_OPTIONS = OPTIONS - {"nbest", "attention", "steps"}
 LABELS = {**{key: key for key in OPTIONS}, "keep_steps": "steps"}  # errors name JSON fields
 
 routes = APIRouter()
+_SCORING = threading.Lock()  # /score's sacreBLEU work takes CPU from the search: one at a time
 
 
 def create_app(
@@ -128,7 +133,10 @@ def create_app(
     try:  # the server's own defaults must be a request it would take
         _check_work(translator.decode, 1, {}, translator, limits)
     except _Refused as problem:
-        raise NmtError(f"the decoding defaults: {problem.message}") from None
+        raise NmtError(
+            f"the decoding defaults: {problem.message}; lower them (--beam, --max-len-a, "
+            f"--max-len-b) or raise the limits (--max-beam, --max-output, --max-work)"
+        ) from None
     batcher = Batcher(translator, limits.max_wait, max_pending=limits.max_pending)
     service = _Service(translator, batcher, limits, info or {})
 
@@ -154,6 +162,7 @@ def create_app(
     app.add_exception_handler(_Refused, _refused)  # type: ignore[arg-type]
     app.add_exception_handler(RequestValidationError, _invalid)  # type: ignore[arg-type]
     app.add_exception_handler(HTTPException, _http_error)  # type: ignore[arg-type]
+    app.add_exception_handler(Exception, _failed)
     return app
 
 
@@ -168,7 +177,17 @@ async def _refused(request: Request, error: _Refused) -> JSONResponse:
 
 
 async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
+    kind = request.headers.get("content-type", "")
+    if request.method == "POST" and not kind.startswith("application/json"):
+        message = f"send the body as JSON, with Content-Type: application/json (not {kind!r})"
+        return await _refused(request, _Refused(415, message))
     return await _refused(request, _invalid_body(error))
+
+
+async def _failed(request: Request, error: Exception) -> JSONResponse:
+    """A bug, not the request's fault: JSON like every other answer (uvicorn logs the trace)."""
+    body = {"error": f"internal error: {type(error).__name__}: {error}", "field": None}
+    return JSONResponse(body, status_code=500)
 
 
 async def _http_error(request: Request, error: HTTPException) -> JSONResponse:
@@ -211,7 +230,17 @@ async def translate(request: Request, body: TranslateRequest) -> dict:  # type: 
         settings = translator.settings(given.nbest, LABELS, keep_steps=given.steps, **options)
     except NmtError as error:
         raise _from_nmt_error(error, OPTIONS) from None
-    _check_work(settings, given.nbest, options, translator, service.limits)
+    _check_work(settings, given.nbest, options, translator, service.limits, len(given.text))
+    if given.steps and len(given.text) != 1:
+        raise _Refused(
+            422, "steps: records the search of one sentence; send text with one", "steps"
+        )
+    if settings.shortlist and not translator.has_lexicon:
+        raise _Refused(
+            422,
+            "shortlist: this server has no lexicon loaded; start it with --shortlist N",
+            "shortlist",
+        )
     job = Job(given.text, settings, options, given.nbest, given.attention, given.steps)
     try:
         found = await asyncio.wrap_future(service.batcher.submit(job))
@@ -237,13 +266,14 @@ def score(body: ScoreRequest) -> dict:  # a plain def: sacreBLEU's work runs in 
     if references and isinstance(references[0], str):
         references = [references]  # type: ignore[list-item]
     try:
-        return build_report(
-            systems,
-            references,  # type: ignore[arg-type]
-            body.sources,
-            samples=body.samples,
-            worst=body.worst,
-        )
+        with _SCORING:  # one report at a time: the rest wait in the thread pool
+            return build_report(
+                systems,
+                references,  # type: ignore[arg-type]
+                body.sources,
+                samples=body.samples,
+                worst=body.worst,
+            )
     except NmtError as error:
         raise _from_nmt_error(error, set(ScoreRequest.model_fields)) from None
 
@@ -256,6 +286,12 @@ def _check_text(lines: list[str], limits: Limits) -> None:
             "text",
         )
     for i, line in enumerate(lines):
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError as error:  # JSON can carry lone surrogates ("\ud800")
+            raise _Refused(
+                422, f"text[{i}]: not valid Unicode text at character {error.start}", f"text[{i}]"
+            ) from None
         if len(line) > limits.max_chars:
             raise _Refused(
                 422,
@@ -266,10 +302,16 @@ def _check_text(lines: list[str], limits: Limits) -> None:
 
 
 def _check_work(
-    settings: DecodeConfig, nbest: int, given: dict, translator: Translator, limits: Limits
+    settings: DecodeConfig,
+    nbest: int,
+    given: dict,
+    translator: Translator,
+    limits: Limits,
+    sentences: int = 1,
 ) -> None:
     """Refuse settings that would keep the worker busy for everyone: a beam (or number of
-    samples) over `max_beam`, or outputs allowed to grow past `max_output` subwords."""
+    samples) over `max_beam`, outputs allowed to grow past `max_output` subwords, or more
+    than `max_work` hypothesis steps (sentences × beam × output length limit) in one request."""
     width, key = (nbest, "nbest") if settings.sample else (settings.beam, "beam")
     if width > limits.max_beam:
         raise _Refused(422, f"{key} {width}: this server allows at most {limits.max_beam}", key)
@@ -283,6 +325,15 @@ def _check_work(
             f"of a {longest_source}-subword source grow to {longest:,.0f} subwords; this server "
             f"stops at {limits.max_output}",
             field,
+        )
+    work = sentences * width * longest
+    if work > limits.max_work:
+        raise _Refused(
+            422,
+            f"text: {sentences} sentences × {key} {width} × outputs of up to {longest:,.0f} "
+            f"subwords is {work:,.0f} hypothesis steps; this server takes at most "
+            f"{limits.max_work:,} a request (send fewer sentences or a smaller {key})",
+            "text",
         )
 
 
@@ -356,17 +407,23 @@ def describe_runs(run_dirs: list[Path], checkpoint: str, quantize: str = "") -> 
 
 
 def _describe_member(run_dir: Path, checkpoint: str) -> dict:
+    """One run's checkpoint: its model parameters (the `model.` tensors; a checkpoint also
+    holds optimizer moments), the step and dev scores training recorded for it. An averaged
+    checkpoint (nmt-average) has no step of its own: it names what it averages."""
     from safetensors import safe_open
 
     meta = json.loads((run_dir / "checkpoints" / f"{checkpoint}.json").read_text("utf-8"))
+    weights_file = meta.get("weights_file") or f"{checkpoint}.safetensors"  # format 1
+    with safe_open(run_dir / "checkpoints" / Path(weights_file).name, "pt") as weights:
+        parameters = sum(
+            math.prod(weights.get_slice(name).get_shape())
+            for name in weights.keys()
+            if name.startswith("model.")
+        )
+    described: dict[str, Any] = {"run": str(run_dir), "parameters": parameters}
+    if meta.get("averaged_from"):
+        return {**described, "averaged_from": meta["averaged_from"], "step": None}
     progress = meta.get("progress") or {}
-    with safe_open(run_dir / "checkpoints" / meta["weights_file"], "pt") as weights:
-        parameters = 0
-        for name in weights.keys():
-            count = 1
-            for size in weights.get_slice(name).get_shape():
-                count *= size
-            parameters += count
     validations = []
     with contextlib.suppress(OSError):
         with open(run_dir / "metrics.csv", encoding="utf-8", newline="") as rows:
@@ -375,8 +432,7 @@ def _describe_member(run_dir: Path, checkpoint: str) -> dict:
     at_step = [row for row in validations if row.get("step") == str(step)]
     row = at_step[-1] if at_step else {}
     return {
-        "run": str(run_dir),
-        "parameters": parameters,
+        **described,
         "step": step,
         "dev_bleu": float(row["dev_bleu"]) if row.get("dev_bleu") else None,
         "dev_chrf": float(row["dev_chrf"]) if row.get("dev_chrf") else None,
@@ -444,7 +500,13 @@ def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
     shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("--host %s: reachable from other machines, and nmt-serve has no login", host)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=60))
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        timeout_graceful_shutdown=60,
+        limit_concurrency=app.state.service.limits.max_connections,  # beyond: 503
+    )
+    server = uvicorn.Server(config)
     batcher = app.state.service.batcher
 
     def serve_http() -> None:
@@ -456,7 +518,11 @@ def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
     http = threading.Thread(target=serve_http, name="nmt-http")
 
     def stop(signum: int, frame: object) -> None:  # uvicorn's own way: stop taking requests,
-        server.force_exit = server.should_exit  # answer those in flight; twice: at once
+        if server.should_exit:  # answer those in flight; twice: at once, answering nothing more
+            server.force_exit = True
+            batcher.stop(now=True)
+            # The requests left are cancelled, which uvicorn would log as errors with traces.
+            logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
         server.should_exit = True
 
     previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}

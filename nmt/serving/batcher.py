@@ -15,6 +15,7 @@ as it can with nmt-translate's batch size.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -25,6 +26,8 @@ from typing import Hashable
 from nmt.recipe import DecodeConfig
 from nmt.search import Hypothesis
 from nmt.translate import Translator
+
+log = logging.getLogger("nmt")
 
 
 class Overloaded(Exception):
@@ -77,16 +80,20 @@ class Batcher:
         self._lock = threading.Lock()
         self._queue: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
+        self._abandon = False  # `stop(now=True)`: answer nothing more
 
     def start(self) -> None:
         """Search in a thread of its own (see `run` for the faster way, in the main thread)."""
         self._thread = threading.Thread(target=self.run, name="nmt-batcher", daemon=True)
         self._thread.start()
 
-    def stop(self) -> None:
-        """Answer every job already submitted, then end the worker (`run` returns)."""
+    def stop(self, now: bool = False) -> None:
+        """End the worker (`run` returns): after answering every job already submitted, or
+        with `now`, after the search under way, leaving the rest unanswered (the process is
+        about to exit: nobody is left to answer)."""
+        self._abandon = self._abandon or now
         self._queue.put(None)
-        if self._thread is not None:
+        if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
 
     def submit(self, job: Job) -> Future:
@@ -107,7 +114,7 @@ class Batcher:
         second thread doing the math gets a second team that is about half as fast (a beam-5
         Multi30k sentence: 21 ms against 44 ms on 2 cores), which is why nmt-serve searches in
         its main thread and serves HTTP from another."""
-        while True:
+        while not self._abandon:
             first = self._queue.get()
             if first is None:
                 return
@@ -116,7 +123,13 @@ class Batcher:
             for job in jobs:
                 groups.setdefault(job.group(), []).append(job)
             for group in groups.values():
-                self._search(group)
+                try:
+                    self._search(group)
+                except Exception as error:  # a bug: its requests get it, the server goes on
+                    log.exception("nmt-serve: a search failed")
+                    for job in group:
+                        if job.future.running():
+                            self._answer(job, error=error)
             if stopping:
                 return
 
@@ -141,20 +154,23 @@ class Batcher:
 
     def _search(self, jobs: list[Job]) -> None:
         """One search over the lines of jobs that share their settings; each job's future gets
-        its own lines' results (or the error, which every job of the group shares)."""
-        lines = [line for job in jobs for line in job.lines]
-        first = jobs[0]
+        its own lines' results. Jobs whose requests gave up (a cancelled future) are skipped.
+        If the search fails, each job is searched alone, so that one request's bad input fails
+        that request only."""
+        jobs = [job for job in jobs if self._claim(job)]
+        if not jobs or self._abandon:
+            return
         try:
-            found = self.translator.nbest(
-                lines,
-                nbest=first.nbest,
-                keep_attention=first.keep_attention,
-                keep_steps=first.keep_steps,
-                **first.options,
-            )
-        except Exception as error:  # handed to each request; the worker goes on
-            for job in jobs:
-                self._answer(job, error=error)
+            found = self._nbest(jobs)
+        except Exception as error:
+            if len(jobs) == 1:
+                self._answer(jobs[0], error=error)
+                return
+            for job in jobs:  # find the culprit: each alone
+                try:
+                    self._answer(job, self._nbest([job]))
+                except Exception as alone:
+                    self._answer(job, error=alone)
         else:
             start = 0
             for job in jobs:
@@ -162,14 +178,37 @@ class Batcher:
                 start += len(job.lines)
         self.batches += 1
 
+    def _nbest(self, jobs: list[Job]) -> list[list[Hypothesis]]:
+        first = jobs[0]
+        return self.translator.nbest(
+            [line for job in jobs for line in job.lines],
+            nbest=first.nbest,
+            keep_attention=first.keep_attention,
+            keep_steps=first.keep_steps,
+            **first.options,
+        )
+
+    def _claim(self, job: Job) -> bool:
+        """Mark a job's future running (it can no longer be cancelled); False, and the job
+        forgotten, when its request has already given up on it."""
+        if job.future.set_running_or_notify_cancel():
+            return True
+        self._release(job)
+        return False
+
+    def _release(self, job: Job) -> None:
+        with self._lock:
+            self.pending -= max(len(job.lines), 1)
+
     def _answer(
         self,
         job: Job,
         result: list[list[Hypothesis]] | None = None,
         error: Exception | None = None,
     ) -> None:
-        with self._lock:
-            self.pending -= max(len(job.lines), 1)
+        self._release(job)
+        if self._abandon:  # the event loop that would take the answer is gone
+            return
         if error is not None:
             job.future.set_exception(error)
         else:
