@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from nmt.checkpoint import load_checkpoint
-from nmt.cli import average_main, score_main, train_main, translate_main
+from nmt.cli import average_main, score_main, serve_main, train_main, translate_main
 from nmt.data.corpus import load_split, read_lines
 from nmt.errors import NmtError
 from nmt.recipe import DataConfig, Recipe
@@ -489,3 +489,22 @@ def test_train_command_fuzzed(commands, data, contents, monkeypatch):
         code, out, err = run_command(train_main, argv, folder, commands)
         assert_clean("nmt-train", code, err)
         assert (folder / "user-folder" / "recipe.yaml").read_text() == "mine\n"
+
+
+@settings(COMMAND_FUZZ, max_examples=100)
+@given(data=st.data())
+def test_serve_command_fuzzed(commands, data, monkeypatch):
+    """nmt-serve's arguments up to serving, which is stubbed: every combination of its options
+    starts a server whose defaults it would take, or is one error line."""
+    pytest.importorskip("fastapi")
+    import nmt.serving.app as app
+
+    started = []
+    monkeypatch.setattr(app, "serve", lambda served, host, port: started.append(served))
+    parser = parser_of(serve_main)
+    hosts = st.sampled_from(["127.0.0.1", "::1", "localhost", "0.0.0.0", "256.1.1.1", ""])
+    argv = data.draw(arguments(parser, "-m", RUN, pools={**POOLS, "host": hosts}))
+    with example_folder((b"", b"")) as name:
+        code, out, err = run_command(serve_main, argv, Path(name), commands)
+    assert_clean("nmt-serve", code, err)
+    assert len(started) == (code == 0)
