@@ -854,8 +854,6 @@ def serve_main(argv: list[str] | None = None) -> int:
     args.nbest = 1
     translator, _, settings = _load_translator(args)
     translator.decode = settings  # the flags are the server's defaults
-    if settings.shortlist:  # load (or build) the lexicon now, not in the first request's search
-        translator.lexicon  # noqa: B018 (a property that loads)
     info = describe_runs([Path(run) for run in args.model], args.checkpoint, args.quantize or "")
     limits = Limits(
         max_sentences=args.max_sentences,

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import email.message
 import json
 import logging
 import math
@@ -68,6 +69,9 @@ def _decode_fields() -> dict[str, Any]:
 
 STRICT = ConfigDict(extra="forbid", strict=True)
 MAX_SAMPLES = 10_000  # bootstrap samples of /score: sacreBLEU holds samples × sentences ints
+MAX_SAMPLED_LINES = 10_000_000  # samples × lines of a /score request
+MAX_SCORE_LINES = 10_000  # lines per system or reference of a /score request
+MAX_SCORE_CHARS = 2_000  # characters per line (TER is quadratic in pure Python)
 
 TranslateRequest = create_model(  # type: ignore[call-overload]
     "TranslateRequest",
@@ -137,6 +141,8 @@ def create_app(
             f"the decoding defaults: {problem.message}; lower them (--beam, --max-len-a, "
             f"--max-len-b) or raise the limits (--max-beam, --max-output, --max-work)"
         ) from None
+    if translator.decode.shortlist:  # loaded (or built) now, not in the first request's search
+        translator.lexicon  # noqa: B018 (a property that loads)
     batcher = Batcher(translator, limits.max_wait, max_pending=limits.max_pending)
     service = _Service(translator, batcher, limits, info or {})
 
@@ -178,15 +184,31 @@ async def _refused(request: Request, error: _Refused) -> JSONResponse:
 
 async def _invalid(request: Request, error: RequestValidationError) -> JSONResponse:
     kind = request.headers.get("content-type", "")
-    if request.method == "POST" and not kind.startswith("application/json"):
+    if request.method == "POST" and not _is_json(kind):
         message = f"send the body as JSON, with Content-Type: application/json (not {kind!r})"
         return await _refused(request, _Refused(415, message))
     return await _refused(request, _invalid_body(error))
 
 
+def _is_json(content_type: str) -> bool:
+    """Whether FastAPI reads a body of this Content-Type as JSON: application/json or
+    application/*+json, parameters (charset) allowed, case as the header gives it."""
+    message = email.message.Message()
+    message["content-type"] = content_type
+    subtype = message.get_content_subtype()
+    return (
+        bool(content_type)
+        and message.get_content_maintype() == "application"
+        and (subtype == "json" or subtype.endswith("+json"))
+    )
+
+
 async def _failed(request: Request, error: Exception) -> JSONResponse:
     """A bug, not the request's fault: JSON like every other answer (uvicorn logs the trace)."""
-    body = {"error": f"internal error: {type(error).__name__}: {error}", "field": None}
+    body = {
+        "error": f"internal error ({type(error).__name__}); the server's log has it",
+        "field": None,
+    }
     return JSONResponse(body, status_code=500)
 
 
@@ -230,7 +252,7 @@ async def translate(request: Request, body: TranslateRequest) -> dict:  # type: 
         settings = translator.settings(given.nbest, LABELS, keep_steps=given.steps, **options)
     except NmtError as error:
         raise _from_nmt_error(error, OPTIONS) from None
-    _check_work(settings, given.nbest, options, translator, service.limits, len(given.text))
+    _check_work(settings, given.nbest, options, translator, service.limits, given.text)
     if given.steps and len(given.text) != 1:
         raise _Refused(
             422, "steps: records the search of one sentence; send text with one", "steps"
@@ -265,6 +287,7 @@ def score(body: ScoreRequest) -> dict:  # a plain def: sacreBLEU's work runs in 
     references = body.references
     if references and isinstance(references[0], str):
         references = [references]  # type: ignore[list-item]
+    _check_score(systems, references, body)  # type: ignore[arg-type]
     try:
         with _SCORING:  # one report at a time: the rest wait in the thread pool
             return build_report(
@@ -276,6 +299,31 @@ def score(body: ScoreRequest) -> dict:  # a plain def: sacreBLEU's work runs in 
             )
     except NmtError as error:
         raise _from_nmt_error(error, set(ScoreRequest.model_fields)) from None
+
+
+def _check_score(systems: dict, references: list[list[str]], body: ScoreRequest) -> None:
+    """Bound what a report costs: lines and their length, as for /translate's sentences, and
+    the paired bootstrap, which holds samples × lines numbers per system."""
+    named = [("hypotheses", lines) for lines in systems.values()]
+    named += [("references", lines) for lines in references]
+    named += [("sources", body.sources or [])]
+    for field, lines in named:
+        if len(lines) > MAX_SCORE_LINES:
+            raise _Refused(
+                422, f"{field}: {len(lines):,} lines; send at most {MAX_SCORE_LINES:,}", field
+            )
+        for i, line in enumerate(lines):
+            if len(line) > MAX_SCORE_CHARS:
+                message = f"{field}: line {i + 1} has {len(line):,} characters (at most "
+                raise _Refused(422, message + f"{MAX_SCORE_CHARS:,})", field)
+    lines = max((len(lines) for _, lines in named), default=0)
+    if body.samples * lines > MAX_SAMPLED_LINES:
+        raise _Refused(
+            422,
+            f"samples: {body.samples:,} samples of {lines:,} lines is over "
+            f"{MAX_SAMPLED_LINES:,}; use fewer samples",
+            "samples",
+        )
 
 
 def _check_text(lines: list[str], limits: Limits) -> None:
@@ -307,32 +355,38 @@ def _check_work(
     given: dict,
     translator: Translator,
     limits: Limits,
-    sentences: int = 1,
+    lines: list[str] | None = None,
 ) -> None:
     """Refuse settings that would keep the worker busy for everyone: a beam (or number of
-    samples) over `max_beam`, outputs allowed to grow past `max_output` subwords, or more
-    than `max_work` hypothesis steps (sentences × beam × output length limit) in one request."""
+    samples) over `max_beam`, outputs allowed to grow past `max_output` subwords, or more than
+    `max_work` hypothesis steps (beam × the output length limits of the request's sentences).
+    Without `lines` (the server's defaults), for a source as long as the model takes."""
     width, key = (nbest, "nbest") if settings.sample else (settings.beam, "beam")
     if width > limits.max_beam:
         raise _Refused(422, f"{key} {width}: this server allows at most {limits.max_beam}", key)
-    longest_source = translator.max_source_tokens or limits.max_chars
-    longest = settings.max_len_a * longest_source + settings.max_len_b
+    cap = translator.max_source_tokens or limits.max_chars
+    if lines is None:
+        lengths = [cap]
+    else:
+        lengths = [min(len(ids), cap) for ids in translator.tokenizer.encode_source(lines)]
+    limits_of = [settings.max_len_a * length + settings.max_len_b for length in lengths]
+    longest = max(limits_of, default=0.0)
     if longest > limits.max_output:
         field = next((k for k in ("max_len_a", "max_len_b") if k in given), None)
         raise _Refused(
             422,
             f"max_len_a {settings.max_len_a} and max_len_b {settings.max_len_b} let an output "
-            f"of a {longest_source}-subword source grow to {longest:,.0f} subwords; this server "
+            f"of a {max(lengths)}-subword source grow to {longest:,.0f} subwords; this server "
             f"stops at {limits.max_output}",
             field,
         )
-    work = sentences * width * longest
+    work = width * sum(limits_of)
     if work > limits.max_work:
         raise _Refused(
             422,
-            f"text: {sentences} sentences × {key} {width} × outputs of up to {longest:,.0f} "
-            f"subwords is {work:,.0f} hypothesis steps; this server takes at most "
-            f"{limits.max_work:,} a request (send fewer sentences or a smaller {key})",
+            f"text: {len(lengths)} sentences × {key} {width} × their output length limits is "
+            f"{work:,.0f} hypothesis steps; this server takes at most {limits.max_work:,} a "
+            f"request (send fewer sentences or a smaller {key})",
             "text",
         )
 
@@ -515,7 +569,7 @@ def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
         finally:  # however uvicorn ends, the search loop below ends too
             batcher.stop()
 
-    http = threading.Thread(target=serve_http, name="nmt-http")
+    http = threading.Thread(target=serve_http, name="nmt-http", daemon=True)
 
     def stop(signum: int, frame: object) -> None:  # uvicorn's own way: stop taking requests,
         if server.should_exit:  # answer those in flight; twice: at once, answering nothing more
@@ -529,8 +583,13 @@ def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
     try:
         http.start()
         log.info("serving on http://%s:%d/ (Ctrl-C stops)", shown, sock.getsockname()[1])
-        batcher.run()  # until the application's shutdown (or uvicorn's end) stops it
-        http.join()
+        try:
+            batcher.run()  # until the application's shutdown (or uvicorn's end) stops it
+        finally:
+            server.should_exit = True  # however the search loop ended, stop taking requests
+        # Stopped at once (a second signal): requests left open would hold uvicorn's shutdown
+        # (Python 3.12 waits for their connections); the process ends without waiting.
+        http.join(timeout=1.0 if batcher.abandoned else None)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)

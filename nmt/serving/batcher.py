@@ -96,6 +96,11 @@ class Batcher:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join()
 
+    @property
+    def abandoned(self) -> bool:
+        """`stop(now=True)` was asked: jobs left in the queue will not be answered."""
+        return self._abandon
+
     def submit(self, job: Job) -> Future:
         size = max(len(job.lines), 1)
         with self._lock:
@@ -167,6 +172,8 @@ class Batcher:
                 self._answer(jobs[0], error=error)
                 return
             for job in jobs:  # find the culprit: each alone
+                if self._abandon:
+                    return
                 try:
                     self._answer(job, self._nbest([job]))
                 except Exception as alone:
