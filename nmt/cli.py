@@ -640,6 +640,7 @@ def score_main(argv: list[str] | None = None) -> int:
     if args.curves:
         return _curves(args.curves)
     _check_score_paths(args)
+    from nmt.scoring.metrics import ScoreOptions
     from nmt.scoring.report import build_report
 
     translator = None
@@ -659,6 +660,7 @@ def score_main(argv: list[str] | None = None) -> int:
         worst=args.worst,
         diagnostics=diagnostics,
         echo=print,
+        options=ScoreOptions(args.lowercase, args.tokenize),
     )
     _write_report(args, document)
     if translator is not None:
@@ -668,6 +670,8 @@ def score_main(argv: list[str] | None = None) -> int:
 
 
 def _score_parser() -> _Parser:
+    from nmt.scoring.metrics import TOKENIZERS  # sacreBLEU's that work offline
+
     parser = _Parser(
         prog="nmt-score",
         description="Score detokenized translations with sacreBLEU "
@@ -697,6 +701,19 @@ def _score_parser() -> _Parser:
     )
     parser.add_argument(
         "--samples", type=int, default=1000, help="bootstrap resamples (and randomization trials)"
+    )
+    parser.add_argument(
+        "-lc",
+        "--lowercase",
+        action="store_true",
+        help="compare lowercased text (BLEU, chrF; TER is case-insensitive already), as many "
+        "papers on small data report; the signature says case:lc",
+    )
+    parser.add_argument(
+        "--tokenize",
+        choices=TOKENIZERS,
+        help="BLEU's tokenization (sacreBLEU's; default 13a): `none` for text tokenized "
+        "beforehand, as tokenized-BLEU papers did; the signature says tok:...",
     )
     parser.add_argument(
         "--worst", type=int, default=5, help="show the N sentences with the lowest chrF (0: none)"

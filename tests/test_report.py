@@ -41,47 +41,57 @@ SOURCES = [
 ] * 8
 
 
-def test_bleu_chrf_ter_equal_the_sacrebleu_command_line(tmp_path, capsys):
+SACREBLEU_FLAGS = {  # nmt-score's flags → sacrebleu's command line, per metric
+    (): {"bleu": [], "chrf": [], "ter": []},
+    ("-lc",): {"bleu": ["-lc"], "chrf": ["--chrf-lowercase"], "ter": []},
+    ("--tokenize", "none"): {"bleu": ["-tok", "none"], "chrf": [], "ter": []},
+    ("--lowercase", "--tokenize", "intl"): {
+        "bleu": ["-lc", "-tok", "intl"],
+        "chrf": ["--chrf-lowercase"],
+        "ter": [],
+    },
+}
+
+
+@pytest.mark.parametrize("flags", SACREBLEU_FLAGS, ids=lambda f: " ".join(f) or "default")
+def test_bleu_chrf_ter_equal_the_sacrebleu_command_line(tmp_path, capsys, flags):
     (tmp_path / "ref").write_text("\n".join(REFERENCES) + "\n")
-    (tmp_path / "hyp").write_text("\n".join(SYSTEM_A) + "\n")
+    # Half the lines with their case swapped, so that lowercasing changes the scores.
+    hyps = [line.swapcase() if i % 2 else line for i, line in enumerate(SYSTEM_A)]
+    (tmp_path / "hyp").write_text("\n".join(hyps) + "\n")
     expected = {}
-    for metric in ("bleu", "chrf", "ter"):
+    for metric, extra in SACREBLEU_FLAGS[flags].items():
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "sacrebleu",
-                str(tmp_path / "ref"),
-                "-i",
-                str(tmp_path / "hyp"),
-                "-m",
-                metric,
-                "-b",
-                "-w",
-                "4",
-            ],
+            [sys.executable, "-m", "sacrebleu", str(tmp_path / "ref"), "-i", str(tmp_path / "hyp"),
+             "-m", metric, "-b", "-w", "4", *extra],
             capture_output=True,
             text=True,
             check=True,
-        )
+        )  # fmt: skip
         expected[metric] = float(result.stdout.strip())
     with pytest.raises(SystemExit):
         score_main(
-            [
-                "-r",
-                str(tmp_path / "ref"),
-                "-i",
-                str(tmp_path / "hyp"),
-                "--samples",
-                "0",
-                "--json",
-                str(tmp_path / "report.json"),
-            ]
-        )
+            ["-r", str(tmp_path / "ref"), "-i", str(tmp_path / "hyp"), "--samples", "0",
+             "--json", str(tmp_path / "report.json"), *flags]
+        )  # fmt: skip
     capsys.readouterr()
     metrics = json.loads((tmp_path / "report.json").read_text())["systems"][str(tmp_path / "hyp")]
     got = {m["name"].lower(): m["score"] for m in metrics["metrics"]}
     assert got == pytest.approx(expected, abs=1e-4)
+    bleu, chrf = metrics["metrics"][0]["signature"], metrics["metrics"][1]["signature"]
+    lowercase = "-lc" in flags or "--lowercase" in flags
+    assert ("case:lc" in bleu) == lowercase and ("case:lc" in chrf) == lowercase
+    assert f"tok:{flags[-1] if '--tokenize' in flags else '13a'}" in bleu
+
+
+def test_lowercased_scores_ignore_case_only():
+    from nmt.scoring.metrics import ScoreOptions, score
+
+    upper = [line.upper() for line in REFERENCES]
+    assert score(upper, [REFERENCES], ScoreOptions(lowercase=True))["BLEU"] == 100.0
+    assert score(upper, [REFERENCES])["BLEU"] < 10
+    with pytest.raises(NmtError, match="tokenize 'spm'"):
+        ScoreOptions(tokenize="spm")  # needs a download: not offered
 
 
 def write_scoring_files(folder):

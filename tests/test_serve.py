@@ -146,6 +146,15 @@ def test_score_reports_what_nmt_score_json_reports(client):
     metrics = answer.json()["systems"]["hypotheses"]["metrics"]
     assert [m["name"] for m in metrics] == ["BLEU", "chrF", "TER"]
     assert metrics[0]["signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a")
+    upper = post(client, {"hypotheses": [h.upper() for h in hyps], "references": refs,
+                          "lowercase": True, "tokenize": "none"}, "/score").json()  # fmt: skip
+    lowercased = build_report({"hypotheses": hyps}, [refs], samples=0)["systems"]["hypotheses"]
+    assert upper["systems"]["hypotheses"]["metrics"][0]["signature"].startswith(
+        "nrefs:1|case:lc|eff:no|tok:none"
+    )
+    assert (
+        upper["systems"]["hypotheses"]["metrics"][1]["score"] == lowercased["metrics"][1]["score"]
+    )
     two = post(client, {"hypotheses": {"a": hyps, "b": refs}, "references": [refs, refs],
                         "samples": 50}, "/score")  # fmt: skip
     assert set(two.json()["systems"]) == {"a", "b"} and "comparison" in two.json()
@@ -215,7 +224,8 @@ def test_a_bad_request_gets_a_4xx_naming_its_field(client, body, status, field):
         ({"hypotheses": [1], "references": ["a"]}, "hypotheses[0]"),
         ({"hypotheses": ["a"], "references": ["a"], "worst": -1}, "worst"),
         ({"hypotheses": ["a"], "references": ["a"], "sources": ["x", "y"]}, "sources"),
-        ({"hypotheses": ["a"], "references": ["a"], "lowercase": True}, "lowercase"),
+        ({"hypotheses": ["a"], "references": ["a"], "lowercased": True}, "lowercased"),
+        ({"hypotheses": ["a"], "references": ["a"], "tokenize": "spm"}, "tokenize"),
         (
             {"hypotheses": {"a": ["a"], "b": ["b"]}, "references": ["a"], "samples": 10**7},
             "samples",

@@ -51,6 +51,33 @@ class ScoreReport:
         return json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n"
 
 
+# sacreBLEU's tokenizers that need no extra package and no download (spm and flores fetch a
+# SentencePiece model; ja-mecab and ko-mecab need MeCab).
+TOKENIZERS = ("13a", "intl", "none", "char", "zh")
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    """How hypotheses are compared with references. The defaults are sacreBLEU's: cased BLEU on
+    its 13a tokenization of detokenized text, the number to report. Papers on small data sets
+    often report lowercased (`lowercase`) or differently tokenized (`tokenize`: one of
+    sacreBLEU's, e.g. `none` for text tokenized beforehand, `intl`) BLEU; the signature records
+    either. `lowercase` applies to BLEU and chrF; TER is case-insensitive in sacreBLEU already."""
+
+    lowercase: bool = False
+    tokenize: str | None = None  # None: sacreBLEU's default (13a)
+
+    def __post_init__(self) -> None:
+        if self.tokenize is not None and self.tokenize not in TOKENIZERS:
+            raise NmtError(f"tokenize {self.tokenize!r}: use one of {', '.join(TOKENIZERS)}")
+
+    def bleu(self) -> BLEU:
+        return BLEU(lowercase=self.lowercase, tokenize=self.tokenize)
+
+    def chrf(self) -> CHRF:
+        return CHRF(lowercase=self.lowercase)
+
+
 def corpus_bleu(hypotheses: list[str], references: list[str]) -> float:
     """BLEU alone (sacreBLEU defaults), e.g. for validation during training."""
     return BLEU().corpus_score(hypotheses, [references]).score
@@ -61,7 +88,9 @@ def corpus_chrf(hypotheses: list[str], references: list[str]) -> float:
     return CHRF().corpus_score(hypotheses, [references]).score
 
 
-def score(hypotheses: list[str], references: list[list[str]]) -> ScoreReport:
+def score(
+    hypotheses: list[str], references: list[list[str]], options: ScoreOptions = ScoreOptions()
+) -> ScoreReport:
     """BLEU, chrF and TER of detokenized hypotheses against one or more reference streams."""
     if not hypotheses:
         raise NmtError("no sentences to score")
@@ -72,7 +101,7 @@ def score(hypotheses: list[str], references: list[list[str]]) -> ScoreReport:
                 f"{len(hypotheses)}"
             )
     metrics = []
-    for name, metric in (("BLEU", BLEU()), ("chrF", CHRF()), ("TER", TER())):
+    for name, metric in (("BLEU", options.bleu()), ("chrF", options.chrf()), ("TER", TER())):
         result = metric.corpus_score(hypotheses, references)
         metrics.append(
             MetricScore(name, round(result.score, 4), str(metric.get_signature()), str(result))

@@ -10,12 +10,11 @@ from dataclasses import asdict, dataclass
 from typing import cast
 from pathlib import Path
 
-from sacrebleu.metrics import BLEU, CHRF
 from sacrebleu.significance import PairedTest, Result
 
 from nmt.data.corpus import read_lines
 from nmt.errors import NmtError
-from nmt.scoring.metrics import score
+from nmt.scoring.metrics import ScoreOptions, score
 
 
 @dataclass
@@ -76,6 +75,7 @@ def compare_systems(
     references: list[list[str]],
     test: str = "bs",
     samples: int = 1000,
+    options: ScoreOptions = ScoreOptions(),
 ) -> Comparison:
     """BLEU and chrF of each system with 95% CIs, and paired significance against the first."""
     for name, hypotheses in named:
@@ -85,7 +85,7 @@ def compare_systems(
             )
     paired = PairedTest(
         cast("list[tuple[str, Sequence[str]]]", named),
-        {"BLEU": BLEU(), "chrF": CHRF()},
+        {"BLEU": options.bleu(), "chrF": options.chrf()},
         references,
         test_type=test,
         n_samples=samples,
@@ -117,6 +117,7 @@ def length_breakdown(
     hypotheses: list[str],
     references: list[str],
     edges: tuple[int, ...] = (10, 20, 30),
+    options: ScoreOptions = ScoreOptions(),
 ) -> list[dict]:
     """BLEU, length ratio and brevity penalty per bucket of source length (in words)."""
     buckets: dict[str, list[int]] = {}
@@ -133,7 +134,7 @@ def length_breakdown(
     for label in order:
         if label in buckets:
             chosen = buckets[label]
-            result = BLEU().corpus_score(
+            result = options.bleu().corpus_score(
                 [hypotheses[i] for i in chosen], [[references[i] for i in chosen]]
             )
             rows.append(
@@ -149,10 +150,14 @@ def length_breakdown(
 
 
 def worst_sentences(
-    sources: list[str] | None, hypotheses: list[str], references: list[str], count: int = 5
+    sources: list[str] | None,
+    hypotheses: list[str],
+    references: list[str],
+    count: int = 5,
+    options: ScoreOptions = ScoreOptions(),
 ) -> list[dict]:
     """The sentences with the lowest sentence-level chrF (perfect ones are never listed)."""
-    metric = CHRF()
+    metric = options.chrf()
     scored = [
         (metric.sentence_score(h, [r]).score, i)
         for i, (h, r) in enumerate(zip(hypotheses, references))
@@ -257,12 +262,14 @@ def build_report(
     worst: int = 5,
     diagnostics: list[dict] | None = None,
     echo: Callable[[str], object] | None = None,
+    options: ScoreOptions = ScoreOptions(),
 ) -> dict:
     """The report `nmt-score` prints and writes (--json, --html): for each system (name →
     detokenized lines) BLEU, chrF and TER with signatures, BLEU by source length (with
     `sources`) and the `worst` sentences by chrF (0: none); the `diagnostics` entries of
     `read_diagnostics` that carry flags; and with `samples` > 0 the `paired` test ("bs" or
-    "ar") of each system against the first. `echo` is given each part of the text report as
+    "ar") of each system against the first, all compared as `options` say (lowercased, another
+    tokenization). `echo` is given each part of the text report as
     soon as it is ready (nmt-score passes `print`). `report_json` writes the result as
     `nmt-score --json` does; `nmt.scoring.html.render` makes its HTML page."""
     systems = list(
@@ -285,14 +292,16 @@ def build_report(
     say = echo or (lambda text: None)
     document: dict = {"systems": {}}
     for name, hypotheses in systems:
-        report = score(hypotheses, references)
+        report = score(hypotheses, references, options)
         say(f"== {name}\n{report.format()}\n")
         entry = json.loads(report.to_json())
         if sources is not None:
-            entry["by_source_length"] = length_breakdown(sources, hypotheses, references[0])
+            entry["by_source_length"] = length_breakdown(
+                sources, hypotheses, references[0], options=options
+            )
             say(format_breakdown(entry["by_source_length"]) + "\n")
         if worst:
-            entry["worst"] = worst_sentences(sources, hypotheses, references[0], worst)
+            entry["worst"] = worst_sentences(sources, hypotheses, references[0], worst, options)
             say(f"lowest chrF:\n{format_worst(entry['worst'])}\n")
         document["systems"][name] = entry
     if diagnostics is not None:
@@ -302,7 +311,7 @@ def build_report(
             f"flagged (see --json or --html)\n"
         )
     if samples > 0:
-        comparison = compare_systems(systems, references, paired, samples)
+        comparison = compare_systems(systems, references, paired, samples, options)
         say(comparison.format())
         document["comparison"] = asdict(comparison)
     return document

@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from nmt import __version__
 from nmt.errors import NmtError
 from nmt.recipe import DecodeConfig, Recipe, recipe_fields
+from nmt.scoring.metrics import ScoreOptions
 from nmt.scoring.report import build_report
 from nmt.search import Hypothesis
 from nmt.serving.batcher import Batcher, Job, Overloaded
@@ -95,6 +96,8 @@ class ScoreRequest(BaseModel):
         0, ge=0, le=MAX_SAMPLES, description="Paired bootstrap samples (several systems)."
     )
     worst: StrictInt = Field(5, ge=0, le=100, description="Lowest-chrF sentences per system.")
+    lowercase: StrictBool = Field(False, description="Compare lowercased text (BLEU, chrF).")
+    tokenize: Union[str, None] = Field(None, description="BLEU's tokenization (sacreBLEU's).")
 
 
 class _Refused(Exception):
@@ -296,6 +299,7 @@ def score(body: ScoreRequest) -> dict:  # a plain def: sacreBLEU's work runs in 
                 body.sources,
                 samples=body.samples,
                 worst=body.worst,
+                options=ScoreOptions(body.lowercase, body.tokenize),
             )
     except NmtError as error:
         raise _from_nmt_error(error, set(ScoreRequest.model_fields)) from None
