@@ -175,6 +175,28 @@ class ModelConfig:
     dropout: float = option(
         0.3, "Dropout on embeddings, between layers and before the output layer.", min=0.0, max=0.95
     )
+    locked_dropout: bool = option(
+        False,
+        "Variational dropout (Gal & Ghahramani, 2016): the dropout masks of the recurrent "
+        "layers' inputs (the embeddings) and outputs (the encoder's states, which it then also "
+        "drops, and the decoder's attentional vectors) are drawn once per sentence and shared "
+        "by all its time steps, not drawn anew at each step. Same `dropout` rate.",
+    )
+    source_word_dropout: float = option(
+        0.0,
+        "In training, each source subword is replaced by <unk> with this probability "
+        "(word dropout): the model learns not to lean on any single token, which helps most "
+        "when data is small.",
+        min=0.0,
+        max=0.5,
+    )
+    target_word_dropout: float = option(
+        0.0,
+        "In training, each target subword the decoder is fed (teacher forcing; the words it "
+        "predicts are left alone) is replaced by <unk> with this probability.",
+        min=0.0,
+        max=0.5,
+    )
     tie_embeddings: bool = option(
         False, "Source and target share one embedding matrix (needs `tokenizer.joint`)."
     )

@@ -27,6 +27,8 @@ VARIANTS = [
     dict(tie_embeddings=True, tie_output=True, embedding_size=12),
     dict(init="uniform", orthogonal_recurrent=True, forget_bias=1.0),
     dict(init="xavier", attention="luong-general", input_feeding=False, decoder_layers=2),
+    dict(locked_dropout=True, dropout=0.3, source_word_dropout=0.2, target_word_dropout=0.2),
+    dict(locked_dropout=True, dropout=0.3, input_feeding=False, attention="luong-general"),
 ]
 NAMES = [",".join(f"{k}={v}" for k, v in variant.items()) for variant in VARIANTS]
 
@@ -140,3 +142,52 @@ def test_the_attention_docstring_table_is_the_recipes_presets():
     assert {name: (score, flow) for name, score, _, flow in rows} == ATTENTION_PRESETS
     for name, score, cls, _ in rows:
         assert type(attention.build_attention(score, 8, 8)).__name__ == cls, name
+
+
+def test_word_dropout_replaces_real_subwords_by_unk_in_training_only():
+    from nmt.data.subwords import UNK
+    from nmt.model.seq2seq import word_dropout
+
+    torch.manual_seed(0)
+    ids = torch.randint(4, 50, (200, 60))
+    ids[:, 0], ids[:, -1], ids[:10, 30:] = BOS, EOS, PAD
+    dropped = word_dropout(ids, 0.25, training=True)
+    changed = dropped != ids
+    assert (dropped[changed] == UNK).all()
+    assert not changed[ids <= EOS].any()  # PAD, BOS and EOS stay
+    assert changed[ids > EOS].float().mean().item() == pytest.approx(0.25, abs=0.01)
+    assert torch.equal(word_dropout(ids, 0.25, training=False), ids)
+
+
+@pytest.mark.parametrize("locked", [True, False])
+def test_locked_dropout_draws_one_mask_per_sentence(locked):
+    """With locked dropout a unit dropped at one step is dropped at every step, in the
+    embeddings, the encoder's states and the decoder's attentional vectors; without it, the
+    masks differ from step to step."""
+    torch.manual_seed(1)
+    model = tiny_model(vocab=20, dropout=0.5, locked_dropout=locked)
+    source = torch.full((3, 12), 7)  # the same token at every position...
+    source[:, -1] = EOS
+    target_in = torch.full((3, 10), 9)
+    target_in[:, 0] = BOS
+    seen = []
+    hooks = [
+        model.encoder.register_forward_pre_hook(lambda m, args: seen.append(args[0])),
+        model.decoder.register_forward_hook(lambda m, args, out: seen.append(out[0])),
+    ]
+    model.train()
+    encoded = model.encode(source, torch.tensor([12] * 3))
+    model(source, torch.tensor([12] * 3), target_in)
+    for hook in hooks:
+        hook.remove()
+    embedded, _, attentional = seen  # encode's embeddings, forward's, the decoder's h̃
+    same_token = embedded[:, :-1]  # ...so the same embedding, but for the mask
+    masks = {"embeddings": same_token == 0, "attentional vectors": attentional == 0}
+    if locked:  # the encoder's states are dropped only with locked dropout
+        masks["encoder states"] = encoded.memory[:, :-1] == 0
+    else:
+        assert not (encoded.memory != 0).logical_not().all(-1).any()
+    for name, zero in masks.items():
+        constant = bool((zero == zero[:, :1]).all())
+        assert zero.any(), name
+        assert constant == locked, name

@@ -97,6 +97,7 @@ class Decoder(nn.Module):
         self.combine = nn.Linear(self.hidden_size + memory_size, self.hidden_size, bias=False)
         self.bridge = nn.Linear(memory_size, self.hidden_size) if self.init == "bridge" else None
         self.dropout = nn.Dropout(config.dropout)
+        self.locked_dropout = config.locked_dropout
 
     @property
     def stepwise(self) -> bool:
@@ -134,10 +135,14 @@ class Decoder(nn.Module):
         Without input feeding, in the Luong flow the steps do not depend on each other's
         attention, so the recurrent layer and the attention each run once over the whole sequence.
         """
+        keep = None  # with locked dropout, h̃'s mask for all steps: (N, 1, H)
+        if self.locked_dropout and self.training and self.dropout.p > 0:
+            keep = embedded.new_empty(embedded.size(0), 1, self.hidden_size)
+            keep = keep.bernoulli_(1.0 - self.dropout.p) / (1.0 - self.dropout.p)
         if not self.stepwise:
             output, hidden = self.rnn(embedded, state.hidden)  # (N, T, H), (L, N, H)
             context, weights = self.attention(output, keys, memory, mask)  # (N, T, M), (N, T, S)
-            return self._attentional(context, output), DecoderState(hidden, None), weights
+            return self._attentional(context, output, keep), DecoderState(hidden, None), weights
         outputs, all_weights = [], []
         # All steps' input gates in one product; unbind (not indexing) keeps backward linear in T.
         for gates_x in cells.input_projection(self.rnn, embedded).unbind(1):  # (N, G) per step
@@ -161,12 +166,16 @@ class Decoder(nn.Module):
             if self.flow == "luong":
                 # c_t from h_t: (N, 1, M), weights (N, 1, S)
                 context, weights = self.attention(output, keys, memory, mask)
-            attentional = self._attentional(context, output)  # h̃_t: (N, 1, H)
+            attentional = self._attentional(context, output, keep)  # h̃_t: (N, 1, H)
             state = DecoderState(hidden, attentional.squeeze(1) if self.input_feeding else None)
             outputs.append(attentional)
             all_weights.append(weights)
         return torch.cat(outputs, 1), state, torch.cat(all_weights, 1)  # (N, T, H), (N, T, S)
 
-    def _attentional(self, context: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
-        """h̃ = dropout(tanh(W_c [c; h])): (N, T, H) from c (N, T, M) and h (N, T, H)."""
-        return self.dropout(torch.tanh(self.combine(torch.cat([context, output], dim=-1))))
+    def _attentional(
+        self, context: torch.Tensor, output: torch.Tensor, keep: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """h̃ = dropout(tanh(W_c [c; h])): (N, T, H) from c (N, T, M) and h (N, T, H); `keep`
+        (N, 1, H), locked dropout's scaled mask, replaces a mask drawn per step."""
+        attentional = torch.tanh(self.combine(torch.cat([context, output], dim=-1)))
+        return attentional * keep if keep is not None else self.dropout(attentional)

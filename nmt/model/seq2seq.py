@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from nmt.data.subwords import PAD
+from nmt.data.subwords import EOS, PAD, UNK
 from nmt.model.decoder import Decoder, DecoderState
 from nmt.model.encoder import Encoder
 from nmt.model.int8 import Int8Linear, quantized_rows
@@ -87,13 +87,22 @@ class Seq2Seq(nn.Module):
         if config.tie_output:
             self.output.weight = self.target_embedding.weight
 
+    def _embedding_dropout(self, embedded: torch.Tensor) -> torch.Tensor:
+        """Dropout on (B, T, E) embeddings: one mask per sentence with `locked_dropout`."""
+        if self.config.locked_dropout:
+            return locked_dropout(embedded, self.config.dropout, self.training)
+        return self.dropout(embedded)
+
     @property
     def parameter_count(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     def encode(self, source: torch.Tensor, source_lengths: torch.Tensor) -> EncoderState:
-        embedded = self.dropout(self.source_embedding(source))  # (B, S, E)
+        source = word_dropout(source, self.config.source_word_dropout, self.training)
+        embedded = self._embedding_dropout(self.source_embedding(source))  # (B, S, E)
         memory, final = self.encoder(embedded, source_lengths)  # (B, S, M), (B, M)
+        if self.config.locked_dropout:  # the encoder's outputs too, one mask per sentence
+            memory = locked_dropout(memory, self.config.dropout, self.training)
         mask = source != PAD  # (B, S)
         return EncoderState(memory, self.decoder.attention.keys(memory), mask, final)
 
@@ -129,7 +138,8 @@ class Seq2Seq(nn.Module):
         Logits are left to `logits`, so the caller can skip padding positions.
         """
         encoded = self.encode(source, source_lengths)
-        embedded = self.dropout(self.target_embedding(target_in))  # (B, T, E)
+        target_in = word_dropout(target_in, self.config.target_word_dropout, self.training)
+        embedded = self._embedding_dropout(self.target_embedding(target_in))  # (B, T, E)
         # (B, T, H), (B, T, S)
         attentional, _, weights = self.decoder(
             embedded, self.initial_state(encoded), encoded.keys, encoded.memory, encoded.mask
@@ -182,3 +192,22 @@ def initialise(model: Seq2Seq, config: ModelConfig) -> None:
     with torch.no_grad():
         for embedding in (model.source_embedding, model.target_embedding):
             embedding.weight[PAD].zero_()
+
+
+def word_dropout(ids: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """`ids` (B, T) with each real subword (not PAD, BOS or EOS) replaced by UNK with
+    probability `p`, in training only."""
+    if not training or p == 0.0:
+        return ids
+    drop = (torch.rand(ids.shape, device=ids.device) < p) & (ids > EOS)  # ids ≤ EOS: specials
+    return ids.masked_fill(drop, UNK)
+
+
+def locked_dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Dropout on `x` (B, T, D) with one mask per sentence, shared by its T steps (variational
+    dropout): a unit dropped at one step is dropped at every step, so the recurrence cannot
+    average the noise away."""
+    if not training or p == 0.0:
+        return x
+    keep = x.new_empty(x.size(0), 1, x.size(2)).bernoulli_(1.0 - p) / (1.0 - p)  # (B, 1, D)
+    return x * keep
