@@ -101,6 +101,21 @@ class TokenizerConfig:
         "(a seeded sample of the training data).",
         min=1,
     )
+    sampling_alpha: float = option(
+        0.0,
+        "Subword regularisation (Kudo, 2018): each epoch segments the training text anew by "
+        "SentencePiece's sampling, seeded by the recipe's seed and the epoch. Unigram: the "
+        "smoothing α of the sampled segmentations' probabilities (small α: more varied; 0.1–0.5 "
+        "are common); BPE: the BPE-dropout rate (Provilkov et al., 2020; 0.1 is common). "
+        "Validation and translation segment deterministically. 0: off.",
+        min=0.0,
+        max=1.0,
+    )
+    sampling_nbest: int = option(
+        -1,
+        "Unigram sampling draws from the n best segmentations; -1: from all of them.",
+        min=-1,
+    )
 
 
 # name: (score, flow). The score classes and both flows, with their papers' formulas, are in

@@ -45,7 +45,7 @@ from nmt.checkpoint import (
     save_checkpoint,
 )
 from nmt.data.batching import Batch, collate, make_batches
-from nmt.data.corpus import EncodedSplit, TextSplit
+from nmt.data.corpus import EncodedSplit, TextSplit, sample_split
 from nmt.data.prepare import prepare_data
 from nmt.data.subwords import JOINT_MODEL, PAD, SOURCE_MODEL, TARGET_MODEL, Tokenizer
 from nmt.distributed import Cluster
@@ -223,6 +223,8 @@ class _Run:
         # Computed once: the lengths are a pass over the whole corpus's offsets.
         self.source_lengths = self.train_data.src_lengths
         self.target_lengths = self.train_data.tgt_lengths
+        self.deterministic_data = self.train_data  # what subword sampling resegments
+        self.segmented_epoch = -1  # the epoch `train_data` was sampled for
         self.started = 0.0
 
     # ---------------------------------------------------------------- start or resume
@@ -301,7 +303,9 @@ class _Run:
     # ---------------------------------------------------------------- one update
 
     def epoch_batches(self) -> list[np.ndarray]:
-        """This epoch's batches: token buckets in an order seeded by the epoch."""
+        """This epoch's batches: token buckets in an order seeded by the epoch (of the epoch's
+        own segmentation, with subword regularisation)."""
+        self._resegment()
         return make_batches(
             self.source_lengths,
             self.target_lengths,
@@ -310,6 +314,25 @@ class _Run:
             self.recipe.seed,
             self.progress.epoch,
         )
+
+    def _resegment(self) -> None:
+        """With `tokenizer.sampling_alpha`, this epoch's segmentation of the training pairs,
+        sampled from the recipe's seed and the epoch: a resumed run samples the same one."""
+        tokenizer = self.recipe.tokenizer
+        if not tokenizer.sampling_alpha or self.segmented_epoch == self.progress.epoch:
+            return
+        self.train_data = sample_split(
+            self.train_text,
+            self.deterministic_data,
+            self.tokenizer,
+            tokenizer.sampling_alpha,
+            tokenizer.sampling_nbest,
+            (self.recipe.seed * 100_003 + self.progress.epoch) % 2**32,
+            self.recipe.data.max_len,
+        )
+        self.source_lengths = self.train_data.src_lengths
+        self.target_lengths = self.train_data.tgt_lengths
+        self.segmented_epoch = self.progress.epoch
 
     def update(self, chosen: list[np.ndarray]) -> bool:
         """One optimizer update over `chosen` batches, their loss normalised by all their

@@ -42,6 +42,7 @@ def test_collate_pads_and_adds_bos_eos():
         np.array([0, 3, 4]),
         np.array([9, 10, 11], dtype=np.int32),
         np.array([0, 1, 3]),
+        np.arange(2),
     )
     batch = collate(data, np.array([0, 1]))
     assert batch.source.tolist() == [[5, 6, 7, EOS], [8, EOS, PAD, PAD]]

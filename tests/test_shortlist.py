@@ -23,7 +23,7 @@ def encoded_split(sources, targets) -> EncodedSplit:
 
     src_values, src_offsets = flat(sources)
     tgt_values, tgt_offsets = flat(targets)
-    return EncodedSplit(src_values, src_offsets, tgt_values, tgt_offsets)
+    return EncodedSplit(src_values, src_offsets, tgt_values, tgt_offsets, np.arange(len(sources)))
 
 
 def test_model_one_finds_each_words_translation():

@@ -2,6 +2,7 @@
 
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -30,8 +31,18 @@ def losses(run_dir):
             "train.optimizer=adamw",
             "train.weight_decay=0.01",
         ],
+        # Small-data regularisers over three epochs of 3 updates (batches of 4,000 tokens), so
+        # that the run resumed after update 4 resegments epoch 2 as the unbroken run did.
+        [
+            "tokenizer.sampling_alpha=0.3",
+            "model.source_word_dropout=0.1",
+            "model.target_word_dropout=0.1",
+            "model.locked_dropout=true",
+            "train.batch_tokens=4000",
+            "data.max_len=40",
+        ],
     ],
-    ids=["adam", "accumulate-rsqrt-adamw"],
+    ids=["adam", "accumulate-rsqrt-adamw", "regularised"],
 )
 def test_resume_continues_exactly(tiny_recipe, tmp_path, extra):
     straight = tmp_path / "straight"
@@ -465,3 +476,42 @@ def test_a_resumed_run_knows_which_step_its_last_checkpoint_holds(
             tmp_path / "run",
             resume=True,
         )
+
+
+def test_subword_sampling_segments_each_epoch_anew_and_validation_does_not(tiny_recipe, tmp_path):
+    """With tokenizer.sampling_alpha each epoch's training pairs are segmented by sampling,
+    seeded by the epoch (the same epoch twice: the same segmentation), the pairs themselves
+    unchanged (their text decodes back); the dev set keeps its deterministic segmentation."""
+    from nmt.data.corpus import sample_split
+    from nmt.data.prepare import prepare_data
+
+    recipe = Recipe.load(tiny_recipe, ["tokenizer.sampling_alpha=0.2"])
+    train_text, _, tokenizer, fixed, _ = prepare_data(recipe, tmp_path / "run")
+    epochs = [sample_split(train_text, fixed, tokenizer, 0.2, -1, seed, 100) for seed in (1, 2, 1)]
+    assert np.array_equal(epochs[0].tgt_values, epochs[2].tgt_values)  # seeded
+    assert not np.array_equal(epochs[0].tgt_values, epochs[1].tgt_values)
+    assert not np.array_equal(epochs[0].tgt_values, fixed.tgt_values)
+    targets = train_text.targets
+    for i in range(len(fixed)):
+        for sampled in epochs:
+            assert tokenizer.decode_target(sampled.target(i).tolist()) == targets[fixed.rows[i]]
+    # A sample longer than max_len keeps the deterministic segmentation.
+    short = sample_split(train_text, fixed, tokenizer, 0.01, -1, 1, int(fixed.src_lengths.max()))
+    assert short.src_lengths.max() <= fixed.src_lengths.max()
+    assert (short.src_lengths <= int(fixed.src_lengths.max())).all()
+    # BPE: BPE-dropout.
+    bpe = Recipe.load(tiny_recipe, ["tokenizer.type=bpe", "tokenizer.sampling_alpha=0.1"])
+    text, _, bpe_tokenizer, bpe_fixed, _ = prepare_data(bpe, tmp_path / "bpe")
+    dropped = sample_split(text, bpe_fixed, bpe_tokenizer, 0.1, -1, 1, 100)
+    assert dropped.tgt_lengths.sum() > bpe_fixed.tgt_lengths.sum()  # merges skipped: more pieces
+
+
+def test_a_regularised_run_translates_deterministically(tiny_recipe, tmp_path):
+    run = tmp_path / "run"
+    options = ["tokenizer.sampling_alpha=0.3", "model.source_word_dropout=0.2", *STEPS]
+    train(Recipe.load(tiny_recipe, options), run)
+    translator = Translator.from_run(run)
+    lines = ["drei", "am vierten Mai"]
+    assert [h.text for h in translator.translate(lines)] == [
+        h.text for h in translator.translate(lines)
+    ]

@@ -283,7 +283,8 @@ def _read_hub(
 
 @dataclass
 class EncodedSplit:
-    """Subword ids of one split as flat arrays with offsets (zero-copy views of Arrow data)."""
+    """Subword ids of one split as flat arrays with offsets (zero-copy views of Arrow data),
+    and the text row each pair came from."""
 
     src_values: np.ndarray
     src_offsets: np.ndarray
@@ -307,11 +308,14 @@ class EncodedSplit:
     def target(self, i: int) -> np.ndarray:
         return self.tgt_values[self.tgt_offsets[i] : self.tgt_offsets[i + 1]]
 
+    rows: np.ndarray  # each pair's row in the text split (filtering drops some)
+
     ARRAYS = {
         "src_values": np.int32,
         "src_offsets": np.int64,
         "tgt_values": np.int32,
         "tgt_offsets": np.int64,
+        "rows": np.int64,
     }
 
     @classmethod
@@ -364,9 +368,12 @@ def encode_split(
             part = table.slice(start, CHUNK_LINES)
             sources = tokenizer.encode_source(part.column("src").to_pylist())
             targets = tokenizer.encode_target(part.column("tgt").to_pylist())
+            kept = list(range(len(sources)))
             if max_len is not None:
                 ratio = float("inf") if max_ratio is None else max_ratio
-                sources, targets = _keep_good_pairs(sources, targets, max_len, ratio, counts)
+                kept = _keep_good_pairs(sources, targets, max_len, ratio, counts)
+                sources, targets = [sources[i] for i in kept], [targets[i] for i in kept]
+            (np.asarray(kept, dtype=np.int64) + start).tofile(files["rows"])
             counts.kept += len(sources)
             for side, ids in (("src", sources), ("tgt", targets)):
                 lengths[side].append(np.fromiter(map(len, ids), dtype=np.int64, count=len(ids)))
@@ -386,14 +393,48 @@ def encode_split(
     return EncodedSplit.open(path), counts
 
 
+def sample_split(
+    split: TextSplit,
+    encoded: EncodedSplit,
+    tokenizer,
+    alpha: float,
+    nbest: int,
+    seed: int,
+    max_len: int,
+) -> EncodedSplit:
+    """The pairs of `encoded` (as filtering kept them) segmented anew by SentencePiece's
+    sampling (`Tokenizer.encode_sampled`), in memory, for one epoch of subword regularisation. A
+    side whose sample is longer than `max_len`, or empty, keeps its deterministic segmentation,
+    so the pairs and their bounds stay those of `encoded`."""
+    table = split.dataset.data.table.take(np.asarray(encoded.rows))
+    sources, targets = tokenizer.encode_sampled(
+        table.column("src").to_pylist(), table.column("tgt").to_pylist(), alpha, nbest, seed
+    )
+    arrays: dict[str, np.ndarray] = {"rows": np.asarray(encoded.rows)}
+    for side, sampled, fixed in (
+        ("src", sources, encoded.source),
+        ("tgt", targets, encoded.target),
+    ):
+        chosen = [
+            np.asarray(ids, dtype=np.int32) if 0 < len(ids) <= max_len else fixed(i)
+            for i, ids in enumerate(sampled)
+        ]
+        lengths = np.fromiter(map(len, chosen), dtype=np.int64, count=len(chosen))
+        arrays[f"{side}_offsets"] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        arrays[f"{side}_values"] = (
+            np.concatenate(chosen).astype(np.int32) if chosen else np.zeros(0, np.int32)
+        )
+    return EncodedSplit(**arrays)
+
+
 def _keep_good_pairs(
     sources: list[list[int]],
     targets: list[list[int]],
     max_len: int,
     max_ratio: float,
     counts: FilterCounts,
-) -> tuple[list[list[int]], list[list[int]]]:
-    """Drop empty, over-long and badly proportioned pairs, counting each reason."""
+) -> list[int]:
+    """The pairs to keep: not empty, over-long or badly proportioned (each reason counted)."""
     keep = []
     for i, (src, tgt) in enumerate(zip(sources, targets)):
         if not src or not tgt:
@@ -404,4 +445,4 @@ def _keep_good_pairs(
             counts.bad_ratio += 1
         else:
             keep.append(i)
-    return [sources[i] for i in keep], [targets[i] for i in keep]
+    return keep

@@ -61,6 +61,20 @@ class Tokenizer:
     def encode_target(self, lines: list[str]) -> list[list[int]]:
         return self.target.encode(lines, num_threads=os.cpu_count() or 1)
 
+    def encode_sampled(
+        self, sources: list[str], targets: list[str], alpha: float, nbest: int, seed: int
+    ) -> tuple[list[list[int]], list[list[int]]]:
+        """Both sides segmented by SentencePiece's sampling (unigram: α and the n best; BPE:
+        BPE-dropout at rate α). One thread, after seeding SentencePiece's generator: the same
+        seed gives the same segmentation (with several threads it would not)."""
+        spm.set_random_generator_seed(seed)
+        return tuple(  # type: ignore[return-value]
+            processor.encode(
+                lines, enable_sampling=True, alpha=alpha, nbest_size=nbest, num_threads=1
+            )
+            for processor, lines in ((self.source, sources), (self.target, targets))
+        )
+
     def decode_target(self, ids: list[int]) -> str:
         return self.target.decode(ids)
 
