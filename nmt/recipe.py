@@ -458,23 +458,7 @@ class Recipe:
     def load(cls, path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> "Recipe":
         """Read a recipe file and apply `key=value` overrides given after it."""
         path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise NmtError(f"{path}: recipe file not found") from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise NmtError(f"{path}: cannot read recipe: {error}") from None
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as error:
-            mark = getattr(error, "problem_mark", None)
-            where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-            problem = getattr(error, "problem", None) or str(error).splitlines()[0]
-            raise NmtError(f"{path}{where}: YAML syntax error: {problem}") from None
-        if raw is None:
-            raw = {}
-        if not isinstance(raw, dict):
-            raise NmtError(f"{path}: a recipe is a mapping of sections, not a {type(raw).__name__}")
+        raw = _with_base(path, _read_recipe(path), (path.resolve(),))
         raw.setdefault("name", path.stem)
         override_values = parse_overrides(overrides)
         return cls.from_dict(raw, overrides=override_values, source=path)
@@ -640,6 +624,56 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
 
 
 # -------------------------------------------------------------------- internals
+
+
+def _read_recipe(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise NmtError(f"{path}: recipe file not found") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise NmtError(f"{path}: cannot read recipe: {error}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
+        problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+        raise NmtError(f"{path}{where}: YAML syntax error: {problem}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise NmtError(f"{path}: a recipe is a mapping of sections, not a {type(raw).__name__}")
+    return raw
+
+
+def _with_base(path: Path, raw: dict, chain: tuple[Path, ...]) -> dict:
+    """`raw` over the recipe its `base` key names (a file relative to `path`'s folder; bases
+    may have bases), section by section: what a recipe sets replaces what its base sets. The
+    base's own `data.root` stays relative to the base's folder."""
+    if "base" not in raw:
+        return raw
+    base = raw.pop("base")
+    if not isinstance(base, str) or not base.strip():
+        raise NmtError(f"{path}: base must name a recipe file, not {base!r}")
+    base_path = path.parent / base
+    if base_path.resolve() in chain:
+        raise NmtError(f"{path}: base {base}: the recipes name each other as bases")
+    if not base_path.is_file():
+        raise NmtError(f"{path}: base {base}: recipe file {base_path} not found")
+    parent = _with_base(base_path, _read_recipe(base_path), (*chain, base_path.resolve()))
+    parent.pop("name", None)  # a run is named by its own recipe (or that file's name)
+    _record(Recipe, parent, "", "file", {}, str(base_path))  # its unknown keys, named there
+    data = parent.get("data")
+    if isinstance(data, dict) and isinstance(data.get("root"), str):
+        data["root"] = str((base_path.parent / Path(data["root"]).expanduser()).resolve())
+    merged = _nested_copy(parent)
+    for key, value in raw.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
 
 
 def _nested_copy(raw: Any) -> Any:

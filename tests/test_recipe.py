@@ -1,9 +1,12 @@
+import re
 from pathlib import Path
 
 import pytest
 
 from nmt.errors import NmtError
 from nmt.recipe import Recipe
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -112,3 +115,70 @@ def test_every_key_is_documented_in_the_readme():
     readme = (Path(__file__).parent.parent / "README.md").read_text(encoding="utf-8")
     hint = "regenerate it with nmt.recipe.reference_markdown()"
     assert reference_markdown() in readme, hint
+
+
+def test_a_recipe_over_its_base(tmp_path):
+    """`base:` names a recipe file (relative to the recipe's folder) whose sections the recipe
+    changes key by key; bases may have bases; the base's data.root is relative to its own
+    folder; the run is named by the recipe's file, not the base's name."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    (shared / "corpus").mkdir()
+    (shared / "root.yaml").write_text("name: root\nseed: 7\ndata: {root: corpus, max_len: 50}\n")
+    (shared / "base.yaml").write_text(
+        "base: root.yaml\nmodel: {hidden_size: 32, dropout: 0.4}\ntrain: {lr: 0.002}\n"
+    )
+    (tmp_path / "child.yaml").write_text(
+        "base: shared/base.yaml\nmodel: {dropout: 0.1}\ndata: {src_lang: fr}\n"
+    )
+    recipe = Recipe.load(tmp_path / "child.yaml")
+    assert recipe.name == "child" and recipe.seed == 7
+    assert (recipe.model.hidden_size, recipe.model.dropout) == (32, 0.1)
+    assert (recipe.data.max_len, recipe.data.src_lang, recipe.train.lr) == (50, "fr", 0.002)
+    assert recipe.data.root == str(shared / "corpus")
+    assert "\nbase:" not in "\n" + recipe.to_yaml()  # a run's copy stands on its own
+
+
+@pytest.mark.parametrize(
+    "files, message",
+    [
+        ({"a.yaml": "base: missing.yaml\n"}, "a.yaml: base missing.yaml: recipe file"),
+        ({"a.yaml": "base: b.yaml\n", "b.yaml": "base: a.yaml\n"}, "name each other as bases"),
+        ({"a.yaml": "base: a.yaml\n"}, "name each other as bases"),
+        ({"a.yaml": "base: [1]\n"}, "base must name a recipe file"),
+        ({"a.yaml": "base: b.yaml\n", "b.yaml": "model: {hiden_size: 3}\n"}, "b.yaml: unknown key"),
+        ({"a.yaml": "base: b.yaml\n", "b.yaml": "model: [\n"}, "b.yaml:2:1: YAML syntax error"),
+    ],
+)
+def test_a_bad_base_is_one_error_naming_the_file(tmp_path, files, message):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text)
+    with pytest.raises(NmtError, match=re.escape(message)):
+        Recipe.load(tmp_path / "a.yaml")
+
+
+def test_the_six_multi30k_recipes_differ_only_in_direction():
+    recipes = {
+        path.stem: Recipe.load(path).to_dict()
+        for path in sorted((ROOT / "recipes").glob("multi30k_*_*.yaml"))
+        if path.stem != "multi30k_base"
+    }
+    assert set(recipes) == {
+        f"multi30k_{s}_{t}"
+        for s, t in (("de", "en"), ("en", "de"), ("en", "fr"), ("fr", "en"), ("en", "cs"), ("cs", "en"))
+    }  # fmt: skip
+    for name, recipe in recipes.items():
+        _, source, target = name.split("_")
+        assert (recipe["data"]["src_lang"], recipe["data"]["tgt_lang"]) == (source, target)
+        for section in recipe:
+            if section != "name":
+                neutral = dict(recipe[section]) if isinstance(recipe[section], dict) else None
+                if neutral is not None and section == "data":
+                    neutral.pop("src_lang"), neutral.pop("tgt_lang")
+                first = recipes["multi30k_de_en"][section]
+                expected = (
+                    {k: v for k, v in first.items() if k not in ("src_lang", "tgt_lang")}
+                    if section == "data"
+                    else first
+                )
+                assert (neutral if neutral is not None else recipe[section]) == expected, section
