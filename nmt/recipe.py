@@ -107,13 +107,15 @@ class TokenizerConfig:
         "SentencePiece's sampling, seeded by the recipe's seed and the epoch. Unigram: the "
         "smoothing α of the sampled segmentations' probabilities (small α: more varied; 0.1–0.5 "
         "are common); BPE: the BPE-dropout rate (Provilkov et al., 2020; 0.1 is common). "
-        "Validation and translation segment deterministically. 0: off.",
+        "Validation and translation segment deterministically. Each epoch's segmentation is "
+        "held in memory (8 bytes per subword of the training data) and made on one thread "
+        "(SentencePiece's samples are reproducible only so). 0: off.",
         min=0.0,
         max=1.0,
     )
     sampling_nbest: int = option(
         -1,
-        "Unigram sampling draws from the n best segmentations; -1: from all of them.",
+        "Unigram sampling draws from the n best segmentations (2 or more); -1: from all of them.",
         min=-1,
     )
 
@@ -193,9 +195,10 @@ class ModelConfig:
     locked_dropout: bool = option(
         False,
         "Variational dropout (Gal & Ghahramani, 2016): the dropout masks of the recurrent "
-        "layers' inputs (the embeddings) and outputs (the encoder's states, which it then also "
+        "network's inputs (the embeddings) and outputs (the encoder's states, which it then also "
         "drops, and the decoder's attentional vectors) are drawn once per sentence and shared "
-        "by all its time steps, not drawn anew at each step. Same `dropout` rate.",
+        "by all its time steps, not drawn anew at each step. Same `dropout` rate; between "
+        "stacked layers dropout stays per step.",
     )
     source_word_dropout: float = option(
         0.0,
@@ -491,6 +494,18 @@ class Recipe:
 
     def check(self, where: str) -> None:
         """Rules that span several keys."""
+        tokenizer = self.tokenizer
+        if tokenizer.sampling_alpha and tokenizer.sampling_nbest in (0, 1):
+            raise NmtError(
+                f"{where}: tokenizer.sampling_nbest {tokenizer.sampling_nbest} leaves "
+                f"SentencePiece nothing to sample from; use -1 (all) or 2 or more"
+            )
+        if tokenizer.type == "bpe" and tokenizer.sampling_alpha > 0.5:
+            raise NmtError(
+                f"{where}: tokenizer.sampling_alpha {tokenizer.sampling_alpha} would drop most "
+                f"BPE merges (training on near-characters, translating on subwords); use at "
+                f"most 0.5 (0.1 is common)"
+            )
         model = self.model
         if model.score == "dot" and model.memory_size != model.decoder_hidden_size:
             raise NmtError(
@@ -663,7 +678,8 @@ def _with_base(path: Path, raw: dict, chain: tuple[Path, ...]) -> dict:
         raise NmtError(f"{path}: base {base}: recipe file {base_path} not found")
     parent = _with_base(base_path, _read_recipe(base_path), (*chain, base_path.resolve()))
     parent.pop("name", None)  # a run is named by its own recipe (or that file's name)
-    _record(Recipe, parent, "", "file", {}, str(base_path))  # its unknown keys, named there
+    _record(Recipe, parent, "", "file", {}, str(base_path))  # its mistakes, named there:
+    _build(Recipe, _nested_copy(parent), "", str(base_path), {})  # unknown keys, bad values
     data = parent.get("data")
     if isinstance(data, dict) and isinstance(data.get("root"), str):
         data["root"] = str((base_path.parent / Path(data["root"]).expanduser()).resolve())

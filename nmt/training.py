@@ -220,7 +220,7 @@ class _Run:
         self.saved_at = _position(progress) if resumed else None  # where `last` stands
         self.rate = learning_rate(self.config, max(progress.step, 1), progress.plateau_decays)
         self.window_start = time.perf_counter()
-        # Computed once: the lengths are a pass over the whole corpus's offsets.
+        # Computed once (per epoch with subword sampling): a pass over the corpus's offsets.
         self.source_lengths = self.train_data.src_lengths
         self.target_lengths = self.train_data.tgt_lengths
         self.deterministic_data = self.train_data  # what subword sampling resegments
@@ -326,7 +326,7 @@ class _Run:
             self.deterministic_data,
             self.tokenizer,
             tokenizer.sampling_alpha,
-            tokenizer.sampling_nbest,
+            -1 if tokenizer.type == "bpe" else tokenizer.sampling_nbest,  # BPE: no n best
             (self.recipe.seed * 100_003 + self.progress.epoch) % 2**32,
             self.recipe.data.max_len,
         )

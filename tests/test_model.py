@@ -191,3 +191,44 @@ def test_locked_dropout_draws_one_mask_per_sentence(locked):
         constant = bool((zero == zero[:, :1]).all())
         assert zero.any(), name
         assert constant == locked, name
+
+
+def test_word_dropout_reaches_the_embeddings_in_training_and_not_in_eval():
+    from nmt.data.subwords import UNK
+
+    model = tiny_model(vocab=40, source_word_dropout=0.5, target_word_dropout=0.5)
+    source = torch.randint(4, 40, (64, 20))
+    source[:, -1] = EOS
+    target_in = torch.randint(4, 40, (64, 15))
+    target_in[:, 0] = BOS
+    kept = target_in.clone()
+    seen = []
+    hooks = [
+        embedding.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+        for embedding in (model.source_embedding, model.target_embedding)
+    ]
+    torch.manual_seed(0)
+    model.train()
+    model(source, torch.full((64,), 20), target_in)
+    model.eval()
+    model(source, torch.full((64,), 20), target_in)
+    for hook in hooks:
+        hook.remove()
+    trained_source, trained_target, eval_source, eval_target = seen
+    for ids in (trained_source, trained_target):
+        share = (ids == UNK).float().mean().item()
+        assert 0.4 < share < 0.6
+    assert (trained_source[:, -1] == EOS).all() and (trained_target[:, 0] == BOS).all()
+    assert torch.equal(eval_source, source) and torch.equal(eval_target, target_in)
+    assert torch.equal(target_in, kept)  # the batch's own tensors are not changed in place
+
+
+def test_locked_dropout_is_off_in_eval():
+    torch.manual_seed(2)
+    locked = tiny_model(vocab=20, dropout=0.5, locked_dropout=True)
+    plain = tiny_model(vocab=20, dropout=0.5)
+    plain.load_state_dict(locked.state_dict())
+    source = torch.tensor([[5, 6, 7, EOS]])
+    target_in = torch.tensor([[BOS, 8, 9]])
+    outputs = [m.eval()(source, torch.tensor([4]), target_in)[0] for m in (locked, plain)]
+    assert torch.equal(*outputs)

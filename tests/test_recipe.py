@@ -148,6 +148,10 @@ def test_a_recipe_over_its_base(tmp_path):
         ({"a.yaml": "base: [1]\n"}, "base must name a recipe file"),
         ({"a.yaml": "base: b.yaml\n", "b.yaml": "model: {hiden_size: 3}\n"}, "b.yaml: unknown key"),
         ({"a.yaml": "base: b.yaml\n", "b.yaml": "model: [\n"}, "b.yaml:2:1: YAML syntax error"),
+        (
+            {"a.yaml": "base: b.yaml\n", "b.yaml": "model: {dropout: 2.0}\n"},
+            "b.yaml: model.dropout",
+        ),
     ],
 )
 def test_a_bad_base_is_one_error_naming_the_file(tmp_path, files, message):
@@ -182,3 +186,17 @@ def test_the_six_multi30k_recipes_differ_only_in_direction():
                     else first
                 )
                 assert (neutral if neutral is not None else recipe[section]) == expected, section
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["tokenizer.sampling_alpha=0.1", "tokenizer.sampling_nbest=1"], "sampling_nbest 1"),
+        (["tokenizer.sampling_alpha=0.1", "tokenizer.sampling_nbest=0"], "sampling_nbest 0"),
+        (["tokenizer.type=bpe", "tokenizer.sampling_alpha=0.6"], "at most 0.5"),
+    ],
+)
+def test_subword_sampling_settings_that_cannot_work(tmp_path, overrides, message):
+    (tmp_path / "r.yaml").write_text("data: {root: .}\n")
+    with pytest.raises(NmtError, match=message):
+        Recipe.load(tmp_path / "r.yaml", overrides)

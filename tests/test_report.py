@@ -386,3 +386,22 @@ def test_html_report_with_markup_in_every_field_runs_no_script_in_chromium(tmp_p
     for value in texts[:-1]:
         assert value in shown, value  # each shows literally, as text
     assert "Uncaught" not in result.stderr and "CONSOLE" not in result.stderr
+
+
+def test_lowercasing_reaches_the_paired_test_the_breakdown_and_the_worst_sentences():
+    from nmt.scoring.metrics import ScoreOptions
+    from nmt.scoring.report import build_report
+
+    upper = [line.upper() for line in REFERENCES]
+    report = build_report(
+        {"upper": upper, "same": REFERENCES},
+        [REFERENCES],
+        SOURCES,
+        samples=20,
+        options=ScoreOptions(lowercase=True),
+    )
+    system = report["systems"]["upper"]
+    assert all(row["bleu"] == 100.0 for row in system["by_source_length"])
+    assert system["worst"] == []  # perfect once lowercased: none listed
+    assert {s["score"] for s in report["comparison"]["scores"]} == {100.0}
+    assert "case:lc" in report["comparison"]["signatures"]["BLEU"]

@@ -478,27 +478,37 @@ def test_a_resumed_run_knows_which_step_its_last_checkpoint_holds(
         )
 
 
-def test_subword_sampling_segments_each_epoch_anew_and_validation_does_not(tiny_recipe, tmp_path):
+def test_subword_sampling_segments_each_epoch_anew_and_validation_does_not(
+    tiny_recipe, tmp_path, monkeypatch
+):
     """With tokenizer.sampling_alpha each epoch's training pairs are segmented by sampling,
     seeded by the epoch (the same epoch twice: the same segmentation), the pairs themselves
-    unchanged (their text decodes back); the dev set keeps its deterministic segmentation."""
+    unchanged (their text decodes back, through the rows filtering kept, chunk by chunk); the
+    dev set keeps its deterministic segmentation."""
+    import nmt.data.corpus as corpus
     from nmt.data.corpus import sample_split
     from nmt.data.prepare import prepare_data
 
-    recipe = Recipe.load(tiny_recipe, ["tokenizer.sampling_alpha=0.2"])
-    train_text, _, tokenizer, fixed, _ = prepare_data(recipe, tmp_path / "run")
+    monkeypatch.setattr(corpus, "CHUNK_LINES", 7)  # many chunks, in encoding and in sampling
+    recipe = Recipe.load(tiny_recipe, ["tokenizer.sampling_alpha=0.2", "data.max_len=5"])
+    train_text, dev_text, tokenizer, fixed, dev = prepare_data(recipe, tmp_path / "run")
+    assert len(fixed) < len(train_text.dataset)  # filtering dropped pairs: rows matter
+    assert not np.array_equal(fixed.rows, np.arange(len(fixed)))
+    assert [dev.target(i).tolist() for i in range(len(dev))] == tokenizer.encode_target(
+        dev_text.targets
+    )
     epochs = [sample_split(train_text, fixed, tokenizer, 0.2, -1, seed, 100) for seed in (1, 2, 1)]
     assert np.array_equal(epochs[0].tgt_values, epochs[2].tgt_values)  # seeded
     assert not np.array_equal(epochs[0].tgt_values, epochs[1].tgt_values)
     assert not np.array_equal(epochs[0].tgt_values, fixed.tgt_values)
-    targets = train_text.targets
+    sources, targets = train_text.sources, train_text.targets
     for i in range(len(fixed)):
         for sampled in epochs:
             assert tokenizer.decode_target(sampled.target(i).tolist()) == targets[fixed.rows[i]]
+            assert tokenizer.source.decode(sampled.source(i).tolist()) == sources[fixed.rows[i]]
     # A sample longer than max_len keeps the deterministic segmentation.
-    short = sample_split(train_text, fixed, tokenizer, 0.01, -1, 1, int(fixed.src_lengths.max()))
-    assert short.src_lengths.max() <= fixed.src_lengths.max()
-    assert (short.src_lengths <= int(fixed.src_lengths.max())).all()
+    short = sample_split(train_text, fixed, tokenizer, 0.01, -1, 1, 5)
+    assert (short.src_lengths <= 5).all() and (short.tgt_lengths <= 5).all()
     # BPE: BPE-dropout.
     bpe = Recipe.load(tiny_recipe, ["tokenizer.type=bpe", "tokenizer.sampling_alpha=0.1"])
     text, _, bpe_tokenizer, bpe_fixed, _ = prepare_data(bpe, tmp_path / "bpe")
@@ -515,3 +525,28 @@ def test_a_regularised_run_translates_deterministically(tiny_recipe, tmp_path):
     assert [h.text for h in translator.translate(lines)] == [
         h.text for h in translator.translate(lines)
     ]
+
+
+def test_each_epoch_is_resegmented_with_its_own_seed_and_a_resumed_one_with_the_same(
+    tiny_recipe, tmp_path, monkeypatch
+):
+    import nmt.training as training
+
+    seen: list[tuple[str, int]] = []
+    real = training.sample_split
+
+    def recording(split, encoded, tokenizer, alpha, nbest, seed, max_len):
+        seen.append((run_name, seed))
+        return real(split, encoded, tokenizer, alpha, nbest, seed, max_len)
+
+    monkeypatch.setattr(training, "sample_split", recording)
+    options = [*STEPS, "tokenizer.sampling_alpha=0.3", "train.batch_tokens=4000"]  # 3 epochs
+    run_name = "straight"
+    train(Recipe.load(tiny_recipe, options), tmp_path / "straight")
+    straight = [seed for name, seed in seen if name == "straight"]
+    assert len(straight) == 3 and len(set(straight)) == 3  # one segmentation per epoch
+    run_name = "halves"
+    train(Recipe.load(tiny_recipe, [*options, "train.max_steps=4"]), tmp_path / "halves")
+    train(Recipe.load(tiny_recipe, options), tmp_path / "halves", resume=True)
+    halves = [seed for name, seed in seen if name == "halves"]
+    assert halves == straight[:2] + straight[1:]  # epoch 2 again after the resume, as before

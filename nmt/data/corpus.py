@@ -403,26 +403,40 @@ def sample_split(
     max_len: int,
 ) -> EncodedSplit:
     """The pairs of `encoded` (as filtering kept them) segmented anew by SentencePiece's
-    sampling (`Tokenizer.encode_sampled`), in memory, for one epoch of subword regularisation. A
-    side whose sample is longer than `max_len`, or empty, keeps its deterministic segmentation,
-    so the pairs and their bounds stay those of `encoded`."""
-    table = split.dataset.data.table.take(np.asarray(encoded.rows))
-    sources, targets = tokenizer.encode_sampled(
-        table.column("src").to_pylist(), table.column("tgt").to_pylist(), alpha, nbest, seed
-    )
-    arrays: dict[str, np.ndarray] = {"rows": np.asarray(encoded.rows)}
-    for side, sampled, fixed in (
-        ("src", sources, encoded.source),
-        ("tgt", targets, encoded.target),
-    ):
-        chosen = [
-            np.asarray(ids, dtype=np.int32) if 0 < len(ids) <= max_len else fixed(i)
-            for i, ids in enumerate(sampled)
-        ]
-        lengths = np.fromiter(map(len, chosen), dtype=np.int64, count=len(chosen))
-        arrays[f"{side}_offsets"] = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    sampling (`Tokenizer.encode_sampled`) for one epoch of subword regularisation, CHUNK_LINES
+    pairs at a time (chunk k seeded by `seed` and k), into arrays in memory. A side whose sample
+    is longer than `max_len`, or empty, keeps its deterministic segmentation, so the pairs and
+    their bounds stay those of `encoded`."""
+    rows = np.asarray(encoded.rows)
+    parts: dict[str, list[np.ndarray]] = {"src": [], "tgt": []}
+    lengths: dict[str, list[np.ndarray]] = {"src": [], "tgt": []}
+    table = split.dataset.data.table
+    for chunk, start in enumerate(range(0, len(rows), CHUNK_LINES)):
+        part = table.take(rows[start : start + CHUNK_LINES])
+        sampled = tokenizer.encode_sampled(
+            part.column("src").to_pylist(),
+            part.column("tgt").to_pylist(),
+            alpha,
+            nbest,
+            (seed * 1_000_003 + chunk) % 2**32,
+        )
+        for side, ids_list, fixed in zip(("src", "tgt"), sampled, (encoded.source, encoded.target)):
+            chosen = [
+                ids if 0 < len(ids) <= max_len else fixed(start + i).tolist()
+                for i, ids in enumerate(ids_list)
+            ]
+            lengths[side].append(np.fromiter(map(len, chosen), np.int64, count=len(chosen)))
+            parts[side].append(
+                np.fromiter(
+                    chain.from_iterable(chosen), np.int32, count=int(lengths[side][-1].sum())
+                )
+            )
+    arrays: dict[str, np.ndarray] = {"rows": rows}
+    for side in ("src", "tgt"):
+        counts = np.concatenate(lengths[side]) if lengths[side] else np.zeros(0, np.int64)
+        arrays[f"{side}_offsets"] = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         arrays[f"{side}_values"] = (
-            np.concatenate(chosen).astype(np.int32) if chosen else np.zeros(0, np.int32)
+            np.concatenate(parts[side]) if parts[side] else np.zeros(0, np.int32)
         )
     return EncodedSplit(**arrays)
 

@@ -70,7 +70,11 @@ class Tokenizer:
         spm.set_random_generator_seed(seed)
         return tuple(  # type: ignore[return-value]
             processor.encode(
-                lines, enable_sampling=True, alpha=alpha, nbest_size=nbest, num_threads=1
+                lines,
+                enable_sampling=True,
+                alpha=alpha,
+                nbest_size=nbest,
+                num_threads=1,
             )
             for processor, lines in ((self.source, sources), (self.target, targets))
         )

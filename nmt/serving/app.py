@@ -292,6 +292,7 @@ def score(body: ScoreRequest) -> dict:  # a plain def: sacreBLEU's work runs in 
         references = [references]  # type: ignore[list-item]
     _check_score(systems, references, body)  # type: ignore[arg-type]
     try:
+        options = ScoreOptions(body.lowercase, body.tokenize)  # refused before waiting
         with _SCORING:  # one report at a time: the rest wait in the thread pool
             return build_report(
                 systems,
@@ -299,7 +300,7 @@ def score(body: ScoreRequest) -> dict:  # a plain def: sacreBLEU's work runs in 
                 body.sources,
                 samples=body.samples,
                 worst=body.worst,
-                options=ScoreOptions(body.lowercase, body.tokenize),
+                options=options,
             )
     except NmtError as error:
         raise _from_nmt_error(error, set(ScoreRequest.model_fields)) from None
