@@ -5,6 +5,7 @@ beam search on a test set, each with its BLEU, so no speed is bought with qualit
     python benchmarks/decode_speed.py RUN_DIR --src test.de --ref test.en --beams 1 5 --device cuda
     python benchmarks/decode_speed.py RUN_DIR --quantize int8 --shortlist 10
     python benchmarks/decode_speed.py RUN_DIR --beams 5 --stopping first   # beam search's fast rule
+    python benchmarks/decode_speed.py RUN_DIR --beams 5 --precision bf16   # bfloat16 products
 
 By default the test set is SPLIT.SRC / SPLIT.TGT in the run's data.root. The last line printed is
 a one-line summary.
@@ -22,6 +23,8 @@ import torch
 from nmt import Recipe, Translator
 from nmt.data.corpus import read_lines
 from nmt.scoring.metrics import corpus_bleu
+
+from hardware import describe, rates_line
 
 
 def main() -> None:
@@ -48,6 +51,11 @@ def main() -> None:
         help="frequent target tokens in the shortlist",
     )
     parser.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        help="bf16: bfloat16 matrix products (default: the run's decode.precision)",
+    )
+    parser.add_argument(
         "--stopping",
         choices=["exact", "first"],
         help="beam search's stopping rule (default: the run's decode.stopping)",
@@ -70,14 +78,19 @@ def main() -> None:
         shortlist=args.shortlist,
         shortlist_frequent=args.shortlist_frequent,
         stopping=args.stopping,
+        precision=args.precision,
         sample=False,
     )
     translator.translate(sources[:32], beam=1, **options)  # warm-up
+    print(describe(translator.device))
+    print(rates_line(translator.device))
     print(
         f"{len(sources)} sentences from {src}; device {translator.device}, "
         f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}; "
         f"model loaded in {load_s:.1f} s; stopping rule "
-        f"{args.stopping or translator.decode.stopping}"
+        f"{args.stopping or translator.decode.stopping}, precision "
+        f"{args.precision or translator.decode.precision}"
+        + (", int8 weights" if args.quantize else "")
     )
     summary = []
     for beam in args.beams:

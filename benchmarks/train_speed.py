@@ -5,6 +5,7 @@ achieved FLOP/s as a share of this device's measured matrix-multiply rate.
     python benchmarks/train_speed.py RECIPE [KEY=VALUE ...] --steps 50 --warmup 10 --device cuda
     python benchmarks/train_speed.py RECIPE --profile   # and where the time goes, by operator
     python benchmarks/train_speed.py RECIPE --compile both   # a torch.compile trial
+    python benchmarks/train_speed.py benchmarks/reference.yaml train.precision=bf16   # bfloat16
 
 It runs the real training update (nmt.training.Updater) on the recipe's batches, after a warm-up,
 in a temporary directory. FLOPs are counted from the model's shapes: 2 per multiply-add, forward
@@ -28,6 +29,8 @@ from nmt.optim import build_optimizer
 from nmt.recipe import ModelConfig, Recipe
 from nmt.data.prepare import prepare_data
 from nmt.training import Updater
+
+from hardware import describe, matmul_rate
 
 
 def forward_flops(
@@ -57,22 +60,6 @@ def forward_flops(
         + target_tokens * source_positions * per_position
     )
     return 2.0 * multiply_adds
-
-
-def matmul_rate(device: torch.device, size: int = 2048, repeats: int = 10) -> float:
-    """Measured dense fp32 matrix-multiply FLOP/s on this device."""
-    a = torch.randn(size, size, device=device)
-    b = torch.randn(size, size, device=device)
-    for _ in range(2):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
-    for _ in range(repeats):
-        a @ b
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return 2.0 * size**3 * repeats / (time.perf_counter() - started)
 
 
 def main() -> None:
@@ -173,10 +160,14 @@ def measure(
     if profiler is not None:
         profiler.__exit__(None, None, None)
         print(profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=20))
-    rate = matmul_rate(device)
+    precision = recipe.train.precision
+    low = precision == "bf16" or (precision == "fp16" and device.type == "cuda")
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    rate = matmul_rate(device, dtype if low else torch.float32)
+    print(describe(device))
     print(
-        f"{model.parameter_count:,} parameters on {device}, {torch.get_num_threads()} threads; "
-        f"{args.steps} updates after {args.warmup} warm-up"
+        f"{model.parameter_count:,} parameters on {device}, {torch.get_num_threads()} threads, "
+        f"train.precision {precision}; {args.steps} updates after {args.warmup} warm-up"
     )
     print(
         f"target tokens/s {target / seconds:,.0f}; source+target tokens/s "
@@ -185,7 +176,8 @@ def measure(
     print(
         f"model {flops / seconds / 1e9:.1f} GFLOP/s ({flops / target / 1e6:.1f} MFLOP per "
         f"target token, forward+backward) = {100 * flops / seconds / rate:.0f}% of the "
-        f"measured fp32 matmul rate {rate / 1e9:.0f} GFLOP/s"
+        f"measured {str(dtype if low else torch.float32).split('.')[-1]} matmul rate "
+        f"{rate / 1e9:.0f} GFLOP/s"
     )
     print(
         f"train_speed: {target / seconds:.0f} target tok/s, {(source + target) / seconds:.0f} "

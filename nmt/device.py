@@ -17,3 +17,21 @@ def pick_device(name: str = "auto") -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise NmtError(f"device {name!r}: CUDA is not available on this machine")
     return device
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_has_bf16() -> bool:
+    """Whether the CPU multiplies bfloat16 in hardware (Intel AMX, or AVX512-BF16 as on AMD Zen 4
+    and later), where bf16 matrix products run several times faster than float32."""
+    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})

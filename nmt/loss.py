@@ -56,14 +56,20 @@ class _FusedOutputLoss(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda", cast_inputs=torch.float32)  # under bf16/fp16 too
     def forward(ctx, hidden, weight, bias, targets, smoothing, rows):
+        # The products run in hidden's dtype: float32, or bfloat16 under CPU autocast (CUDA's
+        # autocast casts the inputs to float32 above); softmax, loss and the weight and bias
+        # gradients are summed in float32 whichever it is.
+        low = hidden.dtype in (torch.bfloat16, torch.float16)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden)
         grad_weight = torch.zeros_like(weight)
         grad_bias = torch.zeros_like(bias) if bias is not None else None
         vocab = weight.size(0)
+        weight_in = weight.to(hidden.dtype)  # once per batch, not per chunk
+        bias_in = bias.to(hidden.dtype) if bias is not None else None
         for start in range(0, hidden.size(0), rows):
             chunk, chunk_targets = hidden[start : start + rows], targets[start : start + rows]
-            logits = _logits(chunk, weight, bias)
+            logits = _logits(chunk, weight_in, bias_in)
             loss, lse = _chunk_loss(logits, chunk_targets, smoothing)
             total += loss.sum()
             # d loss / d logits, made in place of the logits: softmax − (1−ε)·onehot − ε/V
@@ -75,11 +81,14 @@ class _FusedOutputLoss(torch.autograd.Function):
                 chunk_targets.unsqueeze(1),
                 grad.new_full((len(chunk_targets), 1), smoothing - 1.0),
             )
-            grad = grad.to(hidden.dtype)
-            torch.mm(grad, weight, out=grad_hidden[start : start + rows])
-            grad_weight.addmm_(grad.t(), chunk)
             if grad_bias is not None:
                 grad_bias += grad.sum(dim=0)
+            grad = grad.to(hidden.dtype)
+            torch.mm(grad, weight_in, out=grad_hidden[start : start + rows])
+            if low:  # a bfloat16 product, summed in float32
+                grad_weight += torch.mm(grad.t(), chunk)
+            else:
+                grad_weight.addmm_(grad.t(), chunk)
         ctx.save_for_backward(
             grad_hidden, grad_weight, grad_bias if grad_bias is not None else torch.empty(0)
         )

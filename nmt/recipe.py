@@ -342,8 +342,9 @@ class TrainConfig:
     device: str = option("auto", "`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`.")
     precision: str = option(
         "fp32",
-        "`bf16` or `fp16` mixed precision on CUDA (autocast; fp16 "
-        "with loss scaling); CPU always trains in fp32.",
+        "`bf16`: mixed precision with bfloat16 autocast, on CUDA and on CPUs (fast where the "
+        "CPU has AMX or AVX512-BF16; emulated, slower than fp32, elsewhere), with float32 "
+        "weights, optimizer state and checkpoints; `fp16`: CUDA only, with loss scaling.",
         choices=("fp32", "bf16", "fp16"),
     )
     threads: int = option(0, "CPU threads for PyTorch (0: PyTorch's default).", min=0)
@@ -379,6 +380,13 @@ class DecodeConfig:
         choices=("exact", "first"),
     )
     batch_size: int = option(64, "Sentences translated together.", min=1)
+    precision: str = option(
+        "fp32",
+        "`bf16`: search with a bfloat16 copy of the model (log-probabilities and scores in "
+        "float32): faster on CPUs with AMX or AVX512-BF16 and on GPUs (benchmarks/README.md); "
+        "not with int8 weights.",
+        choices=("fp32", "bf16"),
+    )
     coverage_penalty: float = option(
         0.0,
         "GNMT coverage penalty β: adds β·Σ_i log(min(total "

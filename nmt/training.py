@@ -48,6 +48,7 @@ from nmt.data.batching import Batch, collate, make_batches
 from nmt.data.corpus import EncodedSplit, TextSplit, sample_split
 from nmt.data.prepare import prepare_data
 from nmt.data.subwords import JOINT_MODEL, PAD, SOURCE_MODEL, TARGET_MODEL, Tokenizer
+from nmt.device import cpu_has_bf16
 from nmt.distributed import Cluster
 from nmt.errors import NmtError, Terminated
 from nmt.files import atomic_write_text, sha256_file
@@ -550,10 +551,16 @@ class Updater:
             TrainingLoss(model, config.label_smoothing), cluster, device
         )
         self.device_type = device.type
-        self.mixed = device.type == "cuda" and config.precision != "fp32"
-        if config.precision != "fp32" and not self.mixed:
+        # bf16 autocast on CUDA and on CPUs; fp16 (with its loss scaling) on CUDA only.
+        self.mixed = config.precision == "bf16" or (
+            device.type == "cuda" and config.precision == "fp16"
+        )
+        if config.precision == "fp16" and not self.mixed:
+            log.warning("train.precision=fp16 needs CUDA; training in fp32 on %s", device)
+        if self.mixed and device.type == "cpu" and not cpu_has_bf16():
             log.warning(
-                "train.precision=%s needs CUDA; training in fp32 on %s", config.precision, device
+                "train.precision=bf16: this CPU has no bfloat16 instructions (AMX or "
+                "AVX512-BF16); PyTorch emulates them, slower than fp32"
             )
         self.dtype = torch.bfloat16 if config.precision == "bf16" else torch.float16
         self.scaler = torch.amp.GradScaler(

@@ -32,3 +32,25 @@ def test_fused_loss_equals_cross_entropy(monkeypatch, smoothing, with_bias):
         assert output_loss(hidden, weight, bias, targets, smoothing).item() == pytest.approx(
             expected.item(), rel=1e-6
         )
+
+
+def test_fused_loss_in_bfloat16_tracks_float32(monkeypatch):
+    """Under CPU autocast the hidden states arrive in bfloat16: the products run in bf16, the
+    softmax, loss and weight gradient are summed in float32. Tolerance: 1% on the loss, 2% on
+    each gradient's norm of difference (bf16 keeps 8 bits of mantissa)."""
+    monkeypatch.setattr(nmt.loss, "CHUNK_BYTES", 4 * 300 * 16)  # several chunks
+    torch.manual_seed(0)
+    hidden = torch.randn(70, 32, requires_grad=True)
+    weight = (0.2 * torch.randn(300, 32)).requires_grad_()
+    bias = torch.randn(300, requires_grad=True)
+    targets = torch.randint(0, 300, (70,))
+    expected = output_loss(hidden, weight, bias, targets, 0.1)
+    expected_grads = torch.autograd.grad(expected, [hidden, weight, bias])
+    low = hidden.detach().to(torch.bfloat16).requires_grad_()
+    ours = output_loss(low, weight, bias, targets, 0.1)
+    grads = torch.autograd.grad(ours, [low, weight, bias])
+    assert ours.dtype == torch.float32
+    assert ours.item() == pytest.approx(expected.item(), rel=1e-2)
+    assert [g.dtype for g in grads] == [torch.bfloat16, torch.float32, torch.float32]
+    for mine, reference in zip(grads, expected_grads):
+        assert ((mine.float() - reference).norm() / reference.norm()).item() < 0.02
