@@ -33,7 +33,8 @@ def describe(device: torch.device) -> str:
     features = [f for f in FEATURES if f in cpu_flags()] or ["none of " + ", ".join(FEATURES)]
     return (
         f"CPU {cpu_model()}; PyTorch capability {torch.backends.cpu.get_cpu_capability()}; "
-        f"bf16 in hardware: {'yes' if cpu_has_bf16() else 'no'} ({' '.join(features)})"
+        f"bf16 in hardware: {({True: 'yes', False: 'no', None: 'unknown'})[cpu_has_bf16()]} "
+        f"({' '.join(features)})"
     )
 
 

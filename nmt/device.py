@@ -20,18 +20,23 @@ def pick_device(name: str = "auto") -> torch.device:
 
 
 def cpu_flags() -> set[str]:
-    """The CPU's feature flags as Linux lists them (empty elsewhere)."""
+    """The CPU's feature flags as Linux lists them (x86 `flags`, Arm `Features`); empty where
+    the system does not say."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as info:
             for line in info:
-                if line.startswith("flags"):
+                if line.startswith(("flags", "Features")):
                     return set(line.split(":", 1)[1].split())
     except OSError:
         pass
     return set()
 
 
-def cpu_has_bf16() -> bool:
-    """Whether the CPU multiplies bfloat16 in hardware (Intel AMX, or AVX512-BF16 as on AMD Zen 4
-    and later), where bf16 matrix products run several times faster than float32."""
-    return bool(cpu_flags() & {"amx_bf16", "avx512_bf16"})
+def cpu_has_bf16() -> bool | None:
+    """Whether the CPU multiplies bfloat16 in hardware (Intel AMX, AVX512-BF16 as on AMD Zen 4
+    and later, Arm's BF16 extension), where bf16 matrix products run several times faster than
+    float32; None where the system does not say."""
+    flags = cpu_flags()
+    if not flags:
+        return None
+    return bool(flags & {"amx_bf16", "avx512_bf16", "bf16"})

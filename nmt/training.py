@@ -535,7 +535,7 @@ class _Run:
 
 class Updater:
     """One optimizer update over a group of batches (gradient accumulation), with mixed
-    precision on CUDA when the recipe asks for it."""
+    precision when the recipe asks for it (bf16 on CUDA and CPUs, fp16 on CUDA)."""
 
     def __init__(
         self,
@@ -557,7 +557,7 @@ class Updater:
         )
         if config.precision == "fp16" and not self.mixed:
             log.warning("train.precision=fp16 needs CUDA; training in fp32 on %s", device)
-        if self.mixed and device.type == "cpu" and not cpu_has_bf16():
+        if self.mixed and device.type == "cpu" and cpu_has_bf16() is False:
             log.warning(
                 "train.precision=bf16: this CPU has no bfloat16 instructions (AMX or "
                 "AVX512-BF16); PyTorch emulates them, slower than fp32"

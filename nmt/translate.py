@@ -61,6 +61,7 @@ class Translator:
         self._lexicon = lexicon
         self.quantized = False  # int8 weights (from_runs with quantize="int8")
         self._bf16_model: Seq2Seq | Ensemble | None = None  # for `precision: bf16`
+        self._bf16_version = -1  # the model's weights' version the copy was made from
 
     @classmethod
     def from_run(
@@ -285,18 +286,28 @@ class Translator:
                 )
         return settings
 
-    def _bfloat16(self) -> Seq2Seq | Ensemble:
-        """A bfloat16 copy of the model, made on first use: its matrix products run in bf16
-        (several times faster on CPUs with AMX or AVX512-BF16), each step's logits turn float32
-        before the log-softmax, so search scores are summed in float32. A copy rather than
-        autocast, which would convert the weights again at every step."""
-        if self._bf16_model is None:
-            if self.device.type == "cpu" and not cpu_has_bf16():
+    def searched_model(self, settings: DecodeConfig) -> Seq2Seq | Ensemble:
+        """The model search uses for `settings`: the model, or with `precision: bf16` a
+        bfloat16 copy of it, made on first use and again once the model's weights have changed.
+        Its matrix products run in bf16 (several times faster on CPUs with AMX or AVX512-BF16);
+        each step's logits and attention turn float32, so scores are summed in float32. A copy
+        rather than autocast, which would convert the weights again at every step."""
+        if settings.precision != "bf16":
+            return self.model
+        if self.quantized:
+            raise NmtError(
+                "option: precision bf16 and int8 weights (--quantize int8) are two ways to "
+                "speed up search; choose one"
+            )
+        version = sum(p._version for p in self.model.parameters())  # bumped by every update
+        if self._bf16_model is None or self._bf16_version != version:
+            if self.device.type == "cpu" and cpu_has_bf16() is False:
                 log.warning(
                     "precision bf16: this CPU has no bfloat16 instructions (AMX or "
                     "AVX512-BF16); PyTorch emulates them, slower than fp32"
                 )
             self._bf16_model = copy.deepcopy(self.model).to(torch.bfloat16).eval()
+            self._bf16_version = version
         return self._bf16_model
 
     def _check_memory(self, settings: DecodeConfig, nbest: int, sentences: int) -> None:
@@ -385,7 +396,7 @@ class Translator:
         source_ids = self._limit(self.tokenizer.encode_source(list(sources)))
         target_ids = self.tokenizer.encode_target(list(targets))
         results: list[Hypothesis] = []
-        model: AnyDecodable = self.model
+        model: AnyDecodable = self.searched_model(settings)  # as search would: bf16 alike
         for start in range(0, len(sources), settings.batch_size):
             chunk_targets = target_ids[start : start + settings.batch_size]
             source, lengths = pad_sources(source_ids[start : start + settings.batch_size])
@@ -462,7 +473,7 @@ class Translator:
         keep_steps: bool = False,
     ) -> list[list[Hypothesis]]:
         source, lengths = pad_sources(sources)
-        model: AnyDecodable = self._bfloat16() if settings.precision == "bf16" else self.model
+        model: AnyDecodable = self.searched_model(settings)
         encoded: EncodedSource = model.encode(source.to(self.device), lengths)
         max_lengths = length_limits(settings, lengths)
         prefix = None

@@ -570,18 +570,36 @@ def test_bf16_training_on_a_cpu_tracks_fp32_and_keeps_fp32_checkpoints(tiny_reci
 
 
 def test_bf16_translation_is_a_bfloat16_copy_and_refuses_int8(tiny_recipe, tmp_path):
+    """precision bf16 searches (and force-decodes) with a bfloat16 copy made on first use and
+    again after the weights change; scores, attention and coverage stay float32; every search
+    kind works with it; int8 weights are refused."""
     run = tmp_path / "run"
     train(Recipe.load(tiny_recipe, STEPS), run)
     translator = Translator.from_run(run)
     lines = ["drei", "am vierten Mai", "siebzehn Katzen"]
     fp32 = translator.nbest(lines, nbest=2, beam=3)
-    bf16 = translator.nbest(lines, nbest=2, beam=3, precision="bf16")
+    assert translator._bf16_model is None
+    bf16 = translator.nbest(lines, nbest=2, beam=3, precision="bf16", keep_attention=True)
+    copy = translator._bf16_model
+    assert {p.dtype for p in copy.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in translator.model.parameters()} == {torch.float32}  # untouched
-    assert {p.dtype for p in translator._bfloat16().parameters()} == {torch.bfloat16}
-    for a, b in zip(fp32, bf16):  # scores in float32, close to fp32's (bf16 products)
-        assert isinstance(b[0].score, float)
-        if a[0].tokens == b[0].tokens:
-            assert b[0].log_prob == pytest.approx(a[0].log_prob, rel=0.05, abs=0.05)
+    assert [h.log_prob for hyps in bf16 for h in hyps] != [
+        h.log_prob for hyps in fp32 for h in hyps
+    ]
+    assert all(h.attention.dtype == torch.float32 for hyps in bf16 for h in hyps)
+    for options in (dict(beam=1), dict(beam=3, coverage_penalty=0.2), dict(beam=3, shortlist=5),
+                    dict(sample=True, nbest=2)):  # fmt: skip
+        found = translator.nbest(lines, precision="bf16", **options)
+        assert all(isinstance(h.score, float) for hyps in found for h in hyps), options
+    forced = translator.force(lines, [h[0].text for h in bf16], precision="bf16", beam=3)
+    # bf16 rounds with the batch's shape (force's batch is not search's): close, not equal.
+    assert [f.log_prob for f in forced] == pytest.approx([h[0].log_prob for h in bf16], rel=0.1)
+    forced_fp32 = translator.force(lines, [h[0].text for h in bf16], beam=3)
+    assert [f.log_prob for f in forced] != [f.log_prob for f in forced_fp32]  # bf16 was used
+    with torch.no_grad():  # the weights change: a new copy
+        next(translator.model.parameters()).add_(0.01)
+    translator.translate(lines, precision="bf16")
+    assert translator._bf16_model is not copy
     quantized = Translator.from_run(run, quantize="int8")
     with pytest.raises(NmtError, match="choose one"):
         quantized.translate(lines, precision="bf16")

@@ -128,7 +128,8 @@ class Seq2Seq(nn.Module):
         output = self.output if encoded.output is None else encoded.output
         # (N, V), in float32 even under autocast
         log_probs = torch.log_softmax(output(attentional.squeeze(1)).float(), dim=-1)
-        return log_probs, state, weights.squeeze(1)
+        # Attention in float32 too: coverage sums it over steps (a bf16 sum stops growing).
+        return log_probs, state, weights.squeeze(1).float()
 
     def forward(
         self, source: torch.Tensor, source_lengths: torch.Tensor, target_in: torch.Tensor

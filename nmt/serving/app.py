@@ -146,6 +146,7 @@ def create_app(
         ) from None
     if translator.decode.shortlist:  # loaded (or built) now, not in the first request's search
         translator.lexicon  # noqa: B018 (a property that loads)
+    translator.searched_model(translator.decode)  # the bf16 copy too, for `--precision bf16`
     batcher = Batcher(translator, limits.max_wait, max_pending=limits.max_pending)
     service = _Service(translator, batcher, limits, info or {})
 
