@@ -616,3 +616,11 @@ def test_without_the_web_stack_help_works_and_serving_says_what_to_install(run):
     assert refused.returncode == 2
     assert refused.stderr.startswith("nmt-serve: error: nmt-serve needs its web stack")
     assert "pip install 'nmt[serve]'" in refused.stderr and refused.stderr.count("\n") == 1
+
+
+def test_a_bf16_request_searches_the_bfloat16_copy(client, translator):
+    answer = post(client, {"text": SENTENCES[:1], "precision": "bf16", "beam": 3})
+    assert answer.status_code == 200
+    expected = translator.nbest(SENTENCES[:1], beam=3, precision="bf16")[0][0]
+    assert answer.json()["translations"][0]["score"] == pytest.approx(expected.score)
+    assert post(client, {"text": ["a"], "precision": "fp16"}).json()["field"] == "precision"
