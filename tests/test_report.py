@@ -94,6 +94,17 @@ def test_lowercased_scores_ignore_case_only():
         ScoreOptions(tokenize="spm")  # needs a download: not offered
 
 
+def dump_dom(browser: str, page) -> subprocess.CompletedProcess:
+    """The DOM headless Chromium builds from `page`, its console on stderr."""
+    return subprocess.run(
+        [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--enable-logging=stderr",
+         "--v=0", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+
+
 def write_scoring_files(folder):
     """ref, a, b, src and diag.jsonl (two sentences --diagnose flagged) in `folder`."""
     for name, lines in (("ref", REFERENCES), ("a", SYSTEM_A), ("b", SYSTEM_B), ("src", SOURCES)):
@@ -218,21 +229,7 @@ def test_html_report_opens_in_headless_chromium_without_console_errors(tmp_path,
     assert code.value.code == 0
     capsys.readouterr()
     assert "http" not in page.read_text().replace("http-equiv", "")  # nothing to fetch
-    result = subprocess.run(
-        [
-            browser,
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--dump-dom",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = dump_dom(browser, page)
     assert result.returncode == 0, result.stderr[-2000:]
     dom = result.stdout
     assert "Confidence intervals and significance" in dom and "Lowest chrF" in dom
@@ -338,21 +335,7 @@ def test_html_report_with_markup_in_every_field_runs_no_script_in_chromium(tmp_p
         pytest.skip("needs Debian's chromium (.ci/run installs it)")
     page, texts = _hostile_report(tmp_path)
     capsys.readouterr()
-    result = subprocess.run(
-        [
-            browser,
-            "--headless=new",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--enable-logging=stderr",
-            "--v=0",
-            "--dump-dom",
-            page.as_uri(),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = dump_dom(browser, page)
     assert result.returncode == 0, result.stderr[-2000:]
 
     class Dom(HTMLParser):  # the elements and text of the DOM as Chromium built it
