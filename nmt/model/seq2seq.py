@@ -101,6 +101,9 @@ class Seq2Seq(nn.Module):
         source = word_dropout(source, self.config.source_word_dropout, self.training)
         embedded = self._embedding_dropout(self.source_embedding(source))  # (B, S, E)
         memory, final = self.encoder(embedded, source_lengths)  # (B, S, M), (B, M)
+        if torch.is_autocast_enabled(memory.device.type):
+            # once here: else every decoder step's product would convert it again, and back
+            memory = memory.to(torch.get_autocast_dtype(memory.device.type))
         if self.config.locked_dropout:  # the encoder's outputs too, one mask per sentence
             memory = locked_dropout(memory, self.config.dropout, self.training)
         mask = source != PAD  # (B, S)
