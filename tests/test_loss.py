@@ -54,3 +54,20 @@ def test_fused_loss_in_bfloat16_tracks_float32(monkeypatch):
     assert [g.dtype for g in grads] == [torch.bfloat16, torch.float32, torch.float32]
     for mine, reference in zip(grads, expected_grads):
         assert ((mine.float() - reference).norm() / reference.norm()).item() < 0.02
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_an_empty_share_of_a_batch_has_zero_loss_and_zero_gradients(dtype):
+    """A process whose share of a batch is empty still takes part (nmt/training.py): no rows
+    give a zero loss, zero weight gradients and an empty hidden gradient, with or without
+    autograd."""
+    hidden = torch.zeros(0, 8, dtype=dtype, requires_grad=True)
+    weight = torch.randn(13, 8, requires_grad=True)
+    bias = torch.randn(13, requires_grad=True)
+    targets = torch.zeros(0, dtype=torch.long)
+    loss = output_loss(hidden, weight, bias, targets, 0.1)
+    grads = torch.autograd.grad(loss, [hidden, weight, bias])
+    assert loss.item() == 0.0
+    assert grads[0].shape == (0, 8) and not grads[1].any() and not grads[2].any()
+    with torch.no_grad():
+        assert output_loss(hidden, weight, bias, targets, 0.1).item() == 0.0

@@ -232,3 +232,17 @@ def test_locked_dropout_is_off_in_eval():
     target_in = torch.tensor([[BOS, 8, 9]])
     outputs = [m.eval()(source, torch.tensor([4]), target_in)[0] for m in (locked, plain)]
     assert torch.equal(*outputs)
+
+
+def test_autocast_converts_the_memory_once_and_keeps_the_loss():
+    """Under bf16 autocast `encode` hands the decoder a bfloat16 memory (converted once, not by
+    every step's product), and the loss stays within bf16 rounding (2%) of float32."""
+    model = variant({})
+    batch = padded_batch()
+    assert model.encode(batch.source, batch.source_lengths).memory.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        encoded = model.encode(batch.source, batch.source_lengths)
+        low = batch_loss(model, batch, 0.1)
+    assert encoded.memory.dtype == torch.bfloat16
+    assert low.dtype == torch.float32
+    assert low.item() == pytest.approx(batch_loss(model, batch, 0.1).item(), rel=0.02)
