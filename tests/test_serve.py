@@ -355,7 +355,9 @@ def test_requests_searched_together_get_what_they_get_alone(translator):
     for (lines, options), found in zip(wanted, results):
         alone = translator.nbest(lines, **options)
         # the same words; scores to float rounding (a product's sums depend on the batch's rows)
-        assert [[h.text for h in hyps] for hyps in found] == [[h.text for h in hyps] for hyps in alone]
+        assert [[h.text for h in hyps] for hyps in found] == [
+            [h.text for h in hyps] for hyps in alone
+        ]
         assert [[h.score for h in hyps] for hyps in found] == [
             [pytest.approx(h.score, abs=1e-4) for h in hyps] for hyps in alone
         ]
