@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-CHUNK_BYTES = 16 * 2**20  # float32 logits of one chunk
+CHUNK_BYTES = 16 * 2**20  # one chunk's logits, counted as float32
 
 
 def output_loss(
@@ -30,7 +30,8 @@ def output_loss(
 ) -> torch.Tensor:
     """Summed label-smoothed cross-entropy of `targets` (N,) under logits hidden·Wᵀ + b."""
     rows = max(1, CHUNK_BYTES // (4 * weight.size(0)))
-    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+    trained = [hidden, weight] + ([bias] if bias is not None else [])
+    if torch.is_grad_enabled() and any(t.requires_grad for t in trained):
         return _FusedOutputLoss.apply(hidden, weight, bias, targets, smoothing, rows)
     total = hidden.new_zeros((), dtype=torch.float32)
     buffers = _Buffers(hidden, weight, bias, rows)
@@ -67,15 +68,15 @@ class _Buffers:
         return scores if product is scores else scores.copy_(product)
 
     def in_product_dtype(self, scores: torch.Tensor) -> torch.Tensor:
-        """`scores` as the products' input: itself, or copied into the bfloat16 buffer."""
+        """`scores` as the products' input: itself, or copied into the low-precision buffer."""
         if self.low_scores is None:
             return scores
         return self.low_scores[: scores.size(0)].copy_(scores)
 
 
 def _softmax_loss_(scores: torch.Tensor, targets: torch.Tensor, smoothing: float) -> torch.Tensor:
-    """Per-row loss lse − (1−ε)·z_y − ε·mean(z) of float32 logits `scores` (n, V), which are
-    turned into their softmax in place."""
+    """Per-row loss lse − (1−ε)·z_y − ε·mean(z) of logits `scores` (n, V) in float32 or wider,
+    which are turned into their softmax in place."""
     loss = -(1 - smoothing) * scores.gather(1, targets.unsqueeze(1)).squeeze(1)
     if smoothing:
         loss -= smoothing * scores.mean(dim=1)
@@ -91,7 +92,7 @@ class _FusedOutputLoss(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, targets, smoothing, rows):
         # The products run in hidden's dtype: float32, or bfloat16 under CPU autocast (CUDA's
         # autocast casts the inputs to float32 above); softmax, loss and the weight and bias
-        # gradients are summed in float32 whichever it is.
+        # gradients are summed in float32 (float64 for float64 inputs).
         buffers = _Buffers(hidden, weight, bias, rows)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         grad_hidden = torch.empty_like(hidden)

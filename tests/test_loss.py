@@ -58,9 +58,8 @@ def test_fused_loss_in_bfloat16_tracks_float32(monkeypatch):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_an_empty_share_of_a_batch_has_zero_loss_and_zero_gradients(dtype):
-    """A process whose share of a batch is empty still takes part (nmt/training.py): no rows
-    give a zero loss, zero weight gradients and an empty hidden gradient, with or without
-    autograd."""
+    """No rows (a batch with no target tokens) give a zero loss, zero weight gradients and an
+    empty hidden gradient, with or without autograd: the reused buffers are then empty too."""
     hidden = torch.zeros(0, 8, dtype=dtype, requires_grad=True)
     weight = torch.randn(13, 8, requires_grad=True)
     bias = torch.randn(13, requires_grad=True)
@@ -71,3 +70,17 @@ def test_an_empty_share_of_a_batch_has_zero_loss_and_zero_gradients(dtype):
     assert grads[0].shape == (0, 8) and not grads[1].any() and not grads[2].any()
     with torch.no_grad():
         assert output_loss(hidden, weight, bias, targets, 0.1).item() == 0.0
+
+
+def test_a_trained_bias_alone_still_gets_its_gradient():
+    """Frozen hidden states and weight, a trained bias: the loss is still differentiable."""
+    torch.manual_seed(0)
+    hidden, weight = torch.randn(6, 5), torch.randn(11, 5)
+    bias = torch.randn(11, requires_grad=True)
+    targets = torch.randint(0, 11, (6,))
+    expected = F.cross_entropy(
+        F.linear(hidden, weight, bias), targets, reduction="sum", label_smoothing=0.1
+    )
+    (expected_grad,) = torch.autograd.grad(expected, [bias])
+    (grad,) = torch.autograd.grad(output_loss(hidden, weight, bias, targets, 0.1), [bias])
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-5, atol=1e-6)

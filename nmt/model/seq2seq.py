@@ -102,7 +102,7 @@ class Seq2Seq(nn.Module):
         embedded = self._embedding_dropout(self.source_embedding(source))  # (B, S, E)
         memory, final = self.encoder(embedded, source_lengths)  # (B, S, M), (B, M)
         if torch.is_autocast_enabled(memory.device.type):
-            # once here: else every decoder step's product would convert it again, and back
+            # converted once here, not again by every decoder step's product (and its backward)
             memory = memory.to(torch.get_autocast_dtype(memory.device.type))
         if self.config.locked_dropout:  # the encoder's outputs too, one mask per sentence
             memory = locked_dropout(memory, self.config.dropout, self.training)
