@@ -1,6 +1,7 @@
-"""A Multi30k run's scores in every form papers report them: one README table row per split.
+"""A Multi30k run's scores in every form papers report them, and an ablation's table.
 
     python benchmarks/multi30k_scores.py runs/multi30k_de_en                    # one model
+    python benchmarks/multi30k_scores.py runs/base_s1 runs/base_s2 runs/alpha_s1 runs/alpha_s2
     python benchmarks/multi30k_scores.py runs/de_en_seed1 runs/de_en_seed2 --ensemble
 
 For test_2016_flickr and val (the run's data.root), beam 5 (or --beam): cased detokenized
@@ -8,11 +9,19 @@ sacreBLEU (the headline, comparable with sacreBLEU figures), chrF, and lowercase
 (`nmt-score -lc`; its 13a tokenization is close to the Moses tokenization of papers that
 report lowercased tokenized BLEU, so it is the nearest comparable number). With several runs,
 each alone, then (--ensemble) all of them as one ensemble (`-m A -m B`).
+
+Each run's row says how it was trained (updates, epochs, minutes, the best checkpoint's update)
+and what its recipe sets differently from the first run's, read from the runs' own recipe.yaml:
+the table cannot claim a change the run did not have. Runs that differ only in `seed` form one
+setting; with several runs, a second table gives each setting's mean test BLEU, its
+seed-to-seed range and its gain over the first run's setting.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import statistics
 from pathlib import Path
 
 from nmt import Recipe, Translator
@@ -24,6 +33,8 @@ FORMS = {  # column → how it is scored
     "BLEU": ScoreOptions(),
     "BLEU -lc": ScoreOptions(lowercase=True),
 }
+# Keys that say where or how fast a run was made, not what was trained; `seed` groups runs.
+NOT_A_SETTING = {"name", "seed", "data.root", "train.threads"}
 
 
 def scores(translator: Translator, sources: list[str], references: list[str], beam: int) -> dict:
@@ -38,6 +49,56 @@ def scores(translator: Translator, sources: list[str], references: list[str], be
     return row
 
 
+def flat_settings(recipe: Recipe) -> dict[str, object]:
+    """The recipe's keys as dotted names (`model.dropout`), without NOT_A_SETTING."""
+    flat: dict[str, object] = {}
+    for section, values in recipe.to_dict().items():
+        items = values.items() if isinstance(values, dict) else [("", values)]
+        for key, value in items:
+            dotted = f"{section}.{key}" if key else section
+            if dotted not in NOT_A_SETTING:
+                flat[dotted] = value
+    return flat
+
+
+def setting(recipe: Recipe, baseline: Recipe) -> str:
+    """What `recipe` sets differently from `baseline`, as `key=value` overrides."""
+    ours, theirs = flat_settings(recipe), flat_settings(baseline)
+    changed = [f"{key}={ours[key]}" for key in ours if ours[key] != theirs.get(key)]
+    return " ".join(changed) or "as the first run"
+
+
+def training(run: Path) -> str:
+    """How far the run trained: updates (whole epochs, and batches of the next), minutes, and
+    the best checkpoint's update."""
+    progress = json.loads((run / "checkpoints" / "last.json").read_text("utf-8"))["progress"]
+    partial = f" + {progress['batch_in_epoch']} batches" if progress["batch_in_epoch"] else ""
+    return (
+        f"{progress['step']:,} ({progress['epoch']} epochs{partial}), "
+        f"{progress['elapsed_s'] / 60:.0f} min, best at {progress['best_step']:,}"
+    )
+
+
+def summary(rows: list[dict]) -> list[str]:
+    """One line per setting: test BLEU mean and range over its seeds, gain over the first."""
+    groups: dict[str, list[dict]] = {}
+    for row in rows:
+        groups.setdefault(row["setting"], []).append(row)
+    first = statistics.mean(row["test"] for row in groups[rows[0]["setting"]])
+    lines = [
+        "| setting | seeds | test BLEU mean (min–max) | gain | val BLEU mean |",
+        "| --- | --- | --- | --- | --- |",
+    ]
+    for name, group in groups.items():
+        test = [row["test"] for row in group]
+        val = statistics.mean(row["val"] for row in group)
+        lines.append(
+            f"| {name} | {len(group)} | {statistics.mean(test):.2f} ({min(test):.2f}–"
+            f"{max(test):.2f}) | {statistics.mean(test) - first:+.2f} | {val:.2f} |"
+        )
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
@@ -45,25 +106,38 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="best")
     parser.add_argument("--ensemble", action="store_true", help="also all runs as one ensemble")
     args = parser.parse_args()
-    recipe = Recipe.load(args.runs[0] / "recipe.yaml")
-    root, src, tgt = Path(recipe.data.root), recipe.data.src_lang, recipe.data.tgt_lang
+    recipes = [Recipe.load(run / "recipe.yaml") for run in args.runs]
+    root, src, tgt = Path(recipes[0].data.root), recipes[0].data.src_lang, recipes[0].data.tgt_lang
     models = [[run] for run in args.runs] + ([args.runs] if args.ensemble else [])
     print(f"{src}→{tgt}, beam {args.beam}, checkpoint {args.checkpoint}")
-    print("| model | split | BLEU | chrF | BLEU -lc |")
-    print("| --- | --- | --- | --- | --- |")
-    signature = ""
+    print("| model | setting | seed | updates (epochs), time | split | BLEU | chrF | BLEU -lc |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    signature, singles = "", []
     for runs in models:
         translator = Translator.from_runs(runs, args.checkpoint)
-        name = " + ".join(run.name for run in runs)
+        alone = len(runs) == 1
+        recipe = recipes[args.runs.index(runs[0])] if alone else None
+        described = (
+            (setting(recipe, recipes[0]), str(recipe.seed), training(runs[0]))
+            if recipe
+            else ("ensemble", "", "")
+        )
+        row_of_run: dict = {"setting": described[0]}
         for split in SPLITS:
             sources = read_lines(root / f"{split}.{src}")
             references = read_lines(root / f"{split}.{tgt}")
             row = scores(translator, sources, references, args.beam)
             signature = row["signature"]
+            row_of_run["test" if split == SPLITS[0] else "val"] = row["BLEU"]
             print(
-                f"| {name} | {split} | {row['BLEU']:.2f} | {row['chrF']:.2f} | {row['BLEU -lc']:.2f} |"
+                f"| {' + '.join(run.name for run in runs)} | {' | '.join(described)} | {split} "
+                f"| {row['BLEU']:.2f} | {row['chrF']:.2f} | {row['BLEU -lc']:.2f} |"
             )
+        if alone:
+            singles.append(row_of_run)
     print(f"BLEU: {signature}; -lc: the same with case:lc")
+    if len(singles) > 1:
+        print("\n".join(summary(singles)))
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import threading
 from pathlib import Path
 
 import pytest
+from conftest import TINY_RECIPE, write_slice
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "data" / "get_multi30k.py"
@@ -204,3 +205,66 @@ def test_get_multi30k_help_names_the_base_url(get_multi30k):
     )
     assert result.returncode == 0 and "--base-url" in result.stdout
     assert get_multi30k.BASE.startswith("https://raw.githubusercontent.com/multi30k/dataset/")
+
+
+def _multi30k_run(base: Path, name: str, overrides: list[str]) -> Path:
+    """A tiny run whose corpus has Multi30k's split names, trained for two updates."""
+    from nmt.recipe import Recipe
+    from nmt.training import train
+
+    corpus = base / "corpus"
+    if not corpus.exists():
+        write_slice(corpus)
+        for lang in ("de", "en"):
+            (corpus / f"dev.{lang}").rename(corpus / f"val.{lang}")
+            (corpus / f"test.{lang}").rename(corpus / f"test_2016_flickr.{lang}")
+    (base / "tiny.yaml").write_text(
+        TINY_RECIPE.replace("root: corpus", f"root: {corpus}"),
+        encoding="utf-8",
+    )
+    recipe = Recipe.load(base / "tiny.yaml", ["data.dev=val", "train.max_steps=2", *overrides])
+    train(recipe, base / name)
+    return base / name
+
+
+def test_multi30k_scores_names_each_runs_changes_and_groups_seeds(tmp_path, capsys, monkeypatch):
+    """The ablation table: a row per run and split with the BLEU a separate scoring gives, the
+    setting read from the runs' recipes (a seed alone is no change), and per setting the mean
+    over seeds with its range and its gain over the first run's setting."""
+    from nmt import Translator
+    from nmt.data.corpus import read_lines
+    from nmt.scoring.metrics import corpus_bleu
+
+    runs = [
+        _multi30k_run(tmp_path, "base_s3", []),
+        _multi30k_run(tmp_path, "base_s4", ["seed=4"]),
+        _multi30k_run(tmp_path, "wd_s3", ["model.source_word_dropout=0.2"]),
+    ]
+    spec = importlib.util.spec_from_file_location("scores", ROOT / "benchmarks/multi30k_scores.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setattr(sys, "argv", ["multi30k_scores.py", *map(str, runs), "--beam", "2"])
+    module.main()
+    out = capsys.readouterr().out.splitlines()
+    tests = {}
+    for run in runs:
+        hyps = [
+            h.text
+            for h in Translator.from_runs([run]).translate(
+                read_lines(tmp_path / "corpus/test_2016_flickr.de"), beam=2
+            )
+        ]
+        tests[run.name] = corpus_bleu(hyps, read_lines(tmp_path / "corpus/test_2016_flickr.en"))
+        row = next(line for line in out if line.startswith(f"| {run.name} |") and "test_" in line)
+        cells = [cell.strip() for cell in row.strip("|").split("|")]
+        assert cells[1] == {"wd_s3": "model.source_word_dropout=0.2"}.get(
+            run.name, "as the first run"
+        )
+        assert cells[2] == ("4" if run.name == "base_s4" else "3")
+        assert cells[3].startswith("2 (0 epochs + 2 batches), ")  # two updates of the first
+        assert float(cells[5]) == pytest.approx(tests[run.name], abs=0.005)
+    base_mean = (tests["base_s3"] + tests["base_s4"]) / 2
+    base_line = next(line for line in out if line.startswith("| as the first run | 2 |"))
+    assert f"{base_mean:.2f} ({min(tests['base_s3'], tests['base_s4']):.2f}–" in base_line
+    changed = next(line for line in out if line.startswith("| model.source_word_dropout=0.2 | 1"))
+    assert f"{tests['wd_s3'] - base_mean:+.2f}" in changed
