@@ -525,6 +525,37 @@ def test_subword_sampling_segments_each_epoch_anew_and_validation_does_not(
     assert dropped.tgt_lengths.sum() > bpe_fixed.tgt_lengths.sum()  # merges skipped: more pieces
 
 
+def test_subword_sampling_reports_how_much_longer_it_makes_the_text(tiny_recipe, tmp_path, caplog):
+    """Each epoch's log says how many subwords sampling gave against the deterministic
+    segmentation; past 1.5× it warns, naming the keys that segment closer."""
+    from types import SimpleNamespace
+
+    from nmt.data.corpus import sample_split
+    from nmt.data.prepare import prepare_data
+    from nmt.training import report_sampled_length
+
+    recipe = Recipe.load(tiny_recipe, ["tokenizer.sampling_alpha=0.05"])
+    train_text, _, tokenizer, fixed, _ = prepare_data(recipe, tmp_path / "run")
+    sampled = sample_split(train_text, fixed, tokenizer, 0.05, -1, 1, 100)
+    expected = (sampled.src_lengths.sum() + sampled.tgt_lengths.sum()) / (
+        fixed.src_lengths.sum() + fixed.tgt_lengths.sum()
+    )
+    with caplog.at_level("INFO", logger="nmt"):
+        assert report_sampled_length(sampled, fixed, recipe.tokenizer) == pytest.approx(expected)
+    assert expected > 1.0 and f"{expected:.2f}× the deterministic subwords" in caplog.text
+
+    def split(lengths):
+        return SimpleNamespace(src_lengths=np.array(lengths), tgt_lengths=np.array(lengths))
+
+    for lengths, warned in (([3, 3], False), ([3, 4], True)):  # 1.5× and 1.75× of [2, 2]
+        caplog.clear()
+        report_sampled_length(split(lengths), split([2, 2]), recipe.tokenizer)
+        (record,) = caplog.records
+        assert (record.levelname == "WARNING") == warned
+        assert "sampling_alpha 0.05, sampling_nbest -1" in record.getMessage()
+        assert ("sampling_nbest such as 64" in record.getMessage()) == warned
+
+
 def test_a_regularised_run_translates_deterministically(tiny_recipe, tmp_path):
     run = tmp_path / "run"
     options = ["tokenizer.sampling_alpha=0.3", "model.source_word_dropout=0.2", *STEPS]
