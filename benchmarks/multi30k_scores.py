@@ -10,11 +10,13 @@ sacreBLEU (the headline, comparable with sacreBLEU figures), chrF, and lowercase
 report lowercased tokenized BLEU, so it is the nearest comparable number). With several runs,
 each alone, then (--ensemble) all of them as one ensemble (`-m A -m B`).
 
-Each run's row says how it was trained (updates, epochs, minutes, the best checkpoint's update)
-and what its recipe sets differently from the first run's, read from the runs' own recipe.yaml:
+Each run's row says how it was trained (updates, epochs, minutes of training and validation,
+the best checkpoint's update) and what its recipe sets differently from the first run's, read
+from the runs' own recipe.yaml (and whether it trained on other files, from manifest.json):
 the table cannot claim a change the run did not have. Runs that differ only in `seed` form one
 setting; with several runs, a second table gives each setting's mean test BLEU, its
-seed-to-seed range and its gain over the first run's setting.
+seed-to-seed range and its gain over the first run's setting. All runs must translate the same
+direction.
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
+from typing import Any
 
 from nmt import Recipe, Translator
 from nmt.data.corpus import read_lines
@@ -33,13 +37,25 @@ FORMS = {  # column → how it is scored
     "BLEU": ScoreOptions(),
     "BLEU -lc": ScoreOptions(lowercase=True),
 }
-# Keys that say where or how fast a run was made, not what was trained; `seed` groups runs.
-NOT_A_SETTING = {"name", "seed", "data.root", "train.threads"}
+# Keys that say where, how fast or how long a run was made, not what was trained (the updates
+# column shows how far it got), and the one this script sets itself; `seed` groups runs.
+NOT_A_SETTING = {
+    "name",
+    "seed",
+    "data.root",
+    "train.threads",
+    "train.device",
+    "train.log_every",
+    "train.keep_best",
+    "train.max_time",
+    "train.max_steps",
+    "decode.beam",
+}
 
 
 def scores(translator: Translator, sources: list[str], references: list[str], beam: int) -> dict:
     hypotheses = [h.text for h in translator.translate(sources, beam=beam, progress=True)]
-    row = {}
+    row: dict[str, Any] = {}
     for name, options in FORMS.items():
         report = score(hypotheses, [references], options)
         row[name] = report["BLEU"]
@@ -61,11 +77,20 @@ def flat_settings(recipe: Recipe) -> dict[str, object]:
     return flat
 
 
-def setting(recipe: Recipe, baseline: Recipe) -> str:
-    """What `recipe` sets differently from `baseline`, as `key=value` overrides."""
+def setting(run: Path, recipe: Recipe, baseline_run: Path, baseline: Recipe) -> str:
+    """What `recipe` sets differently from `baseline`, as `key=value` overrides, and whether it
+    trained on other files than the baseline run (their hashes in manifest.json)."""
     ours, theirs = flat_settings(recipe), flat_settings(baseline)
     changed = [f"{key}={ours[key]}" for key in ours if ours[key] != theirs.get(key)]
+    if training_files(run) != training_files(baseline_run):
+        changed.append("other training or dev files")
     return " ".join(changed) or "as the first run"
+
+
+def training_files(run: Path) -> list[str]:
+    """The hashes of the files a run trained and validated on."""
+    manifest = json.loads((run / "manifest.json").read_text("utf-8"))
+    return sorted(manifest["data"].values())
 
 
 def training(run: Path) -> str:
@@ -108,20 +133,28 @@ def main() -> None:
     args = parser.parse_args()
     recipes = [Recipe.load(run / "recipe.yaml") for run in args.runs]
     root, src, tgt = Path(recipes[0].data.root), recipes[0].data.src_lang, recipes[0].data.tgt_lang
+    for run, recipe in zip(args.runs, recipes):
+        if (recipe.data.src_lang, recipe.data.tgt_lang) != (src, tgt):
+            sys.exit(
+                f"{run}: translates {recipe.data.src_lang}→{recipe.data.tgt_lang}, "
+                f"not {src}→{tgt} as {args.runs[0]}"
+            )
     models = [[run] for run in args.runs] + ([args.runs] if args.ensemble else [])
     print(f"{src}→{tgt}, beam {args.beam}, checkpoint {args.checkpoint}")
     print("| model | setting | seed | updates (epochs), time | split | BLEU | chrF | BLEU -lc |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     signature, singles = "", []
-    for runs in models:
+    for number, runs in enumerate(models):
         translator = Translator.from_runs(runs, args.checkpoint)
-        alone = len(runs) == 1
-        recipe = recipes[args.runs.index(runs[0])] if alone else None
-        described = (
-            (setting(recipe, recipes[0]), str(recipe.seed), training(runs[0]))
-            if recipe
-            else ("ensemble", "", "")
-        )
+        alone = number < len(args.runs)  # the last of `models` may be the ensemble of all
+        described = ("ensemble", "", "")
+        if alone:
+            recipe = recipes[number]
+            described = (
+                setting(runs[0], recipe, args.runs[0], recipes[0]),
+                str(recipe.seed),
+                training(runs[0]),
+            )
         row_of_run: dict = {"setting": described[0]}
         for split in SPLITS:
             sources = read_lines(root / f"{split}.{src}")

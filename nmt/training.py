@@ -335,7 +335,8 @@ class _Run:
         self.source_lengths = self.train_data.src_lengths
         self.target_lengths = self.train_data.tgt_lengths
         self.segmented_epoch = self.progress.epoch
-        report_sampled_length(self.train_data, self.deterministic_data, tokenizer)
+        if self.cluster.is_main:
+            report_sampled_length(self.train_data, self.deterministic_data, tokenizer)
 
     def update(self, chosen: list[np.ndarray]) -> bool:
         """One optimizer update over `chosen` batches, their loss normalised by all their
@@ -551,9 +552,11 @@ def report_sampled_length(
     if ratio > SAMPLED_LENGTH_WARNING:
         log.warning(
             "%s; training text this fragmented is unlike what translation sees, and an epoch "
-            "takes that much longer: a larger sampling_alpha%s segments closer to it",
+            "takes that much longer: %s segments closer to it",
             message,
-            "" if config.type == "bpe" else " or a sampling_nbest such as 64",
+            "a smaller sampling_alpha (the BPE-dropout rate)"
+            if config.type == "bpe"
+            else "a larger sampling_alpha or a sampling_nbest such as 64",
         )
     else:
         log.info(message)

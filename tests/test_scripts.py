@@ -243,7 +243,8 @@ def test_multi30k_scores_names_each_runs_changes_and_groups_seeds(tmp_path, caps
     spec = importlib.util.spec_from_file_location("scores", ROOT / "benchmarks/multi30k_scores.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    monkeypatch.setattr(sys, "argv", ["multi30k_scores.py", *map(str, runs), "--beam", "2"])
+    argv = ["multi30k_scores.py", *map(str, runs), "--beam", "2", "--ensemble"]
+    monkeypatch.setattr(sys, "argv", argv)
     module.main()
     out = capsys.readouterr().out.splitlines()
     tests = {}
@@ -268,3 +269,5 @@ def test_multi30k_scores_names_each_runs_changes_and_groups_seeds(tmp_path, caps
     assert f"{base_mean:.2f} ({min(tests['base_s3'], tests['base_s4']):.2f}–" in base_line
     changed = next(line for line in out if line.startswith("| model.source_word_dropout=0.2 | 1"))
     assert f"{tests['wd_s3'] - base_mean:+.2f}" in changed
+    ensemble = [line for line in out if line.startswith("| base_s3 + base_s4 + wd_s3 | ensemble")]
+    assert len(ensemble) == 2  # test and val, and not counted as a seed in the summary

@@ -540,8 +540,8 @@ def test_subword_sampling_reports_how_much_longer_it_makes_the_text(tiny_recipe,
     expected = (sampled.src_lengths.sum() + sampled.tgt_lengths.sum()) / (
         fixed.src_lengths.sum() + fixed.tgt_lengths.sum()
     )
-    with caplog.at_level("INFO", logger="nmt"):
-        assert report_sampled_length(sampled, fixed, recipe.tokenizer) == pytest.approx(expected)
+    caplog.set_level("INFO", logger="nmt")
+    assert report_sampled_length(sampled, fixed, recipe.tokenizer) == pytest.approx(expected)
     assert expected > 1.0 and f"{expected:.2f}× the deterministic subwords" in caplog.text
 
     def split(lengths):
@@ -553,7 +553,17 @@ def test_subword_sampling_reports_how_much_longer_it_makes_the_text(tiny_recipe,
         (record,) = caplog.records
         assert (record.levelname == "WARNING") == warned
         assert "sampling_alpha 0.05, sampling_nbest -1" in record.getMessage()
-        assert ("sampling_nbest such as 64" in record.getMessage()) == warned
+        assert ("a larger sampling_alpha or a sampling_nbest" in record.getMessage()) == warned
+    # BPE's rate is a dropout rate: more of it fragments more, so the advice is the other way.
+    caplog.clear()
+    bpe = Recipe.load(tiny_recipe, ["tokenizer.type=bpe", "tokenizer.sampling_alpha=0.4"])
+    report_sampled_length(split([3, 4]), split([2, 2]), bpe.tokenizer)
+    assert "sampling_alpha 0.4)" in caplog.text and "a smaller sampling_alpha" in caplog.text
+    # Training reports every epoch's factor.
+    caplog.clear()
+    options = [*STEPS, "tokenizer.sampling_alpha=0.3", "train.batch_tokens=4000"]  # 3 epochs
+    train(Recipe.load(tiny_recipe, options), tmp_path / "r")
+    assert caplog.text.count("× the deterministic subwords") == 3
 
 
 def test_a_regularised_run_translates_deterministically(tiny_recipe, tmp_path):
