@@ -345,9 +345,11 @@ class TrainConfig:
     device: str = option("auto", "`auto` (CUDA when present, else CPU), `cpu`, `cuda` or `cuda:N`.")
     precision: str = option(
         "fp32",
-        "`bf16`: mixed precision with bfloat16 autocast, on CUDA and on CPUs (fast where the "
-        "CPU has AMX or AVX512-BF16; emulated, slower than fp32, elsewhere), with float32 "
-        "weights, optimizer state and checkpoints; `fp16`: CUDA only, with loss scaling.",
+        "`bf16`: mixed precision with bfloat16 autocast, on CUDA and on CPUs (where the CPU has "
+        "AMX or AVX512-BF16; emulated, slower than fp32, elsewhere), with float32 weights, "
+        "optimizer state and checkpoints. Measured on CPUs (benchmarks/README.md): 1.7–1.9× "
+        "fp32's speed on an AMD Zen 5, Multi30k BLEU unchanged; 1.1× on an Intel Xeon with "
+        "AMX. `fp16`: CUDA only, with loss scaling.",
         choices=("fp32", "bf16", "fp16"),
     )
     threads: int = option(0, "CPU threads for PyTorch (0: PyTorch's default).", min=0)
@@ -388,8 +390,10 @@ class DecodeConfig:
         "`bf16`: search with a bfloat16 copy of the model (log-probabilities and scores in "
         "float32). Its matrix products are several times faster on CPUs with AMX or "
         "AVX512-BF16 (emulated and slower elsewhere), but a whole translation of Multi30k's "
-        "test set on such a CPU took 4.7 s against 5.3 s in float32 and 2.8 s with int8 "
-        "weights and a shortlist (benchmarks/README.md), which stay the fast CPU setting. "
+        "test set took 4.7 s against 5.3 s in float32 and 2.8 s with int8 weights and a "
+        "shortlist on an Intel Xeon with AMX, 3.7–4.5 s with a shortlist against 3.5–4.0 s "
+        "with int8 and a shortlist on an AMD Zen 5 (benchmarks/README.md): int8 with a "
+        "shortlist stays the fast CPU setting. "
         "Outputs depend on the batch, as with int8; not with int8 weights.",
         choices=("fp32", "bf16"),
     )
