@@ -109,14 +109,15 @@ def summary(rows: list[dict]) -> list[str]:
     groups: dict[str, list[dict]] = {}
     for row in rows:
         groups.setdefault(row["setting"], []).append(row)
-    first = statistics.mean(row["test"] for row in groups[rows[0]["setting"]])
+    test_split, val_split = SPLITS
+    first = statistics.mean(row[test_split] for row in groups[rows[0]["setting"]])
     lines = [
         "| setting | seeds | test BLEU mean (min–max) | gain | val BLEU mean |",
         "| --- | --- | --- | --- | --- |",
     ]
     for name, group in groups.items():
-        test = [row["test"] for row in group]
-        val = statistics.mean(row["val"] for row in group)
+        test = [row[test_split] for row in group]
+        val = statistics.mean(row[val_split] for row in group)
         lines.append(
             f"| {name} | {len(group)} | {statistics.mean(test):.2f} ({min(test):.2f}–"
             f"{max(test):.2f}) | {statistics.mean(test) - first:+.2f} | {val:.2f} |"
@@ -161,7 +162,7 @@ def main() -> None:
             references = read_lines(root / f"{split}.{tgt}")
             row = scores(translator, sources, references, args.beam)
             signature = row["signature"]
-            row_of_run["test" if split == SPLITS[0] else "val"] = row["BLEU"]
+            row_of_run[split] = row["BLEU"]
             print(
                 f"| {' + '.join(run.name for run in runs)} | {' | '.join(described)} | {split} "
                 f"| {row['BLEU']:.2f} | {row['chrF']:.2f} | {row['BLEU -lc']:.2f} |"
