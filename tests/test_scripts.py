@@ -271,3 +271,9 @@ def test_multi30k_scores_names_each_runs_changes_and_groups_seeds(tmp_path, caps
     assert f"{tests['wd_s3'] - base_mean:+.2f}" in changed
     ensemble = [line for line in out if line.startswith("| base_s3 + base_s4 + wd_s3 | ensemble")]
     assert len(ensemble) == 2  # test and val, and not counted as a seed in the summary
+    # A run of the other direction is refused, naming it, before anything is scored.
+    reverse = _multi30k_run(tmp_path, "en_de", ["data.src_lang=en", "data.tgt_lang=de"])
+    monkeypatch.setattr(sys, "argv", ["multi30k_scores.py", str(runs[0]), str(reverse)])
+    with pytest.raises(SystemExit, match=f"{reverse}: translates en→de, not de→en"):
+        module.main()
+    assert "| base_s3 |" not in capsys.readouterr().out
