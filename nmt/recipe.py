@@ -829,7 +829,7 @@ def reference_markdown() -> str:
         factory = top.default_factory
         section = factory() if callable(factory) and top.default is dataclasses.MISSING else None
         if section is None:
-            rows.append(f"| `{top.name}` | `{top.default}` | {top.metadata['help']} |")
+            rows.append(f"| `{top.name}` | `{top.default}` | {_cell(top.metadata['help'])} |")
             continue
         for f in recipe_fields(type(section)):
             default = getattr(section, f.name)
@@ -837,5 +837,11 @@ def reference_markdown() -> str:
             shown = '""' if shown == "" else shown
             names = [choice or '""' for choice in f.metadata.get("choices") or ()]
             choices = f" One of: {', '.join(names)}." if names else ""
-            rows.append(f"| `{top.name}.{f.name}` | `{shown}` | {f.metadata['help']}{choices} |")
+            help_text = _cell(f.metadata["help"] + choices)
+            rows.append(f"| `{top.name}.{f.name}` | `{shown}` | {help_text} |")
     return "\n".join(rows)
+
+
+def _cell(text: str) -> str:
+    """A Markdown table cell: a bare `|` (as in |y|) would end the cell and break the row."""
+    return text.replace("|", "\\|")

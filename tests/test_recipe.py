@@ -117,6 +117,16 @@ def test_every_key_is_documented_in_the_readme():
     assert reference_markdown() in readme, hint
 
 
+def test_every_row_of_the_key_reference_has_three_cells():
+    """A help text with a bare `|` (|y| in a formula) would split its row into more cells."""
+    import re
+
+    from nmt.recipe import reference_markdown
+
+    for row in reference_markdown().splitlines():
+        assert len(re.findall(r"(?<!\\)\|", row)) == 4, row
+
+
 def test_a_recipe_over_its_base(tmp_path):
     """`base:` names a recipe file (relative to the recipe's folder) whose sections the recipe
     changes key by key; bases may have bases; the base's data.root is relative to its own
