@@ -383,7 +383,9 @@ def _translate_stream(translator, args: argparse.Namespace, options: dict, batch
     """stdin → stdout: streamed in chunks, so memory stays bounded in a pipe."""
     count = 0
     for chunk in _stdin_chunks(batch_size * 16):
-        for hyps in translator.nbest(chunk, nbest=args.nbest, **options):
+        for hyps in translator.nbest(
+            chunk, nbest=args.nbest, line_numbers=range(count, count + len(chunk)), **options
+        ):
             print("\n".join(_render(args, count, hyps)), flush=True)
             count += 1
     return 0

@@ -445,10 +445,11 @@ class DecodeConfig:
     )
     seed: int = option(
         1,
-        "Seed of sampling; the same seed and input give the same samples.",
+        "Seed of sampling. A line's samples are seeded by it and the line's number, so the "
+        "same seed and input give the same samples, from a file or stdin, at any batch size.",
         min=-(2**63),
         max=2**64 - 1,
-    )  # the seeds torch.Generator takes
+    )
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 from pathlib import Path
+from collections.abc import Sequence
 from typing import TypedDict
 
 import torch
@@ -33,7 +34,7 @@ from nmt.model.seq2seq import Seq2Seq
 from nmt.recipe import DecodeConfig, Recipe, check_decoding, with_changes
 from nmt.search import Hypothesis, beam_search, greedy_search
 from nmt.search.hypothesis import coverage_bonus, finished
-from nmt.search.sampling import sample
+from nmt.search.sampling import sample, stream_seed
 from nmt.search.steps import StepRules
 
 log = logging.getLogger("nmt")
@@ -135,6 +136,7 @@ class Translator:
         progress: bool = False,
         prefixes: list[str] | None = None,
         keep_steps: bool = False,
+        line_numbers: Sequence[int] | None = None,
         **options,
     ) -> list[list[Hypothesis]]:
         """The `nbest` best translations (or samples) of each line.
@@ -147,9 +149,14 @@ class Translator:
         back in input order; an empty line gives an empty translation. `progress` draws a bar on
         stderr. `keep_steps` (beam search only) gives each hypothesis its sentence's beam after
         every step (`Hypothesis.steps`, each new token's piece added), for teaching views.
+        Samples are seeded by the seed and each line's number in its input (`line_numbers`,
+        default 0, 1, ...; give them when translating an input in pieces): the same seed and
+        input give the same samples however the input is split or batched.
         """
         settings = self.settings(nbest, keep_steps=keep_steps, **options)
-        generator = torch.Generator(self.device).manual_seed(settings.seed)
+        numbers = range(len(lines)) if line_numbers is None else line_numbers
+        if len(numbers) != len(lines):
+            raise NmtError(f"{len(numbers)} line numbers for {len(lines)} lines")
         if looks_segmented(lines):
             log.warning(
                 "the input looks already segmented into subwords (many '\u2581' or '@@'); "
@@ -184,7 +191,7 @@ class Translator:
                     settings,
                     nbest,
                     keep_attention,
-                    generator,
+                    [stream_seed(settings.seed, numbers[i]) for i in chunk],
                     chunk_prefixes,
                     keep_steps,
                 )
@@ -468,7 +475,7 @@ class Translator:
         settings: DecodeConfig,
         nbest: int,
         keep_attention: bool,
-        generator: torch.Generator,
+        line_seeds: list[int],
         prefixes: list[list[int]] | None,
         keep_steps: bool = False,
     ) -> list[list[Hypothesis]]:
@@ -503,7 +510,7 @@ class Translator:
                 encoded,
                 max_lengths,
                 nbest,
-                generator,
+                line_seeds,
                 settings.temperature,
                 settings.top_k,
                 settings.top_p,

@@ -428,3 +428,40 @@ def test_a_new_decode_field_becomes_a_flag_without_a_cli_edit(monkeypatch, tmp_p
     assert seen["nbest"] == 2 and seen["labels"]["nbest"] == "--nbest"
     assert seen["labels"]["new_knob"] == "--new-knob" and seen["labels"]["louder"] == "--loud"
     assert seen["labels"]["coverage_penalty"] == "--beta"
+
+
+@pytest.fixture(scope="module")
+def sampled_run(tmp_path_factory):
+    from conftest import trained_run
+
+    return trained_run(tmp_path_factory.mktemp("sampling"))
+
+
+@pytest.mark.parametrize("nbest", [1, 3])
+def test_the_same_seed_gives_the_same_samples_from_stdin_in_chunks_or_a_file(
+    sampled_run, tmp_path, capsys, monkeypatch, nbest
+):
+    """Reading stdin, each chunk ends when no more input is waiting (an interactive pipe can
+    deliver every line on its own); samples are seeded by line number, so they equal those of
+    the whole file at once, at any batch size."""
+    import nmt.cli
+
+    source = (sampled_run.parent / "corpus" / "test.de").read_text(encoding="utf-8")
+    (tmp_path / "in.de").write_text(source, encoding="utf-8")
+    flags = ["-m", sampled_run, "--sample", "--seed", 7, "--nbest", nbest]
+    code, whole, err = run(translate_main, [*flags, "-i", tmp_path / "in.de"], capsys)
+    assert code == 0, err
+    monkeypatch.setattr(nmt.cli, "_input_waiting", lambda stream: False)  # one line per chunk
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(source.encode())))
+    code, streamed, err = run(translate_main, [*flags, "--batch-size", 4], capsys)
+    assert code == 0, err
+    # The same words; n-best lines end in a score, which batching moves by float rounding.
+    split = lambda out: [line.rsplit(" ||| ", 1) for line in out.splitlines()]  # noqa: E731
+    assert [row[0] for row in split(streamed)] == [row[0] for row in split(whole)]
+    for streamed_row, whole_row in zip(split(streamed), split(whole)):
+        if nbest > 1:
+            assert float(streamed_row[1]) == pytest.approx(float(whole_row[1]), abs=1e-3)
+    assert len(whole.splitlines()) == nbest * len(source.splitlines())
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(source.encode())))
+    code, reseeded, err = run(translate_main, [*flags[:4], 8, *flags[5:]], capsys)
+    assert code == 0 and reseeded != whole  # another seed: other samples

@@ -156,12 +156,13 @@ def test_rules_equal_exhaustive_search_over_allowed_outputs(rules):
     assert not (rules.no_repeat_ngram and repeats_ngram(greedy.tokens, rules.no_repeat_ngram))
 
 
-def draw(model, sources, seed, **options):
-    from nmt.search.sampling import sample
+def draw(model, sources, seed, lines=None, **options):
+    """4 samples of each source; `lines`: the sources' line numbers (default 0, 1, ...)."""
+    from nmt.search.sampling import sample, stream_seed
 
-    generator = torch.Generator().manual_seed(seed)
+    seeds = [stream_seed(seed, line) for line in (lines or range(len(sources)))]
     return sample(
-        model, encode(model, sources), torch.tensor([6] * len(sources)), 4, generator, **options
+        model, encode(model, sources), torch.tensor([6] * len(sources)), 4, seeds, **options
     )
 
 
@@ -176,6 +177,38 @@ def test_sampling_is_reproducible_for_a_seed():
             assert hyp.log_prob == pytest.approx(
                 sequence_log_prob(model, source, hyp.tokens), abs=1e-4
             )
+
+
+def test_a_sentences_samples_do_not_depend_on_its_batch():
+    """Each draw has its own random stream, so a line's samples are the same alone or among
+    others (the promise behind reading stdin in chunks), and its draws differ from each other."""
+    model = tiny_model(vocab=30, seed=8)
+    together = draw(model, [[5, 6, 7], [8, 9], [10, 11, 12, 13]], 1)
+    alone = draw(model, [[8, 9]], 1, lines=[1])
+    assert [h.tokens for h in together[1]] == [h.tokens for h in alone[0]]
+    assert len({tuple(h.tokens) for h in together[0]}) > 1
+    elsewhere = draw(model, [[8, 9]], 1, lines=[2])  # another line number: other samples
+    assert [h.tokens for h in elsewhere[0]] != [h.tokens for h in alone[0]]
+
+
+def test_samples_follow_the_models_distribution():
+    """Gumbel-max draws: over many draws of a one-step output, each token's share matches its
+    probability (tolerance: 4 standard errors of 4,000 draws)."""
+    from nmt.search.sampling import sample, stream_seed
+
+    model = tiny_model(vocab=8, seed=3)
+    encoded = encode(model, [[5, 6]])
+    draws = 4000
+    found = sample(model, encoded, torch.tensor([1]), draws, [stream_seed(7, 0)])[0]
+    first = torch.tensor([h.tokens[0] if h.tokens else EOS for h in found])
+    assert len(found) == draws
+    encoded_one = encode(model, [[5, 6]])
+    state = model.initial_state(encoded_one)
+    log_probs = model.decode_step(encoded_one, state, torch.tensor([2]))[0]
+    probs = StepRules().apply(log_probs, 0, torch.tensor([1]), None, None).softmax(-1)[0]
+    for token, p in enumerate(probs.tolist()):
+        share = (first == token).float().mean().item()
+        assert abs(share - p) <= 4 * (p * (1 - p) / draws) ** 0.5 + 1e-3, (token, share, p)
 
 
 def test_low_temperature_and_top_k_one_are_greedy():
@@ -266,7 +299,7 @@ def test_forced_prefix_starts_every_output(search):
     elif search == "beam":
         results = beam_search(model, encoded, limits, beam=3, nbest=3, prefix=prefix)
     else:
-        results = sample(model, encoded, limits, 3, torch.Generator().manual_seed(1), prefix=prefix)
+        results = sample(model, encoded, limits, 3, list(range(len(sources))), prefix=prefix)
     for hyps, wanted, source in zip(results, ([20, 21], [22], []), sources):
         for hyp in hyps:
             assert hyp.tokens[: len(wanted)] == wanted
@@ -600,7 +633,7 @@ def test_sampling_with_no_repeat_unigrams_when_some_samples_end_early(seed):
         encode(model, sources),
         torch.tensor([1, 6]),
         4,
-        torch.Generator().manual_seed(seed),
+        [seed, seed + 1],
         rules=StepRules(no_repeat_ngram=1),
     )
     for hyps in drawn:  # the first sentence's samples end at step 1, the second goes on

@@ -343,6 +343,7 @@ def test_requests_searched_together_get_what_they_get_alone(translator):
         (["", SENTENCES[9]], {"beam": 2}),
         (SENTENCES[10:12], {}),
         (SENTENCES[0:2], {"sample": True, "seed": 3}),
+        (SENTENCES[5:8], {"sample": True, "seed": 3}),
     ]
     jobs = [Job(lines, translator.settings(**options), options) for lines, options in wanted]
     futures = [batcher.submit(job) for job in jobs]
@@ -350,7 +351,7 @@ def test_requests_searched_together_get_what_they_get_alone(translator):
     batcher.start()
     results = [future.result(timeout=60) for future in futures]
     batcher.stop()
-    assert batcher.batches == 3  # defaults, beam 2, and the sampling job on its own
+    assert batcher.batches == 3  # defaults, beam 2, and the two sampling jobs
     assert batcher.pending == 0
     for (lines, options), found in zip(wanted, results):
         alone = translator.nbest(lines, **options)

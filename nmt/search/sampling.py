@@ -1,14 +1,17 @@
 """Sampling: draw outputs from the model's distribution, sharpened or truncated.
 
 `temperature` < 1 sharpens the distribution (→ 0 is greedy), `top_k` keeps the k most probable
-tokens, `top_p` the smallest set whose probability reaches p (nucleus sampling). Draws come from a
-seeded generator, so the same seed gives the same samples.
+tokens, `top_p` the smallest set whose probability reaches p (nucleus sampling). Each draw has its
+own seeded random stream (from the seed, its sentence's line number and the draw's number), so a
+sentence's samples do not depend on which other sentences share its batch, or on the batch size.
 
 Shapes: B sentences, N = B × samples rows (a sentence's samples consecutive), V vocabulary
 columns (a shortlist's size with one).
 """
 
 from __future__ import annotations
+
+import hashlib
 
 import torch
 
@@ -32,13 +35,20 @@ def truncate(log_probs: torch.Tensor, temperature: float, top_k: int, top_p: flo
     return scaled
 
 
+def stream_seed(*parts: int) -> int:
+    """A seed for a random stream of its own, e.g. (seed, line) or (line's seed, draw): distinct
+    for distinct parts, unlike sums or products of them."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # a non-negative int64
+
+
 @torch.no_grad()
 def sample(
     model: Decodable[Encoded, State],
     encoded: Encoded,
     max_lengths: torch.Tensor,
     samples: int,
-    generator: torch.Generator,
+    line_seeds: list[int],
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
@@ -49,14 +59,27 @@ def sample(
     prefix: torch.Tensor | None = None,
     vocabulary: torch.Tensor | None = None,
 ) -> list[list[Hypothesis]]:
-    """`samples` draws per sentence, best first by normalized score. With a shortlist
+    """`samples` draws per sentence, best first by normalized score. `line_seeds` (one per
+    sentence, e.g. `stream_seed(seed, line)`) seed each sentence's draws. With a shortlist
     (`vocabulary`), draws come from the model's distribution renormalized over it."""
     batch = max_lengths.size(0)
-    rows = torch.arange(batch, device=encoded.device).repeat_interleave(samples)  # (N,)
+    if len(line_seeds) != batch:
+        raise ValueError(f"{len(line_seeds)} seeds for {batch} sentences")
+    device = encoded.device
+    rows = torch.arange(batch, device=device).repeat_interleave(samples)  # (N,)
+    streams = [
+        torch.Generator(device).manual_seed(stream_seed(line_seed, draw))
+        for line_seed in line_seeds
+        for draw in range(samples)
+    ]
 
     def pick(log_probs: torch.Tensor) -> torch.Tensor:
-        weights = truncate(log_probs, temperature, top_k, top_p).softmax(-1)  # (N, V)
-        return torch.multinomial(weights, 1, generator=generator).squeeze(1)  # (N,) token ids
+        # Gumbel-max: argmax(log w + Gumbel noise) is a draw from w, and each row's noise comes
+        # from its own stream, so a row's draw does not depend on the other rows.
+        log_weights = truncate(log_probs, temperature, top_k, top_p)  # (N, V)
+        size = log_weights.size(-1)
+        uniform = torch.stack([torch.rand(size, generator=g, device=device) for g in streams])
+        return (log_weights - (-uniform.log()).log()).argmax(-1)  # (N,) token ids
 
     drawn = follow_path(
         model,

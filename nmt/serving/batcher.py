@@ -47,10 +47,8 @@ class Job:
     future: Future = field(default_factory=Future)
 
     def group(self) -> Hashable:
-        """Jobs of one group are searched together. Samples depend on the other lines drawn
-        with the same generator, so a sampling job is a group of its own."""
-        if self.settings.sample:
-            return id(self)
+        """Jobs of one group are searched together (sampling ones too: a line's samples are
+        seeded by its number in its own request, so its neighbours do not change them)."""
         return (self.settings, self.nbest, self.keep_attention, self.keep_steps)
 
 
@@ -190,6 +188,7 @@ class Batcher:
         return self.translator.nbest(
             [line for job in jobs for line in job.lines],
             nbest=first.nbest,
+            line_numbers=[number for job in jobs for number in range(len(job.lines))],
             keep_attention=first.keep_attention,
             keep_steps=first.keep_steps,
             **first.options,
