@@ -57,3 +57,35 @@ def test_repetition_length_and_confidence():
 def test_repeated_ngrams():
     assert repeated_ngrams("a b c a b c".split()) == ["a b c"]
     assert repeated_ngrams("one hundred and two hundred and three".split()) == []
+
+
+def test_dev_norms_are_cached_per_model_and_setting(tmp_path):
+    """The cached norms belong to the weights and settings that made them: another checkpoint,
+    int8 weights or tuned decoding (decode.yaml) computes its own; the same ones reuse them."""
+    import json
+
+    from conftest import trained_run
+
+    from nmt import Translator
+    from nmt.scoring.diagnostics import dev_norms, weights_digest
+    from nmt.translate import save_tuned_decoding
+
+    run = trained_run(tmp_path)
+    cache = run / "diagnostics.json"
+
+    def entries(translator, **options):
+        dev_norms(translator, run, **options)
+        return len(json.loads(cache.read_text()))
+
+    first = Translator.from_run(run, "step-1")
+    assert entries(first) == 1
+    assert entries(Translator.from_run(run, "step-1")) == 1  # the same weights: cached
+    assert entries(first, beam=2) == 2
+    assert entries(Translator.from_run(run, "step-2")) == 3
+    assert entries(Translator.from_run(run, "step-1", quantize="int8")) == 4
+    save_tuned_decoding(run, {"alpha": 0.123})
+    assert entries(Translator.from_run(run, "step-1")) == 5  # the run's defaults changed
+    digests = {
+        weights_digest(Translator.from_run(run, name).model) for name in ("step-1", "step-2")
+    }
+    assert len(digests) == 2
