@@ -909,7 +909,11 @@ def _serve_parser() -> _Parser:
         "max_beam": ("N", "beams (or samples) per sentence"),
         "max_output": ("N", "subwords an output may grow to (max_len_a·|source| + max_len_b)"),
         "max_work": ("N", "hypothesis steps per request (sentences × beam × output limit)"),
-        "max_connections": ("N", "open connections; beyond, new ones get 503"),
+        "max_connections": (
+            "N",
+            "open connections and requests (the new one included); at this many, a new "
+            "request gets uvicorn's plain-text 503",
+        ),
         "max_pending": ("N", "sentences waiting to be searched; beyond, requests get 503"),
     }
     from nmt.serving.limits import DEFAULT_LIMITS

@@ -97,8 +97,8 @@ class TokenizerConfig:
     )
     max_sentences: int = option(
         1_000_000,
-        "SentencePiece trains on at most this many sentences "
-        "(a seeded sample of the training data).",
+        "SentencePiece trains on at most this many sentences (a seeded sample of the "
+        "training data; with a joint vocabulary, of both sides' sentences together).",
         min=1,
     )
     sampling_alpha: float = option(
@@ -458,7 +458,11 @@ class Recipe:
     (`provenance`: file, override or default). `Recipe.load` reads one; `to_yaml` writes it
     back, resolved, as a run keeps it."""
 
-    name: str = option("run", "Name of the run; the default run directory is `runs/NAME`.")
+    name: str = option(
+        "run",
+        "Name of the run; the default run directory is `runs/NAME`. A recipe file without "
+        "`name:` is named after its file (`recipes/x.yaml`: `x`).",
+    )
     seed: int = option(
         1234, "Seed for SentencePiece sampling, initialisation, dropout and batch order."
     )

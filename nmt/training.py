@@ -458,6 +458,7 @@ class _Run:
         if self.board:
             for key, number in result.items():
                 self.board.add_scalar(key, number, progress.step)
+            self.board.flush()  # its own timer flushes only every 2 minutes; commands end abruptly
         plot_learning_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png")
 
     # ---------------------------------------------------------------- save

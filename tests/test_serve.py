@@ -629,3 +629,28 @@ def test_a_bf16_request_searches_the_bfloat16_copy(client, translator):
     expected = translator.nbest(SENTENCES[:1], beam=3, precision="bf16")[0][0]
     assert answer.json()["translations"][0]["score"] == pytest.approx(expected.score)
     assert post(client, {"text": ["a"], "precision": "fp16"}).json()["field"] == "precision"
+
+
+def test_requests_beyond_max_connections_get_a_plain_503(run):
+    """`--max-connections N`: with N connections open (the new one counted), a request gets the
+    HTTP server's own plain-text 503, no Retry-After, as the README says; once one closes, the
+    next request is served."""
+    import http.client
+    import socket
+
+    server = Server(run, "--max-connections", "2")
+    try:
+        idle = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+        idle.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")  # served; kept alive
+        assert b"200" in idle.recv(4096).split(b"\r\n")[0]
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        connection.request("POST", "/translate", json.dumps({"text": ["Hallo"]}).encode())
+        refused = connection.getresponse()
+        assert refused.status == 503 and refused.read() == b"Service Unavailable"
+        assert refused.getheader("Retry-After") is None
+        connection.close()
+        idle.close()
+        status, answer = server.request("POST", "/translate", {"text": ["Hallo"]})
+        assert status == 200 and len(answer["translations"]) == 1
+    finally:
+        assert server.stop() == 0

@@ -653,3 +653,36 @@ def test_bf16_translation_is_a_bfloat16_copy_and_refuses_int8(tiny_recipe, tmp_p
     quantized = Translator.from_run(run, quantize="int8")
     with pytest.raises(NmtError, match="choose one"):
         quantized.translate(lines, precision="bf16")
+
+
+def test_patience_stops_training_after_validations_without_improvement(
+    tiny_recipe, tmp_path, monkeypatch
+):
+    """`train.patience: 2` with a dev BLEU that never improves after the first validation:
+    training stops after validations 2 and 3, keeps step 1 as the best, and says it stopped
+    early. The TensorBoard scalars (a stand-in writer here) are flushed at every validation,
+    since a command's end does not wait for the writer's own two-minute flush."""
+    import nmt.training
+
+    class Board:
+        def __init__(self):
+            self.added, self.flushed = [], 0
+
+        def add_scalar(self, key, number, step):
+            self.added.append((key, step))
+
+        def flush(self):
+            self.flushed = len(self.added)
+
+    board = Board()
+    monkeypatch.setattr(nmt.training, "_tensorboard", lambda run_dir: board)
+    monkeypatch.setattr(nmt.training, "corpus_bleu", lambda hyps, refs: 10.0)
+    overrides = ["train.patience=2", "train.valid_every=1", "train.max_steps=50"]
+    result = train(Recipe.load(tiny_recipe, overrides), tmp_path / "run")
+    assert result.stopped_early and result.steps == 3
+    assert (result.best_step, result.best) == (1, 10.0)
+    _, meta = load_checkpoint(tmp_path / "run" / "checkpoints" / "last")
+    assert meta["progress"]["step"] == 3
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert [row.split(",")[2] for row in rows[1:]].count("valid") == 3
+    assert ("dev_bleu", 3) in board.added and board.flushed == len(board.added)
