@@ -305,6 +305,15 @@ def test_user_errors_are_one_line_with_exit_code_2(tiny_recipe, tmp_path, capsys
 
 
 def test_console_scripts_are_installed():
+    """The five commands the README uses are entry points of the installed package (a typo in
+    setup.cfg would break them all), and `python -m nmt` reaches the same functions."""
+    from importlib.metadata import entry_points
+
+    import nmt.cli
+
+    installed = {e.name: e for e in entry_points(group="console_scripts") if e.name[:4] == "nmt-"}
+    for command in ("train", "translate", "score", "average", "serve"):
+        assert installed[f"nmt-{command}"].load() is getattr(nmt.cli, f"{command}_main")
     result = subprocess.run(
         [sys.executable, "-m", "nmt", "score", "--help"], capture_output=True, text=True
     )
@@ -431,24 +440,120 @@ def test_a_new_decode_field_becomes_a_flag_without_a_cli_edit(monkeypatch, tmp_p
 
 
 @pytest.fixture(scope="module")
-def sampled_run(tmp_path_factory):
+def small_run(tmp_path_factory):
     from conftest import trained_run
 
-    return trained_run(tmp_path_factory.mktemp("sampling"))
+    return trained_run(tmp_path_factory.mktemp("cli"))
+
+
+@pytest.fixture
+def source_file(small_run, tmp_path):
+    """The tiny corpus's test sources with an empty line among them, as in.de."""
+    lines = (small_run.parent / "corpus" / "test.de").read_text(encoding="utf-8").splitlines()
+    path = tmp_path / "in.de"
+    path.write_text("\n".join(lines[:3] + [""] + lines[3:8]) + "\n", encoding="utf-8")
+    return path
+
+
+def test_scores_are_each_outputs_score_tab_its_text(small_run, source_file, capsys):
+    lines = source_file.read_text(encoding="utf-8").splitlines()
+    code, out, err = run(
+        translate_main, ["-m", small_run, "--scores", "--beam", 2, "-i", source_file], capsys
+    )
+    assert code == 0, err
+    expected = Translator.from_run(small_run).translate(lines, beam=2)
+    rows = [row.split("\t") for row in out.splitlines()]
+    assert [text for _, text in rows] == [h.text for h in expected]
+    assert [float(score) for score, _ in rows] == [
+        pytest.approx(h.score, abs=1e-4) for h in expected
+    ]
+    assert rows[3] == ["0.0000", ""]  # the empty line
+
+
+def test_ref_prints_the_report_and_keeps_stdout_for_the_translations(
+    small_run, source_file, tmp_path, capsys
+):
+    """--ref FILE: the report after translating; with -o on stdout, without -o on stderr, so
+    that a pipe gets the translations only."""
+    from nmt.scoring.metrics import corpus_bleu
+
+    reference = small_run.parent / "corpus" / "test.en"
+    refs = reference.read_text(encoding="utf-8").splitlines()
+    refs = refs[:3] + [""] + refs[3:8]
+    (tmp_path / "ref.en").write_text("\n".join(refs) + "\n", encoding="utf-8")
+    flags = ["-m", small_run, "-i", source_file, "--ref", tmp_path / "ref.en"]
+    code, out, err = run(translate_main, [*flags, "-o", tmp_path / "out.en"], capsys)
+    assert code == 0, err
+    outputs = (tmp_path / "out.en").read_text(encoding="utf-8").splitlines()
+    assert "nrefs:1|case:mixed|eff:no|tok:13a" in out
+    bleu = re.search(r"BLEU\S*\s*=?\s*([0-9.]+)", out)
+    assert bleu and float(bleu.group(1)) == pytest.approx(corpus_bleu(outputs, refs), abs=0.01)
+    code, out, err = run(translate_main, flags, capsys)
+    assert code == 0 and out.splitlines() == outputs
+    assert "nrefs:1|case:mixed|eff:no|tok:13a" in err
+
+
+def test_self_check_exits_1_naming_each_difference(small_run, source_file, capsys, monkeypatch):
+    """A search whose results depend on the batch (simulated: scores moved in batches) is
+    reported line by line on stderr, counted on stdout, and exits 1."""
+    real_nbest = Translator.nbest
+
+    def batch_dependent(self, lines, *args, **options):
+        found = real_nbest(self, lines, *args, **options)
+        if options.get("batch_size") != 1:
+            for hyps, line in zip(found, lines):
+                for h in hyps if line.strip() else []:
+                    h.score += 1e-3
+        return found
+
+    monkeypatch.setattr(Translator, "nbest", batch_dependent)
+    flags = ["-m", small_run, "--self-check", "--batch-size", 4, "-i", source_file]
+    code, out, err = run(translate_main, flags, capsys)
+    assert code == 1
+    differences = int(re.search(r"(\d+) differences", out).group(1))
+    assert differences == 8  # every line but the empty one
+    assert (
+        len([e for e in err.splitlines() if e.startswith("nmt-translate: self-check: line")]) == 8
+    )
+
+
+def test_an_interactive_line_is_answered_while_stdin_stays_open(small_run):
+    """From a pipe that is still open, the line typed so far is translated at once (its chunk
+    ends when no more input is waiting), not when a chunk fills or the input ends."""
+    import select
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "nmt", "translate", "-m", str(small_run), "--beam", "1"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        process.stdin.write("Ein Hund läuft.\n".encode())
+        process.stdin.flush()
+        ready, _, _ = select.select([process.stdout], [], [], 120)
+        assert ready, "no answer while stdin is open"
+        answer = process.stdout.readline().decode().rstrip("\n")
+        assert (
+            answer == Translator.from_run(small_run).translate(["Ein Hund läuft."], beam=1)[0].text
+        )
+    finally:
+        process.stdin.close()
+        assert process.wait(timeout=120) == 0
 
 
 @pytest.mark.parametrize("nbest", [1, 3])
 def test_the_same_seed_gives_the_same_samples_from_stdin_in_chunks_or_a_file(
-    sampled_run, tmp_path, capsys, monkeypatch, nbest
+    small_run, tmp_path, capsys, monkeypatch, nbest
 ):
     """Reading stdin, each chunk ends when no more input is waiting (an interactive pipe can
     deliver every line on its own); samples are seeded by line number, so they equal those of
     the whole file at once, at any batch size."""
     import nmt.cli
 
-    source = (sampled_run.parent / "corpus" / "test.de").read_text(encoding="utf-8")
+    source = (small_run.parent / "corpus" / "test.de").read_text(encoding="utf-8")
     (tmp_path / "in.de").write_text(source, encoding="utf-8")
-    flags = ["-m", sampled_run, "--sample", "--seed", 7, "--nbest", nbest]
+    flags = ["-m", small_run, "--sample", "--seed", 7, "--nbest", nbest]
     code, whole, err = run(translate_main, [*flags, "-i", tmp_path / "in.de"], capsys)
     assert code == 0, err
     monkeypatch.setattr(nmt.cli, "_input_waiting", lambda stream: False)  # one line per chunk
@@ -465,3 +570,37 @@ def test_the_same_seed_gives_the_same_samples_from_stdin_in_chunks_or_a_file(
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(source.encode())))
     code, reseeded, err = run(translate_main, [*flags[:4], 8, *flags[5:]], capsys)
     assert code == 0 and reseeded != whole  # another seed: other samples
+
+
+def test_score_analyze_on_the_command_line(small_run, tmp_path, capsys):
+    """nmt-score --analyze -m RUN -s SRC [--beams]: the shares of search, model and limit
+    errors (summing to the differing sentences), and with --beams one row per beam width
+    whose BLEU is that beam's; without -s it is a one-line error."""
+    from nmt.scoring.metrics import corpus_bleu
+
+    corpus = small_run.parent / "corpus"
+    sources = (corpus / "test.de").read_text(encoding="utf-8").splitlines()[:8]
+    refs = (corpus / "test.en").read_text(encoding="utf-8").splitlines()[:8]
+    translator = Translator.from_run(small_run)
+    greedy = [h.text for h in translator.translate(sources, beam=1)]
+    for name, lines in (("src.de", sources), ("ref.en", refs), ("greedy.en", greedy)):
+        (tmp_path / name).write_text("\n".join(lines) + "\n", encoding="utf-8")
+    flags = ["-r", tmp_path / "ref.en", "-i", tmp_path / "greedy.en", "--analyze", "-m", small_run]
+    code, out, err = run(score_main, [*flags, "-s", tmp_path / "src.de", "--beams", 1, 2], capsys)
+    assert code == 0, err
+    assert f"error analysis of {tmp_path / 'greedy.en'} (length normalization" in out
+    head = re.search(
+        r"(\d+) sentences, (\d+) differ.*?(\d+) search.*?(\d+) model.*?(\d+) limit", out
+    )
+    assert head, out
+    total, differ, search, model, limit = map(int, head.groups())
+    assert total == 8 and search + model + limit == differ
+    rows = [line.split() for line in out.splitlines() if re.match(r"\s+[12] +\d", line)]
+    assert [int(row[0]) for row in rows] == [1, 2]
+    assert float(rows[0][1]) == pytest.approx(corpus_bleu(greedy, refs), abs=0.01)
+    assert sum(float(share.rstrip("%")) for share in rows[0][3:6]) in (
+        0.0,
+        pytest.approx(100, abs=0.2),
+    )
+    code, _, err = run(score_main, flags, capsys)
+    assert code == 2 and "--analyze needs -m RUN_DIR and -s SOURCE" in err

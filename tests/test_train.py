@@ -322,6 +322,32 @@ def test_overwrite_removes_only_what_nmt_wrote(tiny_recipe, tmp_path):
     assert Translator.from_run(run_dir).translate(["eins"])[0].text is not None
 
 
+def test_overwrite_removes_what_translation_added_to_the_run(tiny_recipe, tmp_path):
+    """Tuned decoding, the shortlist's lexicon and the diagnostics' norms belong to the old
+    model: a retrained run that kept them would decode with another model's settings."""
+    from nmt.scoring.diagnostics import dev_norms
+    from nmt.translate import save_tuned_decoding
+
+    run_dir = tmp_path / "exp"
+    steps = ["train.max_steps=2", "train.valid_every=1", "train.keep_best=2"]
+    train(Recipe.load(tiny_recipe, steps), run_dir)
+    save_tuned_decoding(run_dir, {"beam": 1})
+    translator = Translator.from_run(run_dir)
+    translator.translate(["eins zwei"], shortlist=5)  # builds lexicon.safetensors
+    dev_norms(translator, run_dir)
+    added = ["decode.yaml", "lexicon.safetensors", "diagnostics.json"]
+    assert all((run_dir / name).is_file() for name in added)
+    train(
+        Recipe.load(tiny_recipe, ["train.max_steps=1", "train.valid_every=1"]),
+        run_dir,
+        overwrite=True,
+    )
+    assert [name for name in added if (run_dir / name).exists()] == []
+    assert not list((run_dir / "checkpoints").glob("step-2*"))
+    rows = (run_dir / "metrics.csv").read_text().splitlines()[1:]
+    assert max(int(row.split(",")[0]) for row in rows) == 1
+
+
 def test_a_folder_with_the_users_own_files_is_never_overwritten(tiny_recipe, tmp_path):
     """The user's recipe kept as exp1/recipe.yaml is not a run: nmt refuses to write over it,
     --overwrite included; a folder with only other files of the user's is fine to train in."""
