@@ -446,7 +446,8 @@ class DecodeConfig:
     seed: int = option(
         1,
         "Seed of sampling. A line's samples are seeded by it and the line's number, so the "
-        "same seed and input give the same samples, from a file or stdin, at any batch size.",
+        "same seed and input give the same samples, from a file or stdin, at any batch size "
+        "(a shortlist, int8 or bf16 make them depend on the batch, as they do search).",
         min=-(2**63),
         max=2**64 - 1,
     )

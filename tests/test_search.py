@@ -191,6 +191,41 @@ def test_a_sentences_samples_do_not_depend_on_its_batch():
     assert [h.tokens for h in elsewhere[0]] != [h.tokens for h in alone[0]]
 
 
+def test_the_noise_hash_is_lowbias32_and_its_noise_finite():
+    """hash32 in int64 arithmetic equals the 32-bit hash computed on Python ints (no overflow
+    anywhere); uniforms never reach 0 or 1, so the Gumbel noise is always finite."""
+    from nmt.search.sampling import gumbel_noise, hash32
+
+    def reference(x):
+        x = ((x ^ (x >> 16)) * 0x7FEB352D) & 0xFFFFFFFF
+        x = ((x ^ (x >> 15)) * 0x846CA68B) & 0xFFFFFFFF
+        return x ^ (x >> 16)
+
+    values = [0, 1, 2, 12345, 2**31 - 1, 2**31, 2**32 - 2, 2**32 - 1]
+    values += random.Random(0).sample(range(2**32), 200)
+    assert hash32(torch.tensor(values)).tolist() == [reference(v) for v in values]
+    noise = gumbel_noise(torch.tensor([0, 2**32 - 1]), 0, torch.arange(5000))
+    assert bool(torch.isfinite(noise).all())
+
+
+def test_a_shortlists_column_order_does_not_change_a_sample():
+    """Noise belongs to token ids, not columns: a shortlist holding every token, in another
+    order, draws exactly the samples of the full vocabulary."""
+    from nmt.search.sampling import sample, stream_seed
+
+    model = tiny_model(vocab=30, seed=5)
+    sources = [[5, 6, 7], [8, 9]]
+    seeds = [stream_seed(4, line) for line in range(2)]
+    limits = torch.tensor([6, 6])
+    full = sample(model, encode(model, sources), limits, 3, seeds)
+    shuffled = list(range(4, 30))
+    random.Random(1).shuffle(shuffled)
+    vocabulary = torch.tensor([0, 1, 2, 3, *shuffled])  # special ids first, as shortlists keep them
+    encoded = model.shortlisted(encode(model, sources), vocabulary)
+    listed = sample(model, encoded, limits, 3, seeds, vocabulary=vocabulary)
+    assert [[h.tokens for h in s] for s in listed] == [[h.tokens for h in s] for s in full]
+
+
 def test_samples_follow_the_models_distribution():
     """Gumbel-max draws: over many draws of a one-step output, each token's share matches its
     probability (tolerance: 4 standard errors of 4,000 draws)."""
@@ -215,7 +250,8 @@ def test_low_temperature_and_top_k_one_are_greedy():
     model = tiny_model(vocab=30, seed=9)
     sources = [[5, 6, 7], [8, 9], [10]]
     greedy = greedy_search(model, encode(model, sources), torch.tensor([6] * 3))
-    for options in ({"temperature": 1e-4}, {"top_k": 1}, {"top_p": 1e-6}):
+    # T = 1e-6: this model's closest call (log-probabilities 3e-4 apart) is 300 nats apart
+    for options in ({"temperature": 1e-6}, {"top_k": 1}, {"top_p": 1e-6}):
         for hyps, best in zip(draw(model, sources, 3, **options), greedy):
             assert all(h.tokens == best[0].tokens for h in hyps)
 

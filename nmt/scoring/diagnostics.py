@@ -119,7 +119,8 @@ def dev_norms(translator: Translator, run_dir: Path, **options) -> Norms:
     resumed run's new best computes its own norms."""
     cache = run_dir / "diagnostics.json"
     settings = asdict(translator.settings(**options))
-    key = json.dumps({"settings": settings, "weights": weights_digest(translator.model)})
+    weights = weights_digest(translator.model)
+    key = json.dumps({"settings": settings, "weights": weights, "int8": translator.quantized})
     stored = _cached(cache)
     try:
         return Norms(
@@ -158,8 +159,9 @@ def dev_norms(translator: Translator, run_dir: Path, **options) -> Norms:
 
 
 def weights_digest(model: torch.nn.Module) -> str:
-    """A digest of a model's weights (int8 ones included): equal weights, equal digest. SHA-1
-    for speed (a cache key, not a signature): ~30 ms for Multi30k's 26 MB of weights."""
+    """A digest of a model's weight tensors: equal weights, equal digest. int8 linear layers
+    count (dequantized); int8 recurrent layers are packed objects without tensors and do not.
+    SHA-1 for speed (a cache key, not a signature): ~30 ms for Multi30k's 26 MB of weights."""
     digest = hashlib.sha1()
     for name, value in model.state_dict().items():
         digest.update(name.encode())

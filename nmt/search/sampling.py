@@ -1,9 +1,12 @@
 """Sampling: draw outputs from the model's distribution, sharpened or truncated.
 
 `temperature` < 1 sharpens the distribution (→ 0 is greedy), `top_k` keeps the k most probable
-tokens, `top_p` the smallest set whose probability reaches p (nucleus sampling). Each draw has its
-own seeded random stream (from the seed, its sentence's line number and the draw's number), so a
-sentence's samples do not depend on which other sentences share its batch, or on the batch size.
+tokens, `top_p` the smallest set whose probability reaches p (nucleus sampling). Draws are
+Gumbel-max: the token with the largest log-weight plus noise, where the noise of a token is a hash
+of (the draw's seed, the step, the token's id). The draw's seed comes from the decode seed, its
+sentence's line number and the draw's number, so a sentence's samples do not depend on the other
+sentences of its batch, the batch size or a shortlist's column order; and the noise of a whole
+batch is a few vectorised integer operations per step.
 
 Shapes: B sentences, N = B × samples rows (a sentence's samples consecutive), V vocabulary
 columns (a shortlist's size with one).
@@ -38,8 +41,37 @@ def truncate(log_probs: torch.Tensor, temperature: float, top_k: int, top_p: flo
 def stream_seed(*parts: int) -> int:
     """A seed for a random stream of its own, e.g. (seed, line) or (line's seed, draw): distinct
     for distinct parts, unlike sums or products of them."""
-    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    digest = hashlib.blake2b(repr(tuple(map(int, parts))).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 1  # a non-negative int64
+
+
+_LOW32 = 0xFFFFFFFF
+
+
+def _times(x: torch.Tensor, constant: int) -> torch.Tensor:
+    """x · constant mod 2³² for x < 2³² in int64, in halves so that no product overflows."""
+    low = x * (constant & 0xFFFF)
+    high = ((x * (constant >> 16)) & 0xFFFF) << 16
+    return (low + high) & _LOW32
+
+
+def hash32(x: torch.Tensor) -> torch.Tensor:
+    """A well-mixed 32-bit hash of each element (int64 holding 32 bits; Wellons' lowbias32)."""
+    x = _times(x ^ (x >> 16), 0x7FEB352D)
+    x = _times(x ^ (x >> 15), 0x846CA68B)
+    return x ^ (x >> 16)
+
+
+def gumbel_noise(draw_seeds: torch.Tensor, step: int, token_ids: torch.Tensor) -> torch.Tensor:
+    """(N, V) Gumbel(0, 1) noise, each value a function of (draw seed, step, token id) only.
+
+    `draw_seeds` (N,) int64 of 32 bits, `token_ids` (V,) int64. Uniforms lie strictly inside
+    (0, 1) (24 bits, offset by half a step), so the noise is always finite."""
+    step_key = hash32(torch.tensor(step & _LOW32, dtype=torch.long))
+    row_keys = hash32(draw_seeds ^ step_key)  # (N,)
+    bits = hash32(row_keys[:, None] ^ hash32(token_ids)[None, :])  # (N, V)
+    uniform = ((bits >> 8).to(torch.float32) + 0.5) / 2**24
+    return -(-uniform.log()).log()
 
 
 @torch.no_grad()
@@ -67,19 +99,21 @@ def sample(
         raise ValueError(f"{len(line_seeds)} seeds for {batch} sentences")
     device = encoded.device
     rows = torch.arange(batch, device=device).repeat_interleave(samples)  # (N,)
-    streams = [
-        torch.Generator(device).manual_seed(stream_seed(line_seed, draw))
-        for line_seed in line_seeds
-        for draw in range(samples)
-    ]
+    draw_seeds = torch.tensor(
+        [stream_seed(line, draw) & _LOW32 for line in line_seeds for draw in range(samples)],
+        dtype=torch.long,
+        device=device,
+    )  # (N,)
+    step = 0
 
     def pick(log_probs: torch.Tensor) -> torch.Tensor:
-        # Gumbel-max: argmax(log w + Gumbel noise) is a draw from w, and each row's noise comes
-        # from its own stream, so a row's draw does not depend on the other rows.
+        # Gumbel-max: argmax(log w + Gumbel noise) is a draw from softmax(log w).
+        nonlocal step
         log_weights = truncate(log_probs, temperature, top_k, top_p)  # (N, V)
-        size = log_weights.size(-1)
-        uniform = torch.stack([torch.rand(size, generator=g, device=device) for g in streams])
-        return (log_weights - (-uniform.log()).log()).argmax(-1)  # (N,) token ids
+        ids = vocabulary if vocabulary is not None else torch.arange(log_weights.size(-1))
+        noise = gumbel_noise(draw_seeds, step, ids.to(device))  # (N, V)
+        step += 1
+        return (log_weights + noise).argmax(-1)  # (N,) columns
 
     drawn = follow_path(
         model,

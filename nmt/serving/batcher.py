@@ -7,10 +7,10 @@ all requests with the same settings to `Translator.nbest` at once, which sorts t
 into batches as nmt-translate does. Each request gets its own sentences' results back.
 
 A request's output does not depend on the requests it was batched with: batched beam search
-gives what batch size 1 gives (`Translator.self_check`), and a request that samples is searched
-in a group of its own, with its own seed. The exception is a vocabulary shortlist, which is
-made for a whole batch: with one, an output can change with the other sentences of its batch,
-as it can with nmt-translate's batch size.
+gives what batch size 1 gives (`Translator.self_check`), and a sampled line's draws are seeded
+by its request's seed and its number within the request. The exception is a vocabulary
+shortlist, which is made for a whole batch: with one, an output can change with the other
+sentences of its batch, as it can with nmt-translate's batch size.
 """
 
 from __future__ import annotations
