@@ -246,3 +246,18 @@ def test_autocast_converts_the_memory_once_and_keeps_the_loss():
     assert encoded.memory.dtype == torch.bfloat16
     assert low.dtype == torch.float32
     assert low.item() == pytest.approx(batch_loss(model, batch, 0.1).item(), rel=0.02)
+
+
+@pytest.mark.parametrize("input_feeding", [True, False])
+def test_locked_dropout_keeps_bf16_autocasts_attentional_vectors_in_bfloat16(input_feeding):
+    """The output layer's products run in the attentional vectors' dtype: a float32 mask must
+    not turn them float32 under bf16 autocast (it made locked-dropout training 30% slower)."""
+    source = torch.tensor([[5, 6, 7, EOS], [8, 9, EOS, PAD]])
+    target_in = torch.tensor([[BOS, 5, 6], [BOS, 7, PAD]])
+    for locked in (False, True):
+        model = tiny_model(
+            vocab=20, dropout=0.5, locked_dropout=locked, input_feeding=input_feeding
+        )
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            attentional, _ = model.train()(source, torch.tensor([4, 3]), target_in)
+        assert attentional.dtype == torch.bfloat16, locked

@@ -178,4 +178,8 @@ class Decoder(nn.Module):
         """h̃ = dropout(tanh(W_c [c; h])): (N, T, H) from c (N, T, M) and h (N, T, H); `keep`
         (N, 1, H), locked dropout's scaled mask, replaces a mask drawn per step."""
         attentional = torch.tanh(self.combine(torch.cat([context, output], dim=-1)))
-        return attentional * keep if keep is not None else self.dropout(attentional)
+        if keep is None:
+            return self.dropout(attentional)
+        # In the mask's float32, bf16 autocast's h̃ would turn float32, and with it the output
+        # layer's products (the largest of all, run in h̃'s dtype): 30% slower training.
+        return attentional * keep.to(attentional.dtype)
