@@ -604,3 +604,15 @@ def test_score_analyze_on_the_command_line(small_run, tmp_path, capsys):
     )
     code, _, err = run(score_main, flags, capsys)
     assert code == 2 and "--analyze needs -m RUN_DIR and -s SOURCE" in err
+
+
+def test_already_segmented_input_gets_a_warning(small_run, tmp_path, capsys):
+    """Input that looks like SentencePiece pieces (▁) is translated, with a warning on stderr
+    that nmt segments plain text itself; plain text gets none."""
+    (tmp_path / "pieces.de").write_text("\u2581ein \u2581hund \u2581läuft\n\u2581zwei\n")
+    (tmp_path / "plain.de").write_text("ein hund läuft\nzwei\n")
+    code, out, err = run(translate_main, ["-m", small_run, "-i", tmp_path / "pieces.de"], capsys)
+    assert code == 0 and len(out.splitlines()) == 2
+    assert "looks already segmented" in err
+    code, out, err = run(translate_main, ["-m", small_run, "-i", tmp_path / "plain.de"], capsys)
+    assert code == 0 and "segmented" not in err
