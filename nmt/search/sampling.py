@@ -105,13 +105,16 @@ def sample(
         device=device,
     )  # (N,)
     step = 0
+    token_ids = None  # (V,): the columns' token ids, the same at every step
 
     def pick(log_probs: torch.Tensor) -> torch.Tensor:
         # Gumbel-max: argmax(log w + Gumbel noise) is a draw from softmax(log w).
-        nonlocal step
+        nonlocal step, token_ids
         log_weights = truncate(log_probs, temperature, top_k, top_p)  # (N, V)
-        ids = vocabulary if vocabulary is not None else torch.arange(log_weights.size(-1))
-        noise = gumbel_noise(draw_seeds, step, ids.to(device))  # (N, V)
+        if token_ids is None:
+            token_ids = vocabulary if vocabulary is not None else torch.arange(log_probs.size(-1))
+            token_ids = token_ids.to(device)
+        noise = gumbel_noise(draw_seeds, step, token_ids)  # (N, V)
         step += 1
         return (log_weights + noise).argmax(-1)  # (N,) columns
 
