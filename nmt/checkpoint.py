@@ -13,13 +13,14 @@ from __future__ import annotations
 import glob
 import hashlib
 import json
+import mmap
 import os
 import re
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
@@ -114,8 +115,14 @@ def checkpoint_exists(path: Path) -> bool:
     return _meta_path(path).is_file()
 
 
-def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read and verify a checkpoint: (tensors, metadata). Raises NmtError if damaged."""
+def load_checkpoint(
+    path: Path, model_only: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and verify a checkpoint: (tensors, metadata). Raises NmtError if damaged.
+
+    `model_only` (translation): only the `model.*` tensors, mapped from the file rather than
+    read, so that the optimizer's state (two thirds of a training checkpoint) is never copied;
+    the whole file's SHA-256 is checked all the same."""
     meta_path = _meta_path(path)
     if not meta_path.is_file():
         raise NmtError(f"{path}: checkpoint not found (no {meta_path.name})")
@@ -130,19 +137,26 @@ def load_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]
     weights = path.parent / Path(str(meta.get("weights_file"))).name  # never outside the folder
     if not weights.is_file():
         raise NmtError(f"{weights}: missing; {meta_path.name} names it as its weights")
-    data = weights.read_bytes()
-    if len(data) != meta.get("weights_bytes") or hashlib.sha256(data).hexdigest() != meta.get(
-        "weights_sha256"
-    ):
-        raise NmtError(
-            f"{weights}: does not match the size and SHA-256 recorded in "
-            f"{meta_path.name}; the checkpoint is damaged or was replaced"
-        )
-    try:
-        tensors = load_safetensors(data)
-    except SafetensorError as error:
-        raise NmtError(f"{weights}: not a safetensors file: {error}") from None
-    return tensors, meta
+    damaged = NmtError(
+        f"{weights}: does not match the size and SHA-256 recorded in "
+        f"{meta_path.name}; the checkpoint is damaged or was replaced"
+    )
+    with weights.open("rb") as file:
+        size = os.fstat(file.fileno()).st_size
+        if not size or size != meta.get("weights_bytes"):  # (an empty file cannot be mapped)
+            raise damaged
+        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:  # hashed where it lies
+            if hashlib.sha256(data).hexdigest() != meta.get("weights_sha256"):
+                raise damaged
+            try:
+                if not model_only:
+                    # copied out: a resumed optimizer must not live in a file the next save replaces
+                    return load_safetensors(data[:]), meta
+                with safe_open(str(weights), framework="pt") as mapped:
+                    model = [key for key in mapped.keys() if key.startswith("model.")]
+                    return {key: mapped.get_tensor(key) for key in model}, meta
+            except SafetensorError as error:
+                raise NmtError(f"{weights}: not a safetensors file: {error}") from None
 
 
 def restore(

@@ -25,7 +25,6 @@ from nmt.data.batching import pad_sources
 from nmt.data.subwords import BOS, EOS, PAD, Tokenizer, looks_segmented
 from nmt.device import cpu_has_bf16, pick_device
 from nmt.errors import NmtError
-from nmt.scoring.metrics import corpus_bleu, corpus_chrf
 from nmt.data.lexicon import Lexicon, lexicon_for_run
 from nmt.model.ensemble import Ensemble
 from nmt.model.interface import AnyDecodable, EncodedSource, SearchState
@@ -370,6 +369,8 @@ class Translator:
                 else [("none", 0.0)] + [(form, a) for form in ("avg", "gnmt") for a in alphas]
             )
             grid.extend((beam, form, alpha) for form, alpha in forms)
+        from nmt.scoring.metrics import corpus_bleu, corpus_chrf  # sacreBLEU: only for tuning
+
         rows = []
         for beam, form, alpha in tqdm(grid, desc="tuning", unit="setting", leave=False):
             hypotheses = [
@@ -580,7 +581,7 @@ def _load_run(run_dir: Path, checkpoint: str) -> tuple[Seq2Seq, Tokenizer, Recip
         )
     recipe = Recipe.load(run_dir / "recipe.yaml")
     tokenizer = Tokenizer.load(run_dir)
-    tensors, meta = load_checkpoint(run_dir / "checkpoints" / checkpoint)
+    tensors, meta = load_checkpoint(run_dir / "checkpoints" / checkpoint, model_only=True)
     if meta.get("spm_sha256") != tokenizer.sha256:
         models = " and ".join(str(path) for path in tokenizer.files)
         raise NmtError(

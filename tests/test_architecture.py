@@ -143,6 +143,32 @@ def test_plain_scoring_starts_without_torch_or_datasets(tmp_path):
     assert done.stdout.strip() == "[]", done.stdout + done.stderr
 
 
+def test_translating_starts_without_sacrebleu_or_datasets(tmp_path):
+    """`nmt-translate` imports neither: scoring (only `--tune` and `--ref` need it) and corpus
+    loading would add a few tenths of a second to every translation's start."""
+    import subprocess
+
+    from conftest import trained_run
+
+    run = trained_run(tmp_path)
+    (tmp_path / "in.de").write_text("ein Hund\n", encoding="utf-8")
+    probe = (
+        "import sys\n"
+        "from nmt.cli import translate_main\n"
+        "try:\n"
+        f"    translate_main(['-m', {str(run)!r}, '-i', {str(tmp_path / 'in.de')!r},"
+        f" '-o', {str(tmp_path / 'out.en')!r}])\n"
+        "except SystemExit as end:\n"
+        "    print(end.code, sorted(m for m in ('sacrebleu', 'datasets', 'pyarrow')"
+        " if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, check=True
+    )
+    assert done.stdout.split("\n")[-2] == "0 []", done.stdout + done.stderr
+    assert (tmp_path / "out.en").read_text(encoding="utf-8").count("\n") == 1
+
+
 # A function's length in statements, which the formatter's line breaks do not change: 40 is
 # about 60 lines of this code. A longer function says why in its docstring.
 LONGEST = 40

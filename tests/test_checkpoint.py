@@ -33,17 +33,43 @@ def test_round_trip_with_optimizer_and_rng(tmp_path):
     assert torch.equal(torch.rand(3), expected_draw)  # the RNG continues where it was saved
 
 
-def test_damaged_weights_are_detected(tmp_path):
+def test_model_only_loads_the_same_model_tensors_and_nothing_else(tmp_path):
+    """Translation's load maps the weights from the file and skips the optimizer's state."""
+    model = tiny_model()
+    optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
+    model(torch.tensor([[4, 5, 3]]), torch.tensor([3]), torch.tensor([[2, 4]]))[0].sum().backward()
+    optimizer.step()
+    save_checkpoint(tmp_path / "best", model, {"step": 3}, optimizer)
+    everything, _ = load_checkpoint(tmp_path / "best")
+    weights, meta = load_checkpoint(tmp_path / "best", model_only=True)
+    assert meta["step"] == 3
+    assert set(weights) == {key for key in everything if key.startswith("model.")}
+    assert any(key.startswith("optimizer.") for key in everything)
+    [path] = tmp_path.glob("best.*.safetensors")
+    path.unlink()  # mapped tensors stay readable after the file goes (a newer best replaces it)
+    other = tiny_model(seed=9)
+    restore(weights, meta, other)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, other.state_dict()[key]), key
+
+
+@pytest.mark.parametrize("model_only", [False, True])
+@pytest.mark.parametrize("damage", ["flipped byte", "truncated", "empty"])
+def test_damaged_weights_are_detected(tmp_path, model_only, damage):
     save_checkpoint(tmp_path / "best", tiny_model(), {})
     [path] = tmp_path.glob("best.*.safetensors")
     data = bytearray(path.read_bytes())
-    data[-1] ^= 0xFF
+    if damage == "flipped byte":
+        data[-1] ^= 0xFF
+    else:
+        del data[len(data) // 2 if damage == "truncated" else 0 :]
     path.write_bytes(bytes(data))
     with pytest.raises(NmtError, match="damaged"):
-        load_checkpoint(tmp_path / "best")
+        load_checkpoint(tmp_path / "best", model_only=model_only)
 
 
-def test_a_pickle_is_never_executed(tmp_path):
+@pytest.mark.parametrize("model_only", [False, True])
+def test_a_pickle_is_never_executed(tmp_path, model_only):
     marker = tmp_path / "pwned"
 
     class Exploit:
@@ -54,7 +80,7 @@ def test_a_pickle_is_never_executed(tmp_path):
     (tmp_path / "evil.safetensors").write_bytes(data)
     (tmp_path / "evil.json").write_text('{"weights_bytes": 0}')
     with pytest.raises(NmtError):
-        load_checkpoint(tmp_path / "evil")
+        load_checkpoint(tmp_path / "evil", model_only=model_only)
     assert not marker.exists()
     # Even with a matching size and hash, a pickle is not a safetensors file.
     (tmp_path / "evil.json").write_text(
@@ -68,7 +94,7 @@ def test_a_pickle_is_never_executed(tmp_path):
         )
     )
     with pytest.raises(NmtError, match="not a safetensors file"):
-        load_checkpoint(tmp_path / "evil")
+        load_checkpoint(tmp_path / "evil", model_only=model_only)
     assert not marker.exists()
 
 
