@@ -130,6 +130,47 @@ def test_forget_bias_and_orthogonal_recurrent_weights():
     assert torch.allclose(block @ block.t(), torch.eye(12), atol=1e-5)
 
 
+@pytest.mark.parametrize("score", ["additive", "dot", "general"])
+def test_each_attention_score_gives_its_textbook_weights_and_gradients(score):
+    """Weights and gradients equal softmax(score) by the papers' formulas, for K hypotheses per
+    sentence sharing the sentence's keys; additive is computed as 2vᵀσ(2a), not vᵀtanh(a)."""
+    from nmt.model.attention import build_attention
+
+    torch.manual_seed(0)
+    attention = build_attention(score, 8, 8)
+    memory = torch.randn(3, 5, 8, requires_grad=True)  # B = 3 sentences, S = 5
+    query = torch.randn(6, 2, 8, requires_grad=True)  # K = 2 rows per sentence, T = 2 steps
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]], dtype=torch.bool)
+    rows = torch.arange(3).repeat_interleave(2)  # each row's sentence
+
+    def textbook():
+        m = memory[rows]  # (N, S, M)
+        if score == "additive":
+            a = (
+                attention.query_projection(query)[:, :, None]
+                + attention.memory_projection(m)[:, None]
+            )
+            e = torch.tanh(a) @ attention.energy.weight[0]  # vᵀ tanh(W q + U m): (N, T, S)
+        elif score == "dot":
+            e = query @ m.transpose(1, 2)
+        else:
+            e = query @ attention.memory_projection(m).transpose(1, 2)
+        weights = e.masked_fill(~mask[rows][:, None], float("-inf")).softmax(-1)
+        return weights @ m, weights
+
+    def gradients(outputs):
+        inputs = [query, memory, *attention.parameters()]
+        loss = outputs[0].square().sum() + outputs[1][..., 0].sum()
+        return torch.autograd.grad(loss, inputs)
+
+    ours = attention(query, attention.keys(memory), memory, mask)
+    theirs = textbook()
+    for a, b in zip(ours, theirs):
+        assert torch.allclose(a, b, atol=1e-6)
+    for a, b in zip(gradients(ours), gradients(textbook())):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
 def test_the_attention_docstring_table_is_the_recipes_presets():
     """nmt/model/attention.py shows the presets beside the classes; the recipe holds them (it may
     not import the model). The two must say the same, and each score must build its class."""
