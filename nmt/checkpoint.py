@@ -16,11 +16,12 @@ import json
 import mmap
 import os
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError, safe_open
+from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
@@ -120,9 +121,10 @@ def load_checkpoint(
 ) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Read and verify a checkpoint: (tensors, metadata). Raises NmtError if damaged.
 
-    `model_only` (translation): only the `model.*` tensors, mapped from the file rather than
-    read, so that the optimizer's state (two thirds of a training checkpoint) is never copied;
-    the whole file's SHA-256 is checked all the same."""
+    `model_only` (translation): only the `model.*` tensors, copied out of the file's mapping,
+    so that the optimizer's state (two thirds of a training checkpoint) is never read into
+    memory; the whole file's SHA-256 is checked all the same, on the very bytes the tensors
+    come from."""
     meta_path = _meta_path(path)
     if not meta_path.is_file():
         raise NmtError(f"{path}: checkpoint not found (no {meta_path.name})")
@@ -135,28 +137,70 @@ def load_checkpoint(
     if meta["format_version"] == 1:  # weights beside the JSON under the same name
         meta["weights_file"] = f"{path.name}.safetensors"
     weights = path.parent / Path(str(meta.get("weights_file"))).name  # never outside the folder
-    if not weights.is_file():
-        raise NmtError(f"{weights}: missing; {meta_path.name} names it as its weights")
-    damaged = NmtError(
-        f"{weights}: does not match the size and SHA-256 recorded in "
-        f"{meta_path.name}; the checkpoint is damaged or was replaced"
-    )
-    with weights.open("rb") as file:
-        size = os.fstat(file.fileno()).st_size
-        if not size or size != meta.get("weights_bytes"):  # (an empty file cannot be mapped)
-            raise damaged
-        with mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:  # hashed where it lies
-            if hashlib.sha256(data).hexdigest() != meta.get("weights_sha256"):
-                raise damaged
+    try:
+        file = weights.open("rb")
+    except (FileNotFoundError, IsADirectoryError):  # (also when a newer save just replaced it)
+        raise NmtError(f"{weights}: missing; {meta_path.name} names it as its weights") from None
+    with file:
+        try:
+            data: bytes | mmap.mmap = mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ)
+        except (OSError, ValueError):  # an empty file, or a file system that cannot map
+            data = file.read()
+        try:
+            digest = hashlib.sha256(data).hexdigest()
+            if len(data) != meta.get("weights_bytes") or digest != meta.get("weights_sha256"):
+                raise NmtError(
+                    f"{weights}: does not match the size and SHA-256 recorded in "
+                    f"{meta_path.name}; the checkpoint is damaged or was replaced"
+                )
             try:
-                if not model_only:
-                    # copied out: a resumed optimizer must not live in a file the next save replaces
-                    return load_safetensors(data[:]), meta
-                with safe_open(str(weights), framework="pt") as mapped:
-                    model = [key for key in mapped.keys() if key.startswith("model.")]
-                    return {key: mapped.get_tensor(key) for key in model}, meta
-            except SafetensorError as error:
+                tensors = _model_tensors(data) if model_only else load_safetensors(data[:])
+            except (SafetensorError, ValueError, LookupError, TypeError, AttributeError,
+                    RuntimeError, struct.error) as error:  # fmt: skip
                 raise NmtError(f"{weights}: not a safetensors file: {error}") from None
+        finally:
+            if isinstance(data, mmap.mmap):
+                data.close()
+    return tensors, meta
+
+
+_DTYPES = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def _model_tensors(data: bytes | mmap.mmap) -> dict[str, torch.Tensor]:
+    """The `model.*` tensors of a safetensors file's bytes, each copied out (nothing stays
+    mapped). safetensors can load a subset only from a file by name, which would open the
+    file a second time, after its hash was checked; so its simple layout is read here: an
+    8-byte little-endian header length, a JSON header giving each tensor's dtype, shape and
+    byte range, then the data."""
+    (length,) = struct.unpack_from("<Q", data, 0)
+    header = json.loads(bytes(data[8 : 8 + length]))
+    tensors = {}
+    for name, entry in header.items():
+        if not name.startswith("model."):
+            continue
+        begin, end = (8 + length + offset for offset in entry["data_offsets"])
+        if not 8 + length <= begin <= end <= len(data):
+            raise ValueError(f"{name}: data outside the file")
+        dtype, shape = _DTYPES[entry["dtype"]], entry["shape"]
+        raw = bytearray(data[begin:end])  # a writable copy, which the tensor takes over
+        tensors[name] = (
+            torch.frombuffer(raw, dtype=dtype).reshape(shape)
+            if raw
+            else torch.empty(shape, dtype=dtype)
+        )
+    return tensors
 
 
 def restore(

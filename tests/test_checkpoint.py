@@ -98,6 +98,26 @@ def test_a_pickle_is_never_executed(tmp_path, model_only):
     assert not marker.exists()
 
 
+@pytest.mark.parametrize("model_only", [False, True])
+def test_a_header_pointing_outside_its_file_is_refused(tmp_path, model_only):
+    """Bytes whose size and hash the JSON vouches for, but whose safetensors header lies."""
+    header = json.dumps({"model.w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 64]}})
+    data = len(header).to_bytes(8, "little") + header.encode() + bytes(16)
+    (tmp_path / "odd.safetensors").write_bytes(data)
+    (tmp_path / "odd.json").write_text(
+        json.dumps(
+            {
+                "format_version": FORMAT_VERSION,
+                "weights_file": "odd.safetensors",
+                "weights_bytes": len(data),
+                "weights_sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
+    )
+    with pytest.raises(NmtError, match="not a safetensors file"):
+        load_checkpoint(tmp_path / "odd", model_only=model_only)
+
+
 def test_metadata_cannot_point_outside_the_checkpoint_folder(tmp_path):
     (tmp_path / "inner").mkdir()
     save_checkpoint(tmp_path / "other", tiny_model(), {})

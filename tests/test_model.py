@@ -171,6 +171,33 @@ def test_each_attention_score_gives_its_textbook_weights_and_gradients(score):
         assert torch.allclose(a, b, atol=1e-5)
 
 
+def test_additive_attention_in_bfloat16_keeps_tanh_accuracy():
+    """float32 computes 2vᵀσ(2a), whose scores carry the offset Σv; in bfloat16 that offset and
+    σ's values near 0.5–1 would round ~20× worse than vᵀtanh(a) (0.034 against 0.0015 here), so
+    bfloat16 keeps tanh. A large positive Σv and small projections make the difference show."""
+    from nmt.model.attention import AdditiveAttention
+
+    torch.manual_seed(0)
+    attention = AdditiveAttention(8, 8, 64)
+    with torch.no_grad():
+        attention.energy.weight.copy_(torch.rand(1, 64) * 2)  # Σv ≈ 50
+        attention.query_projection.weight.mul_(0.1)
+        attention.memory_projection.weight.mul_(0.1)
+    query, memory = torch.randn(3, 2, 8), torch.randn(3, 5, 8)
+    mask = torch.ones(3, 5, dtype=torch.bool)
+    exact = attention.double()
+    scores = exact.energy(
+        torch.tanh(
+            exact.query_projection(query.double())[:, :, None]
+            + exact.memory_projection(memory.double())[:, None]
+        )
+    ).squeeze(-1)
+    half = attention.to(torch.bfloat16)
+    query, memory = query.bfloat16(), memory.bfloat16()
+    weights = half(query, half.keys(memory), memory, mask)[1]
+    assert (weights.double() - scores.softmax(-1)).abs().max() < 0.005
+
+
 def test_the_attention_docstring_table_is_the_recipes_presets():
     """nmt/model/attention.py shows the presets beside the classes; the recipe holds them (it may
     not import the model). The two must say the same, and each score must build its class."""

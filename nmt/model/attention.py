@@ -77,11 +77,13 @@ class AdditiveAttention(Attention):
     W (H → A), U (M → A) and v (A → 1) have no biases. Luong writes the same score as
     vᵀ tanh(W_a [q; m_s]), with W_a = [W U].
 
-    Computed as 2vᵀ σ(2W q + 2U m_s), which differs from it by −Σv, the same for every source
-    position, so the softmax's weights are the same (tanh a = 2σ(2a) − 1). The reason is speed:
-    this is the largest elementwise work of a search step, over (rows × source positions ×
-    attention size), and PyTorch's CPU sigmoid is about 10× faster than its tanh (AVX512,
-    PyTorch 2.13; benchmarks/README.md). The keys are 2U m_s.
+    In float32 it is computed as 2vᵀ σ(2W q + 2U m_s), which differs from it by −Σv, the same
+    for every source position, so the softmax's weights are the same (tanh a = 2σ(2a) − 1). The
+    reason is speed: this is the largest elementwise work of a search step, over (rows × source
+    positions × attention size), and PyTorch's CPU sigmoid is about 10× faster than its tanh
+    (AVX512, PyTorch 2.13; benchmarks/README.md). The keys are then 2U m_s. In bfloat16 (autocast,
+    `--precision bf16`) it stays vᵀ tanh(...): σ's values near 0.5–1 and the offset Σv in the
+    scores would be rounded far more coarsely than tanh's values near 0.
     """
 
     def __init__(self, query_size: int, memory_size: int, attention_size: int):
@@ -91,14 +93,15 @@ class AdditiveAttention(Attention):
         self.energy = nn.Linear(attention_size, 1, bias=False)
 
     def keys(self, memory: torch.Tensor) -> torch.Tensor:
-        return self.memory_projection(memory) * 2  # 2U m: (B, S, A)
+        keys = self.memory_projection(memory)  # U m: (B, S, A)
+        return keys * 2 if keys.dtype == torch.float32 else keys  # float32: 2U m
 
     def scores(self, query: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
-        # σ(2W q + 2U m), (B, T, S, A): the largest tensor of a search step; made in one add
-        # (2W q's factor as its alpha) and turned in place, which saves a second one.
-        hidden = torch.add(
-            keys[:, None, :, :], self.query_projection(query)[:, :, None, :], alpha=2
-        ).sigmoid_()
+        # (B, T, S, A), the largest tensor of a search step: made by one add and turned in place
+        query = self.query_projection(query)[:, :, None, :]
+        if keys.dtype != torch.float32:
+            return self.energy(torch.tanh_(query + keys[:, None])).squeeze(-1)  # v·tanh(Wq + Um)
+        hidden = torch.add(keys[:, None], query, alpha=2).sigmoid_()  # σ(2Wq + 2Um)
         return self.energy(hidden).squeeze(-1) * 2  # 2v·σ(...): (B, T, S)
 
 
