@@ -34,7 +34,7 @@ def test_round_trip_with_optimizer_and_rng(tmp_path):
 
 
 def test_model_only_loads_the_same_model_tensors_and_nothing_else(tmp_path):
-    """Translation's load maps the weights from the file and skips the optimizer's state."""
+    """Translation's load copies only the model's tensors out of the file, not the optimizer's."""
     model = tiny_model()
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     model(torch.tensor([[4, 5, 3]]), torch.tensor([3]), torch.tensor([[2, 4]]))[0].sum().backward()
@@ -46,7 +46,7 @@ def test_model_only_loads_the_same_model_tensors_and_nothing_else(tmp_path):
     assert set(weights) == {key for key in everything if key.startswith("model.")}
     assert any(key.startswith("optimizer.") for key in everything)
     [path] = tmp_path.glob("best.*.safetensors")
-    path.unlink()  # mapped tensors stay readable after the file goes (a newer best replaces it)
+    path.unlink()  # the tensors are copies: they outlive the file (a newer best replaces it)
     other = tiny_model(seed=9)
     restore(weights, meta, other)
     for key, value in model.state_dict().items():
@@ -68,6 +68,21 @@ def test_damaged_weights_are_detected(tmp_path, model_only, damage):
         load_checkpoint(tmp_path / "best", model_only=model_only)
 
 
+def _vouch_for(path, data: bytes) -> None:
+    """Write `data` as checkpoint `path`'s weights with a JSON whose size and SHA-256 match."""
+    path.with_name(f"{path.name}.safetensors").write_bytes(data)
+    path.with_name(f"{path.name}.json").write_text(
+        json.dumps(
+            {
+                "format_version": FORMAT_VERSION,
+                "weights_file": f"{path.name}.safetensors",
+                "weights_bytes": len(data),
+                "weights_sha256": hashlib.sha256(data).hexdigest(),
+            }
+        )
+    )
+
+
 @pytest.mark.parametrize("model_only", [False, True])
 def test_a_pickle_is_never_executed(tmp_path, model_only):
     marker = tmp_path / "pwned"
@@ -83,16 +98,7 @@ def test_a_pickle_is_never_executed(tmp_path, model_only):
         load_checkpoint(tmp_path / "evil", model_only=model_only)
     assert not marker.exists()
     # Even with a matching size and hash, a pickle is not a safetensors file.
-    (tmp_path / "evil.json").write_text(
-        json.dumps(
-            {
-                "format_version": FORMAT_VERSION,
-                "weights_file": "evil.safetensors",
-                "weights_bytes": len(data),
-                "weights_sha256": hashlib.sha256(data).hexdigest(),
-            }
-        )
-    )
+    _vouch_for(tmp_path / "evil", data)
     with pytest.raises(NmtError, match="not a safetensors file"):
         load_checkpoint(tmp_path / "evil", model_only=model_only)
     assert not marker.exists()
@@ -103,17 +109,7 @@ def test_a_header_pointing_outside_its_file_is_refused(tmp_path, model_only):
     """Bytes whose size and hash the JSON vouches for, but whose safetensors header lies."""
     header = json.dumps({"model.w": {"dtype": "F32", "shape": [4], "data_offsets": [0, 64]}})
     data = len(header).to_bytes(8, "little") + header.encode() + bytes(16)
-    (tmp_path / "odd.safetensors").write_bytes(data)
-    (tmp_path / "odd.json").write_text(
-        json.dumps(
-            {
-                "format_version": FORMAT_VERSION,
-                "weights_file": "odd.safetensors",
-                "weights_bytes": len(data),
-                "weights_sha256": hashlib.sha256(data).hexdigest(),
-            }
-        )
-    )
+    _vouch_for(tmp_path / "odd", data)
     with pytest.raises(NmtError, match="not a safetensors file"):
         load_checkpoint(tmp_path / "odd", model_only=model_only)
 
