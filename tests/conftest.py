@@ -120,9 +120,10 @@ class Server:
         return answer
 
     def stop(self, *signals: int) -> int:
-        """Send the signals (SIGTERM by default), one after another; the exit code."""
+        """Send the signals (SIGTERM by default; 0: none), one after another; the exit code."""
         for sig in signals or (signal.SIGTERM,):
-            self.process.send_signal(sig)
+            if sig:
+                self.process.send_signal(sig)
         code = self.process.wait(timeout=60)
         self.reader.join()
         return code

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nmt import cli
 from nmt.checkpoint import (
     average_checkpoints,
     checkpoint_exists,
@@ -200,6 +199,9 @@ OPTION_FAULTS = {  # flags that cannot work alone or together: refused, naming t
     "samples-over-memory": (["--sample", "--nbest", 10**12], ["--nbest", "GiB"]),
     "seed-too-big": (["--sample", "--seed", 2**70], ["--seed", "at most"]),
     "sampling-option-without-sampling": (["--top-p", 0.5], ["--top-p", "--sample"]),
+    "beam-with-sampling": (["--sample", "--beam", 3], ["--beam", "not to sampling"]),
+    "beta-with-sampling": (["--sample", "--beta", 0.2], ["--beta", "not to sampling"]),
+    "beta-with-greedy": (["--beam", 1, "--beta", 0.2], ["--beta", "greedy", "--beam 1"]),
     "distinct-tokens-run-out": (
         ["--no-repeat-ngram", 1, "--min-len", 200, "--max-len-b", 300],
         ["--min-len 200", "--no-repeat-ngram 1"],
@@ -239,6 +241,13 @@ def test_translate_keywords_are_checked_like_recipe_values(trained, options, exp
         Translator.from_run(trained).nbest(["drei"], **options)
 
 
+def test_prefixes_must_match_the_lines_one_to_one(trained):
+    from nmt.translate import Translator
+
+    with pytest.raises(NmtError, match="2 prefixes for 3 lines"):
+        Translator.from_run(trained).nbest(["drei", "vier", "fünf"], prefixes=["a", "b"])
+
+
 def test_samples_beyond_memory_are_refused_even_for_empty_lines(trained):
     from nmt.translate import Translator
 
@@ -265,6 +274,8 @@ def test_empty_and_uneven_files_are_refused(trained, tmp_path, capsys):
         (["-i", three, "--ref", two], [str(two), "2 lines"]),
         (["--tune", "--dev-src", empty, "--dev-ref", empty], [str(empty), "empty"]),
         (["--tune", "--dev-src", three, "--dev-ref", two], [str(two), "2 lines"]),
+        (["-i", three, "--prefix-file", two], [str(two), "2 lines"]),
+        (["-i", three, "--prefix-file", empty], [str(empty), "empty"]),
     ):
         message = one_line_error(translate_main, ["-m", trained, *argv], capsys)
         assert all(part in message for part in expected), message
@@ -416,15 +427,21 @@ def test_outputs_are_checked_before_translating_and_never_replace_inputs(trained
 
 
 def test_an_output_that_fails_at_write_time_is_one_line(trained, tmp_path, capsys, monkeypatch):
-    def disk_full(path, text):
+    """The disk fills as the output is written (inside the real writer): one line, and the
+    output file of an earlier run stays whole."""
+
+    def disk_full(fd):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(cli, "atomic_write_text", disk_full)
+    monkeypatch.setattr(os, "fsync", disk_full)
     (tmp_path / "in.de").write_text("drei\n")
+    (tmp_path / "out.en").write_text("an earlier translation\n")
     message = fails_cleanly(
         translate_main, ["-m", trained, "-i", tmp_path / "in.de", "-o", tmp_path / "out.en"], capsys
     )
     assert message.endswith(f"-o {tmp_path / 'out.en'}: cannot write: {os.strerror(errno.ENOSPC)}")
+    assert (tmp_path / "out.en").read_text() == "an earlier translation\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.de", "out.en"]
     message = fails_cleanly(
         score_main,
         ["-r", tmp_path / "in.de", "-i", tmp_path / "in.de", "--json", tmp_path / "report.json"],

@@ -169,6 +169,31 @@ def test_atomic_writes_get_the_usual_file_mode(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]  # no temporary file left
 
 
+@pytest.mark.parametrize("fault", [OSError(28, "No space left on device"), KeyboardInterrupt()])
+@pytest.mark.parametrize("point", ["chmod", "fsync", "replace"])
+def test_an_atomic_write_that_fails_at_any_point_leaves_the_old_file_whole(
+    tmp_path, monkeypatch, point, fault
+):
+    """Interrupted or refused inside the write (after the temporary file is made, after its
+    bytes are written, at the rename): the old file is untouched and no temporary file stays."""
+    import os
+
+    from nmt.files import atomic_write_text
+
+    target = tmp_path / "out.txt"
+    target.write_text("old\n")
+
+    def failing(*args, **kwargs):
+        raise fault
+
+    monkeypatch.setattr(os, point, failing)
+    with pytest.raises(type(fault)):
+        atomic_write_text(target, "new\n" * 1000)
+    monkeypatch.undo()
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.txt"]
+
+
 def test_format_1_checkpoints_load_and_average_into_the_current_format(tmp_path):
     from nmt.checkpoint import average_checkpoints
 

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from nmt.cli import score_main, train_main, translate_main
+from nmt.files import sha256_file
 from nmt.translate import Translator
 
 
@@ -23,11 +24,10 @@ def run(main, argv, capsys):
 
 
 def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
-    run_dir = tmp_path / "run"
+    run_dir = tmp_path / "runs" / "tiny"  # the default run directory, runs/NAME
+    monkeypatch.chdir(tmp_path)
     code, out, err = run(
-        train_main,
-        [tiny_recipe, "--run-dir", run_dir, "train.max_steps=8", "train.valid_every=4"],
-        capsys,
+        train_main, [tiny_recipe, "train.max_steps=8", "train.valid_every=4"], capsys
     )
     assert code == 0, err
     assert "best dev bleu" in out
@@ -46,8 +46,13 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     assert manifest["provenance"]["model.embedding_size"] == "file"
     assert manifest["provenance"]["model.encoder_cell"] == "default"
     assert len(manifest["data"]) == 4 and all(len(h) == 64 for h in manifest["data"].values())
+    assert manifest["subwords"] == {"spm.model": sha256_file(run_dir / "spm.model")}
+    assert manifest["parameters"] == Translator.from_run(run_dir).model.parameter_count > 0
+    assert all(manifest["versions"][package] for package in ("torch", "sentencepiece", "sacrebleu"))
     metrics = (run_dir / "metrics.csv").read_text().splitlines()
     assert metrics[0].startswith("step,epoch,kind") and sum(",valid," in m for m in metrics) == 2
+    trained_at = [int(m.split(",")[0]) for m in metrics if ",train," in m]
+    assert trained_at == [3, 6]  # a row every train.log_every (3) updates
 
     # A second run into the same directory is refused; --resume continues it.
     code, _, err = run(train_main, [tiny_recipe, "--run-dir", run_dir], capsys)
@@ -256,6 +261,20 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     saved = yaml.safe_load((run_dir / "decode.yaml").read_text())
     assert saved == {"beam": int(best[0]), "length_norm": best[1], "alpha": float(best[2])}
     assert Translator.from_run(run_dir).decode.beam == int(best[0])
+    # A bare nmt-translate searches as decode.yaml says (beam 1 or 2, where the recipe's is 3,
+    # so --nbest 3 alone is refused); flags still override it.
+    in_de = tmp_path / "in.de"
+    inputs = in_de.read_text().splitlines()
+    code, out, err = run(translate_main, ["-m", run_dir, "-i", in_de], capsys)
+    assert code == 0 and out.splitlines() == [
+        h.text for h in Translator.from_run(run_dir).translate(inputs)
+    ]
+    code, out, err = run(translate_main, ["-m", run_dir, "--nbest", 3, "-i", in_de], capsys)
+    assert code == 2 and f"needs decode.beam 3 or more (it is {best[0]})" in err, err
+    code, out, err = run(
+        translate_main, ["-m", run_dir, "--beam", 3, "--nbest", 3, "-i", in_de], capsys
+    )
+    assert code == 0 and len(out.splitlines()) == 3 * len(inputs)
     (run_dir / "decode.yaml").unlink()
 
     reference = tmp_path / "ref.en"
@@ -616,3 +635,126 @@ def test_already_segmented_input_gets_a_warning(small_run, tmp_path, capsys):
     assert "looks already segmented" in err
     code, out, err = run(translate_main, ["-m", small_run, "-i", tmp_path / "plain.de"], capsys)
     assert code == 0 and "segmented" not in err
+
+
+def test_search_flags_reach_the_search_and_shape_its_outputs(
+    small_run, source_file, capsys, monkeypatch
+):
+    """Each search flag changes what the search is given and what it finds (the flags' parsing
+    is checked above; this is the way on from the settings to the search)."""
+    import nmt.translate
+
+    calls = []
+
+    def spy(name):
+        real = getattr(nmt.translate, name)
+
+        def recorded(*args, **kwargs):
+            found = real(*args, **kwargs)
+            calls.append((name, args, kwargs, found))
+            return found
+
+        monkeypatch.setattr(nmt.translate, name, recorded)
+
+    for name in ("beam_search", "greedy_search", "sample"):
+        spy(name)
+
+    def searched(*flags):
+        calls.clear()
+        code, out, err = run(translate_main, ["-m", small_run, "-i", source_file, *flags], capsys)
+        assert code == 0, err
+        assert len(calls) == 1  # the 8 non-empty lines fit one batch
+        name, args, kwargs, found = calls[0]
+        return name, kwargs, [h.tokens for hyps in found for h in hyps], out
+
+    has_repeats = lambda tokens: len(set(tokens)) < len(tokens)  # noqa: E731
+    _, _, outputs, _ = searched("--beam", 3)
+    assert any(has_repeats(tokens) for tokens in outputs)  # the case the rule below removes
+    assert max(len(tokens) for tokens in outputs) > 4
+    _, kwargs, outputs, _ = searched("--beam", 3, "--no-repeat-ngram", 1)
+    assert not any(has_repeats(tokens) for tokens in outputs)
+    _, _, outputs, _ = searched("--beam", 3, "--max-len-a", 0, "--max-len-b", 2)
+    assert max(len(tokens) for tokens in outputs) == 2
+    _, _, outputs, _ = searched("--beam", 3, "--min-len", 6)
+    assert min(len(tokens) for tokens in outputs) >= 6
+    name, kwargs, _, _ = searched("--beam", 3, "--stopping", "first", "--beta", 0.3)
+    assert name == "beam_search" and kwargs["stopping"] == "first"
+    assert kwargs["coverage_penalty"] == 0.3
+    name, kwargs, _, _ = searched("--beam", 3, "--length-norm", "avg", "--alpha", 0.25)
+    assert (kwargs["length_norm"], kwargs["alpha"]) == ("avg", 0.25)
+    name, _, greedy, greedy_out = searched("--beam", 1)
+    assert name == "greedy_search"
+    name, _, top_1, top_1_out = searched("--sample", "--top-k", 1, "--seed", 5)
+    assert name == "sample" and top_1 == greedy and top_1_out == greedy_out
+
+
+def test_stdin_is_translated_in_bounded_chunks_reading_no_further(small_run, capsys, monkeypatch):
+    """From a pipe that never runs dry, stdin is translated in chunks of 16 batches, and a chunk
+    is translated before the lines after it are read: memory stays bounded however long the
+    input; the outputs are those of the whole input at once."""
+    import nmt.cli
+
+    lines = [f"zeile {i} mit drei vier" for i in range(100)]
+    data = ("\n".join(lines) + "\n").encode()
+    stdin = io.TextIOWrapper(io.BytesIO(data))
+    monkeypatch.setattr(sys, "stdin", stdin)
+    monkeypatch.setattr(nmt.cli, "_input_waiting", lambda stream: True)
+    seen = []
+    real_nbest = Translator.nbest
+
+    def recorded(self, chunk, *args, **kwargs):
+        seen.append((len(chunk), stdin.buffer.tell()))
+        return real_nbest(self, chunk, *args, **kwargs)
+
+    monkeypatch.setattr(Translator, "nbest", recorded)
+    code, out, err = run(translate_main, ["-m", small_run, "--beam", 1, "--batch-size", 2], capsys)
+    assert code == 0, err
+    assert [size for size, _ in seen] == [32, 32, 32, 4]
+    assert seen[0][1] == len(("\n".join(lines[:32]) + "\n").encode())  # nothing read ahead
+    monkeypatch.undo()
+    expected = Translator.from_run(small_run).translate(lines, beam=1)
+    assert out.splitlines() == [h.text for h in expected]
+
+
+def test_score_with_several_references(tmp_path, capsys):
+    """Each -r is one more reference set: the scores are sacreBLEU's with all of them (nrefs:2),
+    higher here than with either alone; a set of another length is refused, naming it."""
+    import sacrebleu
+
+    hyps = ["a cat sits on the mat", "the dog runs"]
+    refs = [["the cat sits on the mat", "a dog runs fast"], ["a cat is on the mat", "the dog runs"]]
+    files = []
+    for name, lines in (("hyp", hyps), ("ref1", refs[0]), ("ref2", refs[1])):
+        files.append(tmp_path / f"{name}.en")
+        files[-1].write_text("\n".join(lines) + "\n")
+    hyp, ref1, ref2 = files
+    code, out, err = run(
+        score_main, ["-r", ref1, "-r", ref2, "-i", hyp, "--json", tmp_path / "s.json"], capsys
+    )
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "s.json").read_text())["systems"][str(hyp)]["metrics"]
+    scores = {m["name"]: m for m in metrics}
+    assert scores["BLEU"]["score"] == pytest.approx(sacrebleu.corpus_bleu(hyps, refs).score, 1e-3)
+    assert scores["chrF"]["score"] == pytest.approx(sacrebleu.corpus_chrf(hyps, refs).score, 1e-3)
+    assert scores["TER"]["score"] == pytest.approx(sacrebleu.corpus_ter(hyps, refs).score, 1e-3)
+    assert all(m["signature"].startswith("nrefs:2|") for m in metrics)
+    for alone in refs:
+        assert scores["BLEU"]["score"] > sacrebleu.corpus_bleu(hyps, [alone]).score
+    ref2.write_text("one line\n")
+    code, _, err = run(score_main, ["-r", ref1, "-r", ref2, "-i", hyp], capsys)
+    assert code == 2 and str(ref2) in err and "1 line" in err, err
+
+
+def test_plot_attention_draws_every_non_empty_line_by_default(
+    small_run, source_file, tmp_path, capsys
+):
+    """Without --plot-lines, one heatmap per translated line, named by its line number; the
+    empty line 4 has nothing to draw."""
+    plots = tmp_path / "attention"
+    flags = ["-m", small_run, "--beam", 1, "-i", source_file, "--plot-attention", plots]
+    code, _, err = run(translate_main, flags, capsys)
+    assert code == 0, err
+    assert sorted(p.name for p in plots.iterdir()) == [
+        f"line-{n}.png" for n in (1, 2, 3, 5, 6, 7, 8, 9)
+    ]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in plots.iterdir())

@@ -3,8 +3,10 @@ real server under concurrent good and bad requests, and its shutdown."""
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -507,26 +509,70 @@ def test_soak_concurrent_good_and_bad_requests(run, translator):
     assert code == 0, "".join(server.log)
 
 
+def test_the_servers_flags_are_its_requests_defaults_on_a_local_address(run, translator):
+    """nmt-serve's decoding flags become what a request that does not say gets (here a length
+    limit of 2 subwords and greedy search); it listens on 127.0.0.1 unless --host says so."""
+    server = Server(run, "--beam", "1", "--max-len-a", "0", "--max-len-b", "2")
+    try:
+        assert any("serving on http://127.0.0.1:" in line for line in server.log)
+        assert not any("reachable from other machines" in line for line in server.log)
+        status, answer = server.request("POST", "/translate", {"text": SENTENCES[:4]})
+        assert status == 200
+        expected = translator.translate(SENTENCES[:4], beam=1, max_len_a=0, max_len_b=2)
+        assert [a["text"] for a in answer["translations"]] == [h.text for h in expected]
+        assert expected != translator.translate(SENTENCES[:4])  # the flags made a difference
+        decode = server.request("GET", "/info")[1]["decode"]
+        assert (decode["beam"], decode["max_len_a"], decode["max_len_b"]) == (1, 0, 2)
+    finally:
+        assert server.stop() == 0, "".join(server.log)
+    server = Server(run, "--host", "0.0.0.0")
+    try:
+        assert any("serving on http://0.0.0.0:" in line for line in server.log)
+        assert any("reachable from other machines" in line for line in server.log)
+    finally:
+        assert server.stop() == 0, "".join(server.log)
+
+
+def connection_refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_signal_lets_requests_in_flight_finish_then_exits_0(run, translator, sig):
-    """With a long batching wait, a request is surely in flight when the signal comes: it is
-    answered in full, then the server exits 0."""
-    server = Server(run, "--batch-wait", "1500")
-    answers = []
-    sender = threading.Thread(
-        target=lambda: answers.append(server.request("POST", "/translate", {"text": SENTENCES[:3]}))
+def test_a_stop_signal_refuses_new_connections_and_answers_those_in_flight(run, translator, sig):
+    """A request whose body has not arrived when the signal comes is surely in flight (the
+    server has said `100 Continue`: it waits for that body). From the signal on, new
+    connections, a health check's too, are refused; the request is answered in full once its
+    body comes; then the server exits 0."""
+    server = Server(run)
+    body = json.dumps({"text": SENTENCES[:3]}).encode()
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
+    head = (
+        "POST /translate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
     )
-    sender.start()
-    while server.request("GET", "/health")[1]["pending"] == 0:
-        pass  # until the request is queued
-    code = server.stop(sig)
-    sender.join(timeout=60)
-    assert code == 0, "".join(server.log)
-    status, answer = answers[0]
-    assert status == 200
+    sock.sendall(head.encode())
+    said = b""
+    while not said.endswith(b"\r\n\r\n"):
+        said += sock.recv(1)
+    assert said.startswith(b"HTTP/1.1 100"), said
+    server.process.send_signal(sig)
+    deadline = time.monotonic() + 30
+    while not connection_refused(server.port):
+        assert time.monotonic() < deadline, "the server still takes connections after the signal"
+    sock.sendall(body)
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    assert response.status == 200
+    answer = json.loads(response.read())
+    sock.close()
     assert [a["text"] for a in answer["translations"]] == [
         h.text for h in translator.translate(SENTENCES[:3])
     ]
+    assert server.stop(0) == 0, "".join(server.log)
 
 
 def test_a_second_signal_stops_at_once_answering_nothing_more(run):

@@ -196,11 +196,21 @@ def test_time_budget_stops_after_validating_and_saving(tiny_recipe, tmp_path):
         Recipe.load(tiny_recipe, ["train.max_time=soon"])
 
 
-def test_sigterm_saves_and_exits_143(tiny_recipe, tmp_path, monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "signal_name, exit_code, said", [("SIGTERM", 143, "terminated"), ("SIGINT", 130, "interrupted")]
+)
+def test_a_stop_signal_saves_and_exits_with_its_code(
+    tiny_recipe, tmp_path, monkeypatch, capsys, signal_name, exit_code, said
+):
+    """SIGTERM (kill) and SIGINT (Ctrl-C) in the middle of an update: the update finishes, is
+    saved, and the command exits with the shell's code for the signal (143, 130)."""
     import os
     import signal
 
     from nmt.cli import train_main
+
+    number = getattr(signal, signal_name)
+    before = signal.getsignal(number)
 
     original = torch.optim.Adam.step
     calls = {"n": 0}
@@ -208,16 +218,16 @@ def test_sigterm_saves_and_exits_143(tiny_recipe, tmp_path, monkeypatch, capsys)
     def terminated_step(self, *args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 3:
-            os.kill(os.getpid(), signal.SIGTERM)
+            os.kill(os.getpid(), number)
         return original(self, *args, **kwargs)
 
     monkeypatch.setattr(torch.optim.Adam, "step", terminated_step)
     with pytest.raises(SystemExit) as code:
         train_main([str(tiny_recipe), "--run-dir", str(tmp_path / "run"), *STEPS])
-    assert code.value.code == 143 and "terminated" in capsys.readouterr().err
+    assert code.value.code == exit_code and said in capsys.readouterr().err
     _, meta = load_checkpoint(tmp_path / "run" / "checkpoints" / "last")
     assert meta["progress"]["step"] == 3  # the signal arrived in the third update, finished first
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is put back
+    assert signal.getsignal(number) is before  # the handler is put back
 
 
 def test_non_finite_losses_are_skipped_then_stop_training(tiny_recipe, tmp_path, monkeypatch):
