@@ -123,6 +123,26 @@ def test_the_check_sees_a_cycle_and_an_upward_import(tmp_path, monkeypatch):
         test_no_import_cycles()
 
 
+FILE_AND_YAML = {"yaml", "os", "pathlib", "io", "shutil", "tempfile", "nmt.files", "nmt.checkpoint"}
+
+
+def test_the_model_knows_nothing_of_files_or_yaml():
+    """nmt/model/ reads and writes nothing: no file or YAML module, no open(), no Path; weights
+    come and go through nmt.checkpoint, recipes through the ModelConfig it is given."""
+    for path in sorted((PACKAGE / "model").glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                names = {alias.name for alias in node.names}
+            elif isinstance(node, ast.ImportFrom):
+                names = {node.module or ""}
+            else:
+                names = set()
+            assert not names & FILE_AND_YAML, f"{path.name}:{node.lineno} imports {names}"
+            if isinstance(node, ast.Name):
+                assert node.id not in ("open", "Path"), f"{path.name}:{node.lineno}: {node.id}"
+
+
 def test_plain_scoring_starts_without_torch_or_datasets(tmp_path):
     """`nmt-score -r REF -i HYP` needs sacreBLEU only: loading PyTorch would cost it a second."""
     import subprocess

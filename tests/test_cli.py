@@ -758,3 +758,21 @@ def test_plot_attention_draws_every_non_empty_line_by_default(
         f"line-{n}.png" for n in (1, 2, 3, 5, 6, 7, 8, 9)
     ]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in plots.iterdir())
+
+
+def test_output_length_limits_scale_with_the_sources_subwords(small_run, source_file):
+    """max_len_a · |source subwords| + max_len_b, the source's appended EOS not counted."""
+    import torch
+
+    from nmt.recipe import DecodeConfig
+    from nmt.translate import length_limits
+
+    assert length_limits(DecodeConfig(max_len_a=2, max_len_b=1), torch.tensor([4])).tolist() == [7]
+    translator = Translator.from_run(small_run)
+    lines = [line for line in source_file.read_text(encoding="utf-8").splitlines() if line]
+    sources = translator.tokenizer.encode_source(lines)
+    found = translator.nbest(lines, beam=3, max_len_a=1, max_len_b=1)
+    lengths = [(len(hyps[0].tokens), len(source) + 1) for hyps, source in zip(found, sources)]
+    assert all(output <= source for output, source in lengths), lengths
+    assert any(output == source for output, source in lengths)  # the untrained model runs on
+    assert len({source for _, source in lengths}) > 1  # limits of several sizes were tried

@@ -74,20 +74,23 @@ def _tokenizer(tmp_path: Path, sources, targets, vocab_size=30) -> Tokenizer:
 
 
 def test_filtering_counts_and_cache(tmp_path):
-    sources = ["eins zwei drei", "", "vier", "fünf " * 30, "sechs sieben"]
-    targets = ["one two three", "nothing", "four", "five", "six seven"]
+    sources = ["eins zwei drei", "", "vier", "fünf " * 30, "sechs sieben", "acht"]
+    targets = ["one two three", "nothing", "four", "five", "six seven", "eight " * 18]
     (tmp_path / "train.de").write_text("\n".join(sources) + "\n")
     (tmp_path / "train.en").write_text("\n".join(targets) + "\n")
     split = load_split(DataConfig(), tmp_path, "train")
     tokenizer = _tokenizer(tmp_path, sources * 20, targets * 20)
-    encoded, counts = encode_split(split, tokenizer, tmp_path / "cache", max_len=20, max_ratio=9)
-    assert (counts.kept, counts.empty, counts.too_long) == (3, 1, 1)
+    encoded, counts = encode_split(split, tokenizer, tmp_path / "cache", max_len=20, max_ratio=3)
+    assert (counts.kept, counts.empty, counts.too_long, counts.bad_ratio) == (3, 1, 1, 1)
+    assert counts.describe().endswith(
+        "dropped 1 empty, 1 over-long, 1 with an extreme length ratio"
+    )
     assert len(encoded) == 3
     assert tokenizer.target.decode(encoded.target(0).tolist()) == "one two three"
     # A second encoding is read from the cache, not tokenized again.
     cached = list((tmp_path / "cache").iterdir())
     assert len(cached) == 1
-    again, counts_again = encode_split(split, tokenizer, tmp_path / "cache", 20, 9)
+    again, counts_again = encode_split(split, tokenizer, tmp_path / "cache", 20, 3)
     assert counts_again == counts and (again.src_values == encoded.src_values).all()
 
 
@@ -126,20 +129,22 @@ def test_hub_data_is_cached_in_the_run_and_runs_no_remote_code(tmp_path, monkeyp
             return [{"de": "eins", "en": "one"}]
 
     def load_old(path, name=None, split=None, cache_dir=None, trust_remote_code=None):
-        calls.append({"cache_dir": cache_dir, "trust_remote_code": trust_remote_code})
+        calls.append({"where": (path, name, split), "cache_dir": cache_dir})
+        calls[-1]["trust_remote_code"] = trust_remote_code
         return Fake()
 
     def load_new(path, name=None, split=None, cache_dir=None, **config_kwargs):
         assert not config_kwargs, config_kwargs  # datasets 4+ passes these to the builder
-        calls.append({"cache_dir": cache_dir})
+        calls.append({"where": (path, name, split), "cache_dir": cache_dir})
         return Fake()
 
     class FakeDatasets:
         load_dataset = staticmethod(load_old if old_datasets else load_new)
 
     monkeypatch.setattr(corpus, "_datasets", lambda: FakeDatasets)
-    config = DataConfig(format="hub", hub_name="someone/pairs")
+    config = DataConfig(format="hub", hub_name="someone/pairs", hub_config="de-en")
     assert corpus._read_hub(config, "train", tmp_path / "cache") == (["eins"], ["one"])
+    assert calls[0]["where"] == ("someone/pairs", "de-en", "train")  # hub_name, hub_config
     assert calls[0]["cache_dir"] == str(tmp_path / "cache" / "hub")
     if old_datasets:
         assert calls[0]["trust_remote_code"] is False

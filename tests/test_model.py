@@ -79,9 +79,14 @@ def test_one_step_lowers_the_loss(settings):
     assert batch_loss(model, batch, 0.0) < before
 
 
-def test_step_by_step_decoding_equals_teacher_forcing():
-    """decode_step (search) and forward (training) must compute the same model."""
-    model = tiny_model(attention="bahdanau", decoder_layers=2)
+@pytest.mark.parametrize(
+    "settings", [dict(attention="bahdanau", decoder_layers=2), *VARIANTS], ids=["2-layer", *NAMES]
+)
+def test_step_by_step_decoding_equals_teacher_forcing(settings):
+    """decode_step (search) and forward (training) must compute the same model, whichever
+    path training takes (without input feeding in the Luong flow: the fused nn.LSTM over the
+    whole sequence and one batched attention)."""
+    model = variant(settings)
     batch = padded_batch()
     attentional, _ = model(batch.source, batch.source_lengths, batch.target_in)
     expected = torch.log_softmax(model.logits(attentional), -1)
@@ -119,6 +124,13 @@ def test_stepwise_cells_equal_the_fused_modules(cell):
         state if cell == "lstm" else [state], expected_state if cell == "lstm" else [expected_state]
     ):
         assert torch.allclose(got, want, atol=1e-6)
+
+
+def test_uniform_initialisation_stays_within_init_range():
+    model = tiny_model(init="uniform", init_range=0.03, forget_bias=0.0)
+    for name, parameter in model.named_parameters():
+        assert parameter.abs().max() <= 0.03, name
+    assert model.decoder.rnn.weight_hh_l0.abs().max() > 0.025  # spread over the range
 
 
 def test_forget_bias_and_orthogonal_recurrent_weights():

@@ -25,3 +25,31 @@ def test_plateau_counts_decays():
 
 def test_constant():
     assert learning_rate(TrainConfig(lr=0.3), 1000) == 0.3
+
+
+@pytest.mark.parametrize(
+    "optimizer, expected",
+    [
+        ("sgd", lambda p, lr, wd: p - lr * wd * p),  # L2: the decay is part of the gradient
+        ("adam", lambda p, lr, wd: p - lr * p.sign()),  # L2, normalized like any gradient
+        ("adamw", lambda p, lr, wd: p * (1 - lr * wd)),  # decoupled: shrinks the weights alone
+    ],
+)
+def test_weight_decay_is_l2_for_adam_and_sgd_and_decoupled_for_adamw(optimizer, expected):
+    """One update of a parameter whose loss gradient is 0: all that moves it is the decay,
+    which each optimizer applies in its own way, with the recipe's lr and momentum."""
+    import torch
+
+    from nmt.optim import build_optimizer
+
+    parameter = torch.nn.Parameter(torch.tensor([2.0, -0.5, 0.25]))
+    start = parameter.detach().clone()
+    config = TrainConfig(optimizer=optimizer, lr=0.1, weight_decay=0.01, momentum=0.9)
+    step = build_optimizer([parameter], config)
+    parameter.grad = torch.zeros_like(parameter)
+    step.step()
+    assert torch.allclose(parameter.detach(), expected(start, 0.1, 0.01), atol=1e-6, rtol=0)
+    group = step.param_groups[0]
+    assert (group["lr"], group["weight_decay"]) == (0.1, 0.01)
+    if optimizer == "sgd":
+        assert group["momentum"] == 0.9

@@ -2,6 +2,7 @@ import re
 from pathlib import Path
 
 import pytest
+import yaml
 
 from nmt.errors import NmtError
 from nmt.recipe import Recipe
@@ -60,6 +61,24 @@ def test_overrides_win_and_are_recorded(tmp_path):
             "model:\n  attention: luong-dot\n  hidden_size: 10\n  decoder_hidden_size: 10\n",
             "a dot score needs decoder_hidden_size (10) equal to the encoder output size (20)",
         ),
+        (
+            "model:\n  decoder_init: last\n  hidden_size: 10\n  decoder_hidden_size: 12\n",
+            "model.decoder_init: last needs decoder_hidden_size (12) equal to the encoder output",
+        ),
+        (
+            "model:\n  tie_output: true\n  embedding_size: 8\n  decoder_hidden_size: 12\n",
+            "model.tie_output needs model.embedding_size (8) = model.decoder_hidden_size (12)",
+        ),
+        (
+            "tokenizer:\n  joint: false\nmodel:\n  tie_embeddings: true\n",
+            "model.tie_embeddings needs a joint vocabulary (tokenizer.joint: true)",
+        ),
+        (
+            "data:\n  max_len: 100\ntrain:\n  batch_tokens: 100\n",
+            "train.batch_tokens (100) must exceed data.max_len (100)",
+        ),
+        ("data:\n  format: hub\n", "data.hub_name is required with data.format: hub"),
+        ("train:\n  max_time: soon\n", "train.max_time must be a duration such as 75m"),
     ],
 )
 def test_bad_recipes_name_file_and_key(tmp_path, text, message):
@@ -210,3 +229,44 @@ def test_subword_sampling_settings_that_cannot_work(tmp_path, overrides, message
     (tmp_path / "r.yaml").write_text("data: {root: .}\n")
     with pytest.raises(NmtError, match=message):
         Recipe.load(tmp_path / "r.yaml", overrides)
+
+
+def test_durations_take_seconds_minutes_hours_and_bare_minutes():
+    from nmt.recipe import parse_duration
+
+    assert [parse_duration(t) for t in ("90s", "75m", "2h", "1.5H", "30", " 10m ")] == [
+        90,
+        4500,
+        7200,
+        5400,
+        1800,
+        600,
+    ]
+    for bad in ("", "m", "-5m", "ten minutes"):
+        with pytest.raises(ValueError):
+            parse_duration(bad)
+
+
+def test_special_token_ids_are_fixed_as_the_readme_says():
+    """Runs trained by older versions depend on these ids: they never change."""
+    from nmt.data.subwords import BOS, EOS, PAD, UNK
+
+    assert (PAD, UNK, BOS, EOS) == (0, 1, 2, 3)
+
+
+def test_every_shipped_recipe_loads_and_the_readmes_example_is_the_quickstarts():
+    """Each recipe under recipes/ is valid as shipped; the README's compact quickstart recipe
+    says nothing the real file does not."""
+    for path in sorted((ROOT / "recipes").glob("*.yaml")):
+        Recipe.load(path)
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    example = yaml.safe_load(
+        readme.split("## Recipes", 1)[1].split("```yaml\n", 1)[1].split("```")[0]
+    )
+    shipped = yaml.safe_load((ROOT / "recipes" / "quickstart.yaml").read_text(encoding="utf-8"))
+    for key, value in example.items():
+        if isinstance(value, dict):
+            for inner, setting in value.items():
+                assert shipped[key][inner] == setting, f"README's {key}.{inner}"
+        else:
+            assert shipped[key] == value, f"README's {key}"

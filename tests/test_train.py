@@ -722,3 +722,41 @@ def test_patience_stops_training_after_validations_without_improvement(
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert [row.split(",")[2] for row in rows[1:]].count("valid") == 3
     assert ("dev_bleu", 3) in board.added and board.flushed == len(board.added)
+
+
+def test_an_epoch_limit_a_clip_norm_and_a_dev_subset_do_what_the_recipe_says(
+    tiny_recipe, tmp_path, monkeypatch
+):
+    """train.max_epochs=1 alone stops after one pass over the training batches; clip_norm
+    reaches the clipping at every update (0: no clipping); valid_max_sentences caps the dev
+    sentences BLEU is computed on."""
+    import nmt.training as training
+
+    clipped, bleu_sizes = [], []
+    real_clip, real_bleu = torch.nn.utils.clip_grad_norm_, training.corpus_bleu
+
+    def clip(parameters, max_norm, *args, **kwargs):
+        clipped.append(max_norm)
+        return real_clip(parameters, max_norm, *args, **kwargs)
+
+    def bleu(hypotheses, references, *args, **kwargs):
+        bleu_sizes.append(len(hypotheses))
+        return real_bleu(hypotheses, references, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
+    monkeypatch.setattr(training, "corpus_bleu", bleu)
+    settings = ["train.max_steps=0", "train.max_epochs=1", "train.valid_every=5"]
+    recipe = Recipe.load(
+        tiny_recipe, [*settings, "train.clip_norm=0.25", "train.valid_max_sentences=7"]
+    )
+    train(recipe, tmp_path / "run")
+    _, meta = load_checkpoint(tmp_path / "run" / "checkpoints" / "last")
+    progress = meta["progress"]
+    assert progress["epoch"] == 1 and progress["batch_in_epoch"] == 0
+    batches = progress["step"]
+    assert 5 < batches < 40  # one pass over 400 pairs in batches of 600 tokens
+    assert clipped == [0.25] * batches
+    assert bleu_sizes and set(bleu_sizes) == {7}  # of the slice's 30 dev sentences
+    clipped.clear()
+    train(Recipe.load(tiny_recipe, [*settings, "train.clip_norm=0"]), tmp_path / "unclipped")
+    assert clipped == []
