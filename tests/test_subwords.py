@@ -40,3 +40,29 @@ def test_looks_segmented():
     assert looks_segmented(["\u2581zwei und \u2581vier zig", "\u2581eins"])
     assert looks_segmented(["zwei@@ und@@ vierzig"])
     assert not looks_segmented(["zweiundvierzig", "am dritten März"])
+
+
+def test_subwords_learn_from_a_seeded_sample_of_max_sentences_with_the_recipes_coverage(
+    tmp_path, monkeypatch
+):
+    """tokenizer.max_sentences caps the lines SentencePiece learns from (the same seed draws the
+    same sample, so a rerun builds the same vocabulary); character_coverage is passed on."""
+    import sentencepiece as spm
+
+    seen = []
+    real_train = spm.SentencePieceTrainer.train
+
+    def recorded(**kwargs):
+        sentences = list(kwargs.pop("sentence_iterator"))
+        seen.append((sentences, kwargs["character_coverage"]))
+        return real_train(sentence_iterator=iter(sentences), **kwargs)
+
+    monkeypatch.setattr(spm.SentencePieceTrainer, "train", recorded)
+    config = TokenizerConfig(vocab_size=150, joint=True, max_sentences=300, character_coverage=0.98)
+    source, target = lines("train", "de"), lines("train", "en")
+    first = Tokenizer.train(config, source, target, tmp_path / "a", 7)
+    again = Tokenizer.train(config, source, target, tmp_path / "b", 7)
+    (sample, coverage), (resample, _) = seen
+    assert len(sample) == 300 and coverage == 0.98
+    assert set(sample) <= set(source) | set(target) and sample == resample
+    assert first.sha256 == again.sha256
