@@ -100,67 +100,24 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     nbest = out.splitlines()
     assert len(nbest) == 14 and nbest[0].startswith("0 ||| ") and nbest[-1].startswith("6 ||| ")
 
-    sampled = [
-        run(
-            translate_main,
-            [
-                "-m",
-                run_dir,
-                "--sample",
-                "--nbest",
-                3,
-                "--seed",
-                4,
-                "--top-k",
-                5,
-                "-i",
-                tmp_path / "in.de",
-            ],
-            capsys,
-        )
-        for _ in range(2)
-    ]
+    def translate(*flags):
+        """nmt-translate of in.de with the run and these flags: (exit code, stdout, stderr)."""
+        return run(translate_main, ["-m", run_dir, "-i", tmp_path / "in.de", *flags], capsys)
+
+    sampled = [translate("--sample", "--nbest", 3, "--seed", 4, "--top-k", 5) for _ in range(2)]
     assert sampled[0][0] == 0 and sampled[0][1] == sampled[1][1]
     assert len(sampled[0][1].splitlines()) == 21
-    code, _, err = run(
-        translate_main, ["-m", run_dir, "--beam", 0, "-i", tmp_path / "in.de"], capsys
-    )
+    code, _, err = translate("--beam", 0)
     assert code == 2 and "--beam must be at least 1" in err
 
     (tmp_path / "prefix.en").write_text("the\n\nthe\n\n\n\nthe\n")
-    code, out, err = run(
-        translate_main,
-        [
-            "-m",
-            run_dir,
-            "-i",
-            tmp_path / "in.de",
-            "--beta",
-            0.2,
-            "--prefix-file",
-            tmp_path / "prefix.en",
-        ],
-        capsys,
-    )
+    code, out, err = translate("--beta", 0.2, "--prefix-file", tmp_path / "prefix.en")
     assert code == 0, err
     forced = out.split("\n")
     assert forced[0].startswith("the") and forced[2].startswith("the") and forced[3] == ""
 
-    attention = tmp_path / "attention.jsonl"
-    code, out, err = run(
-        translate_main,
-        [
-            "-m",
-            run_dir,
-            "-i",
-            tmp_path / "in.de",
-            "-o",
-            tmp_path / "again.en",
-            "--attention",
-            attention,
-        ],
-        capsys,
-    )
+    attention, again = tmp_path / "attention.jsonl", tmp_path / "again.en"
+    code, out, err = translate("-o", again, "--attention", attention)
     assert code == 0, err
     records = [json.loads(line) for line in attention.read_text().splitlines()]
     assert len(records) == 7 and records[3]["attention"] == []
@@ -169,41 +126,13 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     assert all(len(row) == len(first["source"]) for row in first["attention"])
     assert abs(sum(first["attention"][0]) - 1) < 1e-3
 
-    code, out, err = run(
-        translate_main,
-        [
-            "-m",
-            run_dir,
-            "-i",
-            tmp_path / "in.de",
-            "-o",
-            tmp_path / "again.en",
-            "--plot-attention",
-            tmp_path / "plots",
-            "--plot-lines",
-            1,
-            4,
-            5,
-        ],
-        capsys,
+    code, out, err = translate(
+        "-o", again, "--plot-attention", tmp_path / "plots", "--plot-lines", 1, 4, 5
     )
     assert code == 0, err  # line 4 is empty: nothing to draw
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["line-1.png", "line-5.png"]
     diagnosed = tmp_path / "diagnose.jsonl"
-    code, out, err = run(
-        translate_main,
-        [
-            "-m",
-            run_dir,
-            "-i",
-            tmp_path / "in.de",
-            "-o",
-            tmp_path / "again.en",
-            "--diagnose",
-            diagnosed,
-        ],
-        capsys,
-    )
+    code, out, err = translate("-o", again, "--diagnose", diagnosed)
     assert code == 0, err
     entries = [json.loads(line) for line in diagnosed.read_text().splitlines()]
     assert [e["line"] for e in entries] == [1, 2, 3, 5, 6, 7]  # line 4 is empty
