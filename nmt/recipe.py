@@ -313,8 +313,8 @@ class TrainConfig:
     )
     max_time: str = option(
         "",
-        "Stop after this much training time, e.g. `75m`, `2h`, `90s` "
-        "(validating and saving first); empty: no limit.",
+        "Stop after this much training time, e.g. `75m`, `2h`, `90s` (a bare number is "
+        "minutes), validating and saving first; empty: no limit.",
     )
     valid_every: int = option(
         500,
@@ -639,7 +639,7 @@ def parse_duration(text: str) -> float:
     text = text.strip().lower()
     unit = text[-1] if text and text[-1] in "smh" else "m"
     number = float(text[:-1] if text and text[-1] in "smh" else text)
-    if number < 0:
+    if not 0 <= number < float("inf"):  # nan and inf too: no limit is an empty max_time
         raise ValueError(text)
     return number * {"s": 1, "m": 60, "h": 3600}[unit]
 

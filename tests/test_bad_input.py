@@ -256,26 +256,26 @@ def test_samples_beyond_memory_are_refused_even_for_empty_lines(trained):
 
 
 def test_empty_and_uneven_files_are_refused(trained, tmp_path, capsys):
-    empty, two, three = tmp_path / "empty.en", tmp_path / "two.en", tmp_path / "three.de"
-    empty.write_text("")
+    empty, two, three = tmp_path / "blank.en", tmp_path / "two.en", tmp_path / "three.de"
+    empty.write_text("")  # (named so that "empty" in a message can only be the message's)
     two.write_text("a\nb\n")
     three.write_text("drei\nvier\nfünf\n")
     for argv, expected in (
-        (["-r", empty, "-i", empty], [str(empty), "empty"]),
-        (["-r", two, "-i", empty], [str(empty), "empty"]),
+        (["-r", empty, "-i", empty], [str(empty), "an empty file"]),
+        (["-r", two, "-i", empty], [str(empty), "an empty file"]),
         (["-r", two, "-i", three], [str(three), "3 lines", str(two)]),
         (["-r", two, "-i", two, "-s", three], [str(three), "3 lines"]),
     ):
         message = fails_cleanly(score_main, argv, capsys)
         assert all(part in message for part in expected), message
     for argv, expected in (
-        (["-i", three, "--ref", empty], [str(empty), "empty"]),
-        (["-i", empty, "--ref", empty], [str(empty), "empty"]),
+        (["-i", three, "--ref", empty], [str(empty), "an empty file"]),
+        (["-i", empty, "--ref", empty], [str(empty), "an empty file"]),
         (["-i", three, "--ref", two], [str(two), "2 lines"]),
-        (["--tune", "--dev-src", empty, "--dev-ref", empty], [str(empty), "empty"]),
+        (["--tune", "--dev-src", empty, "--dev-ref", empty], [str(empty), "an empty file"]),
         (["--tune", "--dev-src", three, "--dev-ref", two], [str(two), "2 lines"]),
         (["-i", three, "--prefix-file", two], [str(two), "2 lines"]),
-        (["-i", three, "--prefix-file", empty], [str(empty), "empty"]),
+        (["-i", three, "--prefix-file", empty], [str(empty), "0 lines"]),
     ):
         message = one_line_error(translate_main, ["-m", trained, *argv], capsys)
         assert all(part in message for part in expected), message

@@ -74,16 +74,16 @@ def _tokenizer(tmp_path: Path, sources, targets, vocab_size=30) -> Tokenizer:
 
 
 def test_filtering_counts_and_cache(tmp_path):
-    sources = ["eins zwei drei", "", "vier", "fünf " * 30, "sechs sieben", "acht"]
-    targets = ["one two three", "nothing", "four", "five", "six seven", "eight " * 18]
+    sources = ["eins zwei drei", "", "vier", "fünf " * 30, "sechs sieben", "acht", "neun " * 18]
+    targets = ["one two three", "nothing", "four", "five", "six seven", "eight " * 18, "nine"]
     (tmp_path / "train.de").write_text("\n".join(sources) + "\n")
     (tmp_path / "train.en").write_text("\n".join(targets) + "\n")
     split = load_split(DataConfig(), tmp_path, "train")
     tokenizer = _tokenizer(tmp_path, sources * 20, targets * 20)
     encoded, counts = encode_split(split, tokenizer, tmp_path / "cache", max_len=20, max_ratio=3)
-    assert (counts.kept, counts.empty, counts.too_long, counts.bad_ratio) == (3, 1, 1, 1)
+    assert (counts.kept, counts.empty, counts.too_long, counts.bad_ratio) == (3, 1, 1, 2)
     assert counts.describe().endswith(
-        "dropped 1 empty, 1 over-long, 1 with an extreme length ratio"
+        "dropped 1 empty, 1 over-long, 2 with an extreme length ratio"
     )
     assert len(encoded) == 3
     assert tokenizer.target.decode(encoded.target(0).tolist()) == "one two three"

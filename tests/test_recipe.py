@@ -242,7 +242,7 @@ def test_durations_take_seconds_minutes_hours_and_bare_minutes():
         1800,
         600,
     ]
-    for bad in ("", "m", "-5m", "ten minutes"):
+    for bad in ("", "m", "-5m", "ten minutes", "nan", "infh", "1e999s"):
         with pytest.raises(ValueError):
             parse_duration(bad)
 

@@ -535,7 +535,7 @@ def test_the_servers_flags_are_its_requests_defaults_on_a_local_address(run, tra
 
 def connection_refused(port: int) -> bool:
     try:
-        socket.create_connection(("127.0.0.1", port), timeout=5).close()
+        socket.create_connection(("127.0.0.1", port), timeout=30).close()
     except ConnectionRefusedError:
         return True
     return False
@@ -550,29 +550,39 @@ def test_a_stop_signal_refuses_new_connections_and_answers_those_in_flight(run, 
     server = Server(run)
     body = json.dumps({"text": SENTENCES[:3]}).encode()
     sock = socket.create_connection(("127.0.0.1", server.port), timeout=60)
-    head = (
-        "POST /translate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
-    )
-    sock.sendall(head.encode())
-    said = b""
-    while not said.endswith(b"\r\n\r\n"):
-        said += sock.recv(1)
-    assert said.startswith(b"HTTP/1.1 100"), said
-    server.process.send_signal(sig)
-    deadline = time.monotonic() + 30
-    while not connection_refused(server.port):
-        assert time.monotonic() < deadline, "the server still takes connections after the signal"
-    sock.sendall(body)
-    response = http.client.HTTPResponse(sock)
-    response.begin()
-    assert response.status == 200
-    answer = json.loads(response.read())
-    sock.close()
+    answered = False
+    try:
+        head = (
+            "POST /translate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n"
+        )
+        sock.sendall(head.encode())
+        said = b""
+        while not said.endswith(b"\r\n\r\n"):
+            byte = sock.recv(1)
+            assert byte, f"the server closed the connection after {said!r}"
+            said += byte
+        assert said.startswith(b"HTTP/1.1 100"), said
+        server.process.send_signal(sig)
+        deadline = time.monotonic() + 30
+        while not connection_refused(server.port):  # uvicorn checks its exit flag every 0.1 s
+            assert time.monotonic() < deadline, "the server still takes connections"
+            time.sleep(0.02)  # a poll interval: no test outcome depends on it
+        sock.sendall(body)
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 200
+        answer = json.loads(response.read())
+        answered = True
+    finally:
+        sock.close()
+        if not answered:  # a failed check: no server left running
+            server.process.kill()
+        code = server.stop(0)  # it exits by itself once the request is answered
+    assert code == 0, "".join(server.log)
     assert [a["text"] for a in answer["translations"]] == [
         h.text for h in translator.translate(SENTENCES[:3])
     ]
-    assert server.stop(0) == 0, "".join(server.log)
 
 
 def test_a_second_signal_stops_at_once_answering_nothing_more(run):

@@ -65,4 +65,6 @@ def test_subwords_learn_from_a_seeded_sample_of_max_sentences_with_the_recipes_c
     (sample, coverage), (resample, _) = seen
     assert len(sample) == 300 and coverage == 0.98
     assert set(sample) <= set(source) | set(target) and sample == resample
+    assert sample != (source + target)[:300]  # drawn, not the first lines
+    assert set(sample) & set(source) and set(sample) & set(target)  # from both sides (joint)
     assert first.sha256 == again.sha256

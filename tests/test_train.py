@@ -224,7 +224,8 @@ def test_a_stop_signal_saves_and_exits_with_its_code(
     monkeypatch.setattr(torch.optim.Adam, "step", terminated_step)
     with pytest.raises(SystemExit) as code:
         train_main([str(tiny_recipe), "--run-dir", str(tmp_path / "run"), *STEPS])
-    assert code.value.code == exit_code and said in capsys.readouterr().err
+    assert code.value.code == exit_code
+    assert capsys.readouterr().err.rstrip().endswith(f"nmt-train: {said}")
     _, meta = load_checkpoint(tmp_path / "run" / "checkpoints" / "last")
     assert meta["progress"]["step"] == 3  # the signal arrived in the third update, finished first
     assert signal.getsignal(number) is before  # the handler is put back
@@ -745,7 +746,13 @@ def test_an_epoch_limit_a_clip_norm_and_a_dev_subset_do_what_the_recipe_says(
 
     monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", clip)
     monkeypatch.setattr(training, "corpus_bleu", bleu)
-    settings = ["train.max_steps=0", "train.max_epochs=1", "train.valid_every=5"]
+    # (max_time: should the epoch limit break, the test ends in seconds, not at patience)
+    settings = [
+        "train.max_steps=0",
+        "train.max_epochs=1",
+        "train.valid_every=5",
+        "train.max_time=2m",
+    ]
     recipe = Recipe.load(
         tiny_recipe, [*settings, "train.clip_norm=0.25", "train.valid_max_sentences=7"]
     )

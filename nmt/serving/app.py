@@ -557,7 +557,8 @@ def serve(app: FastAPI, host: str = "127.0.0.1", port: int = 8000) -> None:
     first. The address (with the port the system chose for port 0) is logged once the socket
     listens."""
     sock = listen(host, port)
-    shown = f"[{host}]" if sock.family == socket.AF_INET6 else host
+    bound = sock.getsockname()[0]  # what the socket listens on, not what was asked for
+    shown = f"[{bound}]" if sock.family == socket.AF_INET6 else bound
     if host not in ("127.0.0.1", "localhost", "::1"):
         log.warning("--host %s: reachable from other machines, and nmt-serve has no login", host)
     config = uvicorn.Config(
