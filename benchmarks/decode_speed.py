@@ -61,6 +61,8 @@ def main() -> None:
         help="beam search's stopping rule (default: the run's decode.stopping)",
     )
     args = parser.parse_args()
+    if (args.src is None) != (args.ref is None):
+        parser.error("--src and --ref go together (or neither: --split)")
     if args.threads:
         torch.set_num_threads(args.threads)
     recipe = Recipe.load(args.run_dir / "recipe.yaml")

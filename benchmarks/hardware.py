@@ -62,3 +62,15 @@ def rates_line(device: torch.device) -> str:
         f"matmul 2048²: fp32 {fp32 / 1e9:,.0f} GFLOP/s, bf16 {bf16 / 1e9:,.0f} GFLOP/s "
         f"({bf16 / fp32:.1f}×)"
     )
+
+
+def main() -> None:
+    """`python benchmarks/hardware.py`: what this machine has, and its matrix-multiply rates."""
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    for device in devices:
+        print(describe(device))
+        print(rates_line(device))
+
+
+if __name__ == "__main__":
+    main()

@@ -277,3 +277,106 @@ def test_multi30k_scores_names_each_runs_changes_and_groups_seeds(tmp_path, caps
     with pytest.raises(SystemExit, match=f"{reverse}: translates en→de, not de→en"):
         module.main()
     assert "| base_s3 |" not in capsys.readouterr().out
+
+
+def _benchmark(name: str, monkeypatch):
+    """benchmarks/NAME.py as a module (they import each other as the folder's scripts do), with
+    the matrix-multiply rate stubbed: measuring it takes seconds and proves nothing here."""
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import hardware
+
+    monkeypatch.setattr(hardware, "matmul_rate", lambda device, dtype=None, **_: 1e11)
+    return importlib.import_module(name)
+
+
+def test_hardware_prints_the_cpu_and_its_matmul_rates(monkeypatch, capsys):
+    hardware = _benchmark("hardware", monkeypatch)
+    hardware.main()
+    cpu, rates = capsys.readouterr().out.splitlines()[:2]
+    assert cpu.startswith("CPU ") and "PyTorch capability" in cpu and "bf16 in hardware:" in cpu
+    assert rates == "matmul 2048²: fp32 100 GFLOP/s, bf16 100 GFLOP/s (1.0×)"
+
+
+def test_decode_speed_prints_each_search_with_its_bleu_then_a_summary(
+    tmp_path, monkeypatch, capsys
+):
+    from nmt import Translator
+    from nmt.data.corpus import read_lines
+    from nmt.scoring.metrics import corpus_bleu
+
+    run = _multi30k_run(tmp_path, "run", [])
+    decode_speed = _benchmark("decode_speed", monkeypatch)
+    argv = ["decode_speed.py", str(run), "--beams", "1", "2", "--stopping", "first"]
+    monkeypatch.setattr(sys, "argv", argv)
+    decode_speed.main()
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("CPU ") and out[1].startswith("matmul 2048²")
+    assert "30 sentences from" in out[2] and "stopping rule first" in out[2]
+    sources = read_lines(tmp_path / "corpus/test_2016_flickr.de")
+    references = read_lines(tmp_path / "corpus/test_2016_flickr.en")
+    translator = Translator.from_run(run)
+    for line, name, beam in ((out[3], "greedy", 1), (out[4], "beam 2", 2)):
+        hyps = translator.translate(sources, beam=beam, stopping="first")
+        bleu = corpus_bleu([h.text for h in hyps], references)
+        assert line.strip().startswith(f"{name}: ") and "sentences/s" in line, line
+        assert line.endswith(f"BLEU {bleu:.2f}"), line
+    assert out[5].startswith("decode_speed: greedy ") and len(out) == 6
+    monkeypatch.setattr(sys, "argv", [*argv, "--src", str(tmp_path / "corpus/val.de")])
+    with pytest.raises(SystemExit):  # a source without its reference would score against another
+        decode_speed.main()
+    assert "--src and --ref go together" in capsys.readouterr().err
+
+
+def test_train_speed_prints_tokens_memory_and_the_share_of_the_matmul_rate(
+    tmp_path, monkeypatch, capsys
+):
+    write_slice(tmp_path / "corpus")
+    (tmp_path / "tiny.yaml").write_text(TINY_RECIPE, encoding="utf-8")
+    train_speed = _benchmark("train_speed", monkeypatch)
+    monkeypatch.setattr(train_speed, "matmul_rate", lambda device, dtype=None, **_: 1e11)
+    argv = ["train_speed.py", str(tmp_path / "tiny.yaml"), "--steps", "2", "--warmup", "1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    train_speed.main()
+    out = capsys.readouterr().out.splitlines()
+    assert out[-5].startswith("CPU ")
+    assert "parameters on cpu" in out[-4] and "2 updates after 1 warm-up" in out[-4]
+    assert out[-3].startswith("target tokens/s ") and "peak process memory" in out[-3]
+    assert "of the measured float32 matmul rate 100 GFLOP/s" in out[-2]
+    assert out[-1].startswith("train_speed: ") and "% of matmul peak" in out[-1]
+
+
+def test_the_reference_recipe_loads_and_has_the_size_the_benchmarks_say():
+    """benchmarks/reference.yaml (train_speed.py, scaling.sh): 8.5M parameters with Multi30k's
+    8,000 joint subwords, as benchmarks/README.md says."""
+    from nmt.model.seq2seq import Seq2Seq
+    from nmt.recipe import Recipe
+
+    recipe = Recipe.load(ROOT / "benchmarks" / "reference.yaml")
+    assert recipe.tokenizer.vocab_size == 8000 and recipe.tokenizer.joint
+    model = Seq2Seq(recipe.model, 8000, 8000)
+    assert round(model.parameter_count / 1e6, 1) == 8.5
+
+
+def test_the_quickstart_data_is_as_its_readme_says():
+    """data/README.md: 12,000 / 500 / 500 pairs, line-aligned; dev and test sentences never
+    occur in train; each example in the table is a pair of its split."""
+    quickstart = ROOT / "data" / "quickstart"
+    read = lambda name: (quickstart / name).read_text(encoding="utf-8").splitlines()  # noqa: E731
+    sides = {
+        split: (read(f"{split}.de"), read(f"{split}.en")) for split in ("train", "dev", "test")
+    }
+    assert {split: len(de) for split, (de, _) in sides.items()} == {
+        "train": 12000,
+        "dev": 500,
+        "test": 500,
+    }
+    assert all(len(de) == len(en) for de, en in sides.values())
+    for held_out in ("dev", "test"):
+        for side in (0, 1):
+            assert not set(sides[held_out][side]) & set(sides["train"][side])
+    readme = (ROOT / "data" / "README.md").read_text(encoding="utf-8")
+    for split in ("train", "dev", "test"):
+        row = next(line for line in readme.splitlines() if line.startswith(f"| {split} |"))
+        source, target = (part.strip().strip("`") for part in row.split("|")[-2].split("→"))
+        pairs = set(zip(*sides[split]))
+        assert (source, target) in pairs, f"data/README.md's {split} example is not a {split} pair"
