@@ -51,7 +51,7 @@ def main() -> None:
     assert server.stderr is not None
     port = 0
     for line in server.stderr:
-        found = re.search(r"serving on http://[^:]+:(\d+)/", line)
+        found = re.search(r"serving on http://.+:(\d+)/", line)
         if found:
             port = int(found[1])
             break

@@ -380,3 +380,19 @@ def test_the_quickstart_data_is_as_its_readme_says():
         source, target = (part.strip().strip("`") for part in row.split("|")[-2].split("→"))
         pairs = set(zip(*sides[split]))
         assert (source, target) in pairs, f"data/README.md's {split} example is not a {split} pair"
+
+
+def test_serve_load_measures_each_level_of_clients_then_stops_the_server(
+    tmp_path, monkeypatch, capsys
+):
+    pytest.importorskip("fastapi")
+    run = _multi30k_run(tmp_path, "run", [])
+    serve_load = _benchmark("serve_load", monkeypatch)
+    argv = ["serve_load.py", str(run), "--clients", "1", "2", "--seconds", "0.5"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--threads", "1", "--beam", "1"])
+    serve_load.main()
+    out = capsys.readouterr().out.splitlines()
+    rows = {line.split("|")[1].strip(): line.split("|") for line in out if line.startswith("| ")}
+    assert set(rows) >= {"1", "2"}
+    assert all(int(rows[clients][2]) > 0 for clients in ("1", "2"))  # requests answered
+    assert out[-1].startswith("summary: 1 clients ") and "; 2 clients " in out[-1]
