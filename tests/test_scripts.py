@@ -396,3 +396,33 @@ def test_serve_load_measures_each_level_of_clients_then_stops_the_server(
     assert set(rows) >= {"1", "2"}
     assert all(int(rows[clients][2]) > 0 for clients in ("1", "2"))  # requests answered
     assert out[-1].startswith("summary: 1 clients ") and "; 2 clients " in out[-1]
+
+
+@pytest.mark.parametrize("parts", ["cell", "attention", "both"])
+def test_train_speeds_compile_trial_reaches_the_functions_training_calls(parts, monkeypatch):
+    """--compile swaps module attributes; a model that bound them elsewhere would make the
+    trial a silent no-op. torch.compile is stubbed by a wrapper that counts calls."""
+    from conftest import tiny_model
+    from nmt.model import attention, cells
+    from nmt.training import batch_loss
+    from test_model import padded_batch
+
+    import torch
+
+    monkeypatch.setattr(cells, "step", cells.step)  # restored after the test
+    monkeypatch.setattr(attention.Attention, "forward", attention.Attention.forward)
+    calls = []
+
+    def counting(function, **options):
+        def compiled(*args, **kwargs):
+            calls.append(function.__name__)
+            return function(*args, **kwargs)
+
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", counting)
+    train_speed = _benchmark("train_speed", monkeypatch)
+    train_speed.compile_parts(parts)
+    batch_loss(tiny_model(attention="luong-concat", input_feeding=True), padded_batch(), 0.1)
+    expected = {"cell": {"step"}, "attention": {"forward"}, "both": {"step", "forward"}}[parts]
+    assert set(calls) == expected
