@@ -767,3 +767,28 @@ def test_an_epoch_limit_a_clip_norm_and_a_dev_subset_do_what_the_recipe_says(
     clipped.clear()
     train(Recipe.load(tiny_recipe, [*settings, "train.clip_norm=0"]), tmp_path / "unclipped")
     assert clipped == []
+
+
+@pytest.mark.parametrize("has_bf16", [False, True])
+def test_bf16_on_a_cpu_without_bf16_instructions_says_it_will_be_slow(
+    tiny_recipe, tmp_path, monkeypatch, caplog, has_bf16
+):
+    """Issue 17: where the CPU has no AMX or AVX512-BF16, bf16 training and translation still
+    run (PyTorch emulates) and the log says they will be slower than fp32; elsewhere, nothing."""
+    import logging
+
+    import nmt.training
+    import nmt.translate
+
+    monkeypatch.setattr(nmt.training, "cpu_has_bf16", lambda: has_bf16)
+    monkeypatch.setattr(nmt.translate, "cpu_has_bf16", lambda: has_bf16)
+    run = tmp_path / "run"
+    with caplog.at_level(logging.WARNING, logger="nmt"):
+        train(Recipe.load(tiny_recipe, ["train.max_steps=2", "train.precision=bf16"]), run)
+        Translator.from_run(run).translate(["drei"], precision="bf16")
+    warned = [r.getMessage() for r in caplog.records if "emulates them" in r.getMessage()]
+    if has_bf16:
+        assert warned == []
+    else:
+        assert [w.split(":")[0] for w in warned] == ["train.precision=bf16", "precision bf16"]
+        assert all("slower than fp32" in w for w in warned)
