@@ -710,3 +710,31 @@ def test_requests_beyond_max_connections_get_a_plain_503(run):
         assert status == 200 and len(answer["translations"]) == 1
     finally:
         assert server.stop() == 0
+
+
+def test_an_ensemble_is_served_as_nmt_translate_searches_it(run, tmp_path):
+    """nmt-serve -m A -m B: answers are the ensemble's, and /info lists both members."""
+    import shutil
+
+    from nmt.recipe import Recipe
+    from nmt.training import train
+
+    other = tmp_path / "other"
+    shutil.copytree(run, other)  # the same SentencePiece model, weights trained further
+    recipe = Recipe.load(run.parent / "tiny.yaml", ["train.max_steps=4", "train.valid_every=2"])
+    train(recipe, other, resume=True)
+    server = Server(run, "-m", str(other), "--checkpoint", "last")  # steps 2 and 4
+    try:
+        status, answer = server.request("POST", "/translate", {"text": SENTENCES[:4]})
+        info = server.request("GET", "/info")[1]
+    finally:
+        assert server.stop() == 0, "".join(server.log)
+    assert status == 200
+    ensemble = Translator.from_runs([run, other], "last").translate(SENTENCES[:4])
+    alone = Translator.from_run(run, "last").translate(SENTENCES[:4])
+    assert [a["text"] for a in answer["translations"]] == [h.text for h in ensemble]
+    assert [a["score"] for a in answer["translations"]] == pytest.approx(
+        [h.score for h in ensemble], abs=1e-4
+    )
+    assert [h.score for h in ensemble] != pytest.approx([h.score for h in alone], abs=1e-4)
+    assert info["runs"] == [str(run), str(other)] and len(info["members"]) == 2
