@@ -45,7 +45,9 @@ class _Parser(argparse.ArgumentParser):
 def _command(name: str) -> Callable:
     def wrap(body: Callable[[list[str] | None], int | None]) -> Callable:
         @functools.wraps(body)
-        def run(argv: list[str] | None = None) -> None:
+        def run(argv: list[str] | None = None, whole_program: bool | None = None) -> None:
+            """`whole_program` (default: `argv` is None, as a console script calls it): the
+            process ends here, without the interpreter's teardown."""
             if not any(isinstance(h, _TqdmHandler) for h in log.handlers):
                 handler = _TqdmHandler()
                 handler.setFormatter(logging.Formatter(f"{name}: %(message)s"))
@@ -72,8 +74,10 @@ def _command(name: str) -> Callable:
                     file=sys.stderr,
                 )
                 code = 2
-            if argv is None:  # a program of its own, whose outputs are all written and closed:
-                _exit_now(code)  # skip the interpreter's teardown of torch (~0.4 s)
+            if argv is None if whole_program is None else whole_program:
+                # a program of its own, whose outputs are all written and closed: skip the
+                # interpreter's teardown of torch (~0.4 s)
+                _exit_now(code)
             sys.exit(code)
 
         return run
@@ -1014,8 +1018,9 @@ COMMANDS = {
 
 def main(argv: list[str] | None = None) -> None:
     """`python -m nmt COMMAND ...`."""
+    whole_program = argv is None
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
         print(f"usage: python -m nmt {{{','.join(COMMANDS)}}} ...", file=sys.stderr)
         sys.exit(2)
-    COMMANDS[argv[0]](argv[1:])
+    COMMANDS[argv[0]](argv[1:], whole_program)
