@@ -386,6 +386,15 @@ class DecodeConfig:
         choices=("exact", "first"),
     )
     batch_size: int = option(64, "Sentences translated together.", min=1)
+    inter_threads: int = option(
+        0,
+        "Batches searched at once on a CPU, sharing PyTorch's threads (CTranslate2's "
+        "`inter_threads`): a search step is many small products, which two threads share "
+        "poorly, so two batches at once, one thread each, keep both busy. 0: 2 where PyTorch "
+        "has 2 threads or more. Outputs are those of one batch at a time (in float32 up to "
+        "rounding: each batch has fewer threads); only the time differs (benchmarks/README.md).",
+        min=0,
+    )
     precision: str = option(
         "fp32",
         "`bf16`: search with a bfloat16 copy of the model (log-probabilities and scores in "

@@ -1,0 +1,144 @@
+"""`decode.inter_threads`: batches searched at once on a CPU, each with its share of PyTorch's
+threads, give the outputs of one batch at a time."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+from nmt.errors import NmtError
+from nmt.translate import Translator
+
+from conftest import QUICKSTART, trained_run
+
+LINES = (QUICKSTART / "test.de").read_text(encoding="utf-8").splitlines()[:30]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    return trained_run(tmp_path_factory.mktemp("inter_threads"))
+
+
+@pytest.fixture
+def two_threads():
+    """PyTorch with 2 threads (CI's default on 2 cores; a developer may run with 1)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+class Recorder:
+    """Wraps Translator._search: which thread ran each batch, with how many PyTorch threads.
+    The first two searches wait for each other, so two at once is proven, not hoped for."""
+
+    def __init__(self, monkeypatch, concurrent: bool, fail_at: int = 0):
+        self.calls: list[tuple[int, int]] = []
+        self.lock = threading.Lock()
+        self.barrier = threading.Barrier(2, timeout=60) if concurrent else None
+        search = Translator._search
+
+        def recorded(translator, *args, **kwargs):
+            with self.lock:
+                self.calls.append((threading.get_ident(), torch.get_num_threads()))
+                number = len(self.calls)
+            if self.barrier is not None and number <= 2:
+                self.barrier.wait()
+            if number == fail_at:
+                raise NmtError("batch failed")
+            return search(translator, *args, **kwargs)
+
+        monkeypatch.setattr(Translator, "_search", recorded)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(beam=3, nbest=2),
+        dict(beam=1),
+        dict(sample=True, nbest=2, seed=7),
+        dict(beam=3, shortlist=5, quantize="int8"),
+    ],
+    ids=["beam", "greedy", "sampling", "int8-shortlist"],
+)
+def test_batches_searched_at_once_give_the_outputs_of_one_at_a_time(run, two_threads, options):
+    options = dict(options)
+    translator = Translator.from_run(run, quantize=options.pop("quantize", ""))
+    nbest = options.pop("nbest", 1)
+    alone = translator.nbest(LINES, nbest, batch_size=4, inter_threads=1, **options)
+    together = translator.nbest(LINES, nbest, batch_size=4, inter_threads=2, **options)
+    for hyps_alone, hyps_together in zip(alone, together, strict=True):
+        assert [h.text for h in hyps_alone] == [h.text for h in hyps_together]
+        for a, b in zip(hyps_alone, hyps_together):
+            assert a.score == pytest.approx(b.score, abs=1e-5)  # float32 rounds per thread count
+
+
+def test_each_batch_gets_its_share_of_pytorchs_threads(run, two_threads, monkeypatch):
+    translator = Translator.from_run(run)
+    threads_before = threading.active_count()
+    recorder = Recorder(monkeypatch, concurrent=True)
+    translator.translate(LINES, batch_size=4, inter_threads=2)
+    assert len(recorder.calls) == 8  # 30 lines in batches of 4
+    workers = {ident for ident, _ in recorder.calls}
+    assert len(workers) == 2 and threading.get_ident() not in workers
+    assert {threads for _, threads in recorder.calls} == {1}
+    assert torch.get_num_threads() == 2  # the caller's threads, as they were
+    assert threading.active_count() == threads_before  # no worker left behind
+    later: list[int] = []  # and a thread started later gets PyTorch's default again
+    thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert later == [2]
+
+
+@pytest.mark.parametrize(
+    "inter_threads, torch_threads",
+    [(1, 2), (0, 1), (2, 1)],
+    ids=["one-asked", "auto-one-thread", "two-asked-one-thread"],
+)
+def test_one_batch_at_a_time_runs_in_the_callers_thread(
+    run, monkeypatch, inter_threads, torch_threads
+):
+    before = torch.get_num_threads()
+    torch.set_num_threads(torch_threads)
+    try:
+        recorder = Recorder(monkeypatch, concurrent=False)
+        Translator.from_run(run).translate(LINES, batch_size=4, inter_threads=inter_threads)
+    finally:
+        torch.set_num_threads(before)
+    assert {call for call in recorder.calls} == {(threading.get_ident(), torch_threads)}
+
+
+def test_how_many_batches_at_once(run, two_threads):
+    translator = Translator.from_run(run)
+    settings = translator.settings
+    assert translator.inter_threads(settings(inter_threads=0), batches=8) == 2  # automatic
+    assert translator.inter_threads(settings(inter_threads=4), batches=8) == 2  # ≤ threads
+    assert translator.inter_threads(settings(inter_threads=0), batches=1) == 1  # ≤ batches
+    translator.device = torch.device("cuda")  # a GPU keeps one batch at a time
+    assert translator.inter_threads(settings(inter_threads=2), batches=8) == 1
+
+
+def test_a_failing_batch_ends_the_search_and_leaves_no_worker(run, two_threads, monkeypatch):
+    translator = Translator.from_run(run)
+    threads_before = threading.active_count()
+    Recorder(monkeypatch, concurrent=True, fail_at=3)
+    with pytest.raises(NmtError, match="batch failed"):
+        translator.translate(LINES, batch_size=4, inter_threads=2)
+    assert threading.active_count() == threads_before
+    assert torch.get_num_threads() == 2
+
+
+def test_the_memory_check_counts_every_batch_in_flight(run, two_threads, monkeypatch):
+    """Two batches at once hold two batches' scores: a search that fits one at a time but not
+    two is refused before it starts, with inter_threads 2 only."""
+    import nmt.translate
+
+    translator = Translator.from_run(run)
+    one_batch = 4 * 4 * 3 * translator.tokenizer.target_vocab_size * 4  # as _check_memory counts
+    monkeypatch.setattr(nmt.translate, "_device_memory", lambda device: one_batch + 1)
+    translator.translate(LINES, batch_size=4, beam=3, inter_threads=1)
+    with pytest.raises(NmtError, match="8 sentences"):
+        translator.translate(LINES, batch_size=4, beam=3, inter_threads=2)
