@@ -51,6 +51,12 @@ def main() -> None:
         help="frequent target tokens in the shortlist",
     )
     parser.add_argument(
+        "--inter-threads",
+        type=int,
+        help="batches searched at once, sharing the threads (default: the run's "
+        "decode.inter_threads; 0: automatic)",
+    )
+    parser.add_argument(
         "--precision",
         choices=["fp32", "bf16"],
         help="bf16: bfloat16 matrix products (default: the run's decode.precision)",
@@ -81,14 +87,18 @@ def main() -> None:
         shortlist_frequent=args.shortlist_frequent,
         stopping=args.stopping,
         precision=args.precision,
+        inter_threads=args.inter_threads,
         sample=False,
     )
     translator.translate(sources[:32], beam=1, **options)  # warm-up
+    batches = -(-len(sources) // args.batch_size)
+    at_once = translator.inter_threads(translator.settings(**options), batches)
     print(describe(translator.device))
     print(rates_line(translator.device))
     print(
         f"{len(sources)} sentences from {src}; device {translator.device}, "
-        f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}; "
+        f"{torch.get_num_threads()} threads, {at_once} batch(es) at once, "
+        f"{platform.processor() or platform.machine()}; "
         f"model loaded in {load_s:.1f} s; stopping rule "
         f"{args.stopping or translator.decode.stopping}, precision "
         f"{args.precision or translator.decode.precision}"

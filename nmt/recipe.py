@@ -391,7 +391,7 @@ class DecodeConfig:
         "Batches searched at once on a CPU, sharing PyTorch's threads (CTranslate2's "
         "`inter_threads`): a search step is many small products, which two threads share "
         "poorly, so two batches at once, one thread each, keep both busy. 0: 2 where PyTorch "
-        "has 2 threads or more. Outputs are those of one batch at a time (in float32 up to "
+        "has exactly 2 threads (measured), else 1. Outputs are those of one batch at a time (in float32 up to "
         "rounding: each batch has fewer threads); only the time differs (benchmarks/README.md).",
         min=0,
     )

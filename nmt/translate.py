@@ -7,10 +7,12 @@ print(translator.translate(["zweiundvierzig"])[0].text)
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
 import os
+import threading
 from pathlib import Path
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +27,7 @@ from nmt.files import atomic_write_text
 from nmt.data.batching import pad_sources
 from nmt.data.subwords import BOS, EOS, PAD, Tokenizer, looks_segmented
 from nmt.device import cpu_has_bf16, pick_device
-from nmt.errors import NmtError
+from nmt.errors import NmtError, Terminated
 from nmt.data.lexicon import Lexicon, lexicon_for_run
 from nmt.model.ensemble import Ensemble
 from nmt.model.interface import AnyDecodable, EncodedSource, SearchState
@@ -143,8 +145,9 @@ class Translator:
 
         `prefixes` (plain text, one per line, "" for none) force how each translation begins.
         `options` are keys of the recipe's decode section (beam, length_norm, alpha, max_len_a,
-        max_len_b, stopping, batch_size, coverage_penalty, min_len, no_repeat_ngram, shortlist,
-        shortlist_frequent, sample, temperature, top_k, top_p, seed); unset ones (None) keep the
+        max_len_b, stopping, batch_size, inter_threads, coverage_penalty, min_len,
+        no_repeat_ngram, shortlist, shortlist_frequent, sample, temperature, top_k, top_p,
+        seed); unset ones (None) keep the
         run's defaults. Lines are sorted by length into batches (less padding) and results come
         back in input order; an empty line gives an empty translation. `progress` draws a bar on
         stderr. `keep_steps` (beam search only) gives each hypothesis its sentence's beam after
@@ -213,17 +216,18 @@ class Translator:
             dynamic_ncols=True,
             mininterval=1.0,
         )
-        for chunk, found in zip(chunks, _map_in_threads(search, chunks, workers)):
-            for i, hyps in zip(chunk, found):
-                for hyp in hyps:
-                    hyp.text = self.tokenizer.decode_target(hyp.tokens)
-                    if hyp.attention is not None:  # drop the batch's padding columns
-                        hyp.attention = hyp.attention[:, : len(encoded[i]) + 1]
-                for step in hyps[0].steps or ():  # one list, shared by the sentence's n-best
-                    for entry in step["kept"]:
-                        entry["piece"] = self.tokenizer.target_pieces([entry["token"]])[0]
-                results[i] = hyps
-            bar.update(len(chunk))
+        with _searched_at_once(search, chunks, workers) as searched:
+            for chunk, found in zip(chunks, searched):
+                for i, hyps in zip(chunk, found):
+                    for hyp in hyps:
+                        hyp.text = self.tokenizer.decode_target(hyp.tokens)
+                        if hyp.attention is not None:  # drop the batch's padding columns
+                            hyp.attention = hyp.attention[:, : len(encoded[i]) + 1]
+                    for step in hyps[0].steps or ():  # one list, shared by the sentence's n-best
+                        for entry in step["kept"]:
+                            entry["piece"] = self.tokenizer.target_pieces([entry["token"]])[0]
+                    results[i] = hyps
+                bar.update(len(chunk))
         bar.close()
         return results
 
@@ -328,11 +332,13 @@ class Translator:
 
     def inter_threads(self, settings: DecodeConfig, batches: int) -> int:
         """How many of `batches` batches are searched at once (`decode.inter_threads`): on a
-        CPU only, and never more than PyTorch's threads, which the batches share."""
+        CPU only, and never more than PyTorch's threads, which the batches share. Automatic
+        (0): 2 where PyTorch has exactly 2 threads, the case measured; else 1."""
         if self.device.type != "cpu":
             return 1
-        wanted = settings.inter_threads or 2  # 0: automatic
-        return max(1, min(wanted, batches, torch.get_num_threads()))
+        threads = torch.get_num_threads()
+        wanted = settings.inter_threads or (2 if threads == 2 else 1)
+        return max(1, min(wanted, batches, threads))
 
     def _check_memory(self, settings: DecodeConfig, nbest: int, sentences: int) -> None:
         """Refuse a search whose scores alone cannot fit in the device's memory: sentences ×
@@ -471,8 +477,9 @@ class Translator:
 
         Padding and batching must never change a translation; a difference is a bug.
         """
-        alone = self.nbest(lines, **{**options, "batch_size": 1})
-        together = self.nbest(lines, **options)
+        # One batch at a time in both: a batch's thread count may change float32 rounding.
+        alone = self.nbest(lines, **{**options, "batch_size": 1, "inter_threads": 1})
+        together = self.nbest(lines, **{**options, "inter_threads": 1})
         problems = []
         for number, (a, b) in enumerate(zip(alone, together), start=1):
             for rank, (x, y) in enumerate(zip(a, b), start=1):
@@ -556,28 +563,46 @@ class Translator:
         return found
 
 
-def _map_in_threads(
+_POOL = threading.Lock()  # one pool of workers at a time: PyTorch's thread count is process-wide
+
+
+@contextlib.contextmanager
+def _searched_at_once(
     work: Callable[[list[int]], list[list[Hypothesis]]], chunks: list[list[int]], workers: int
-) -> Iterator[list[list[Hypothesis]]]:
+) -> Iterator[Iterator[list[list[Hypothesis]]]]:
     """`work` of each chunk, in order, computed by `workers` threads at once that share
     PyTorch's threads. Why: a search step is many small products, and PyTorch splitting each
     over two threads keeps them waiting for each other (about 40% of the time on 2 cores),
     while two batches at once, one thread each, wait only for the GIL between products.
-    A batch's outputs do not depend on how many threads searched it."""
-    if workers == 1:
-        yield from map(work, chunks)
+
+    PyTorch keeps a thread count per thread, and a new thread takes the process's default (what
+    `torch.set_num_threads` last set anywhere): so only one pool runs at a time (a caller in
+    another thread meanwhile searches one batch at a time), and the default is restored after.
+    Thread-local state of the caller (autocast, grad mode) does not reach the workers; the
+    search sets what it needs itself."""
+    if workers == 1 or not _POOL.acquire(blocking=False):
+        yield map(work, chunks)
         return
     threads = torch.get_num_threads()
 
-    def share() -> None:  # PyTorch's thread count is per thread; a new one starts at the default
+    def share() -> None:
+        torch.get_num_threads()  # the default taken now, before another caller changes it
         torch.set_num_threads(max(1, threads // workers))
 
     pool = ThreadPoolExecutor(workers, initializer=share)
+    stopping = False
     try:
-        yield from pool.map(work, chunks)
-    finally:  # an error or Ctrl-C: no batch starts after it, and none is left running
-        pool.shutdown(wait=True, cancel_futures=True)
-        torch.set_num_threads(threads)  # the default for new threads again
+        yield pool.map(work, chunks)
+    except (KeyboardInterrupt, Terminated):  # the process is ending: do not wait for batches
+        stopping = True
+        raise
+    finally:
+        try:
+            torch.set_num_threads(threads)  # the default for new threads again
+        finally:
+            _POOL.release()
+            # no batch starts after an error; those running are awaited, so none is left
+            pool.shutdown(wait=not stopping, cancel_futures=True)
 
 
 class _SearchOptions(TypedDict):

@@ -13,6 +13,7 @@ from nmt.translate import Translator
 
 from conftest import QUICKSTART, trained_run
 
+SEARCH = Translator._search  # the original, also while a Recorder has replaced it
 LINES = (QUICKSTART / "test.de").read_text(encoding="utf-8").splitlines()[:30]
 
 
@@ -34,11 +35,10 @@ class Recorder:
     """Wraps Translator._search: which thread ran each batch, with how many PyTorch threads.
     The first two searches wait for each other, so two at once is proven, not hoped for."""
 
-    def __init__(self, monkeypatch, concurrent: bool, fail_at: int = 0):
+    def __init__(self, monkeypatch, concurrent: bool, fail_at: int = 0, error: type = NmtError):
         self.calls: list[tuple[int, int]] = []
         self.lock = threading.Lock()
         self.barrier = threading.Barrier(2, timeout=60) if concurrent else None
-        search = Translator._search
 
         def recorded(translator, *args, **kwargs):
             with self.lock:
@@ -47,8 +47,8 @@ class Recorder:
             if self.barrier is not None and number <= 2:
                 self.barrier.wait()
             if number == fail_at:
-                raise NmtError("batch failed")
-            return search(translator, *args, **kwargs)
+                raise error("batch failed")
+            return SEARCH(translator, *args, **kwargs)
 
         monkeypatch.setattr(Translator, "_search", recorded)
 
@@ -117,18 +117,79 @@ def test_how_many_batches_at_once(run, two_threads):
     assert translator.inter_threads(settings(inter_threads=0), batches=8) == 2  # automatic
     assert translator.inter_threads(settings(inter_threads=4), batches=8) == 2  # ≤ threads
     assert translator.inter_threads(settings(inter_threads=0), batches=1) == 1  # ≤ batches
+    torch.set_num_threads(4)  # automatic is 2 only where measured: 2 threads
+    assert translator.inter_threads(settings(inter_threads=0), batches=8) == 1
+    assert translator.inter_threads(settings(inter_threads=2), batches=8) == 2
     translator.device = torch.device("cuda")  # a GPU keeps one batch at a time
     assert translator.inter_threads(settings(inter_threads=2), batches=8) == 1
 
 
-def test_a_failing_batch_ends_the_search_and_leaves_no_worker(run, two_threads, monkeypatch):
+def test_a_bf16_copy_and_a_lexicon_are_made_once_before_the_workers_start(
+    run, two_threads, monkeypatch
+):
+    """Two workers starting together (the Recorder's barrier) would each make their own."""
+    import nmt.translate
+
+    made = {"copies": 0, "lexicons": 0}
+    deepcopy, lexicon_for_run = nmt.translate.copy.deepcopy, nmt.translate.lexicon_for_run
+
+    def counted_copy(value, *args):
+        made["copies"] += isinstance(value, torch.nn.Module)
+        return deepcopy(value, *args)
+
+    def counted_lexicon(*args):
+        made["lexicons"] += 1
+        return lexicon_for_run(*args)
+
+    monkeypatch.setattr(nmt.translate.copy, "deepcopy", counted_copy)
+    monkeypatch.setattr(nmt.translate, "lexicon_for_run", counted_lexicon)
+    Recorder(monkeypatch, concurrent=True)
+    translator = Translator.from_run(run)
+    translator.translate(LINES, batch_size=4, inter_threads=2, precision="bf16", shortlist=5)
+    assert made == {"copies": 1, "lexicons": 1}
+
+
+def test_callers_in_two_threads_both_get_their_outputs(run, two_threads):
+    """One pool at a time: a second caller meanwhile searches one batch at a time, and the
+    thread count a later thread starts with is the default again once both are done."""
+    translator = Translator.from_run(run)
+    expected = [h.text for h in translator.translate(LINES, batch_size=4, inter_threads=1)]
+    found: dict[int, list[str]] = {}
+
+    def caller(k: int) -> None:
+        found[k] = [h.text for h in translator.translate(LINES, batch_size=4, inter_threads=2)]
+
+    callers = [threading.Thread(target=caller, args=(k,)) for k in range(2)]
+    for thread in callers:
+        thread.start()
+    for thread in callers:
+        thread.join()
+    assert found == {0: expected, 1: expected}
+    later: list[int] = []
+    thread = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+    thread.start()
+    thread.join()
+    assert later == [2]
+
+
+@pytest.mark.parametrize("error", [NmtError, KeyboardInterrupt])
+def test_a_failing_or_interrupted_search_ends_and_frees_the_pool(
+    run, two_threads, monkeypatch, error
+):
+    """A batch's error ends the search once the batches running are done (no worker is left);
+    Ctrl-C ends it at once. Either way the thread count and the pool are free again: the next
+    search runs two batches at once (the barrier proves it)."""
     translator = Translator.from_run(run)
     threads_before = threading.active_count()
-    Recorder(monkeypatch, concurrent=True, fail_at=3)
-    with pytest.raises(NmtError, match="batch failed"):
+    Recorder(monkeypatch, concurrent=True, fail_at=3, error=error)
+    with pytest.raises(error, match="batch failed"):
         translator.translate(LINES, batch_size=4, inter_threads=2)
-    assert threading.active_count() == threads_before
+    if error is NmtError:
+        assert threading.active_count() == threads_before
     assert torch.get_num_threads() == 2
+    recorder = Recorder(monkeypatch, concurrent=True)
+    translator.translate(LINES, batch_size=4, inter_threads=2)
+    assert len({ident for ident, _ in recorder.calls}) == 2
 
 
 def test_the_memory_check_counts_every_batch_in_flight(run, two_threads, monkeypatch):

@@ -306,11 +306,12 @@ def test_decode_speed_prints_each_search_with_its_bleu_then_a_summary(
     run = _multi30k_run(tmp_path, "run", [])
     decode_speed = _benchmark("decode_speed", monkeypatch)
     argv = ["decode_speed.py", str(run), "--beams", "1", "2", "--stopping", "first"]
-    monkeypatch.setattr(sys, "argv", argv)
+    monkeypatch.setattr(sys, "argv", [*argv, "--batch-size", "8", "--inter-threads", "1"])
     decode_speed.main()
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("CPU ") and out[1].startswith("matmul 2048²")
     assert "30 sentences from" in out[2] and "stopping rule first" in out[2]
+    assert "1 batch(es) at once" in out[2]
     sources = read_lines(tmp_path / "corpus/test_2016_flickr.de")
     references = read_lines(tmp_path / "corpus/test_2016_flickr.en")
     translator = Translator.from_run(run)

@@ -122,6 +122,7 @@ def test_health_info_and_page(client, run):
     info = client.get("/info").json()
     assert (info["source_language"], info["target_language"]) == ("de", "en")
     assert info["decode"]["beam"] == 3 and "batch_size" not in info["decode"]
+    assert "inter_threads" not in info["decode"]  # the server's, as its batch size
     member = info["members"][0]
     rows = (run / "metrics.csv").read_text().splitlines()
     valid = [row.split(",") for row in rows if ",valid," in row]
@@ -181,6 +182,7 @@ BAD = [
     ({"text": ["a"], "attention": "yes"}, 422, "attention"),
     ({"text": ["a"], "bogus": 1}, 422, "bogus"),
     ({"text": ["a"], "batch_size": 8}, 422, "batch_size"),
+    ({"text": ["a"], "inter_threads": 2}, 422, "inter_threads"),
     ({"text": ["a"], "beam": 0}, 422, "beam"),
     ({"text": ["a"], "beam": 1000}, 422, "beam"),
     ({"text": ["a"], "alpha": -1}, 422, "alpha"),

@@ -48,7 +48,7 @@ from nmt.translate import Translator
 
 log = logging.getLogger("nmt")
 
-SERVER_OPTIONS = ("batch_size",)  # decode keys the server sets for all requests, not each one
+SERVER_OPTIONS = ("batch_size", "inter_threads")  # decode keys the server sets, not a request
 
 
 def _decode_fields() -> dict[str, Any]:
