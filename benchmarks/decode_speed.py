@@ -91,8 +91,8 @@ def main() -> None:
         sample=False,
     )
     translator.translate(sources[:32], beam=1, **options)  # warm-up
-    batches = -(-len(sources) // args.batch_size)
-    at_once = translator.inter_threads(translator.settings(**options), batches)
+    settings = translator.settings(**options, batch_size=args.batch_size)
+    at_once = translator.inter_threads(settings, len(sources))
     print(describe(translator.device))
     print(rates_line(translator.device))
     print(

@@ -391,8 +391,10 @@ class DecodeConfig:
         "Batches searched at once on a CPU, sharing PyTorch's threads (CTranslate2's "
         "`inter_threads`): a search step is many small products, which two threads share "
         "poorly, so two batches at once, one thread each, keep both busy. 0: 2 where PyTorch "
-        "has exactly 2 threads (measured), else 1. Outputs are those of one batch at a time (in float32 up to "
-        "rounding: each batch has fewer threads); only the time differs (benchmarks/README.md).",
+        "has exactly 2 threads (measured), else 1; never more than the batches at least half "
+        "full. Outputs are those of one batch at a time (in float32 up to rounding: each batch "
+        "has fewer threads); time and memory (a batch per thread) differ "
+        "(benchmarks/README.md).",
         min=0,
     )
     precision: str = option(

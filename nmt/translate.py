@@ -27,7 +27,7 @@ from nmt.files import atomic_write_text
 from nmt.data.batching import pad_sources
 from nmt.data.subwords import BOS, EOS, PAD, Tokenizer, looks_segmented
 from nmt.device import cpu_has_bf16, pick_device
-from nmt.errors import NmtError, Terminated
+from nmt.errors import NmtError
 from nmt.data.lexicon import Lexicon, lexicon_for_run
 from nmt.model.ensemble import Ensemble
 from nmt.model.interface import AnyDecodable, EncodedSource, SearchState
@@ -176,7 +176,7 @@ class Translator:
         chunks = [
             order[s : s + settings.batch_size] for s in range(0, len(order), settings.batch_size)
         ]
-        workers = self.inter_threads(settings, len(chunks))  # each holds a batch in memory
+        workers = self.inter_threads(settings, len(order))  # each holds a batch in memory
         self._check_memory(settings, nbest, workers * min(max(len(order), 1), settings.batch_size))
         for i, line in enumerate(lines):
             if not line.strip():
@@ -219,17 +219,22 @@ class Translator:
         with _searched_at_once(search, chunks, workers) as searched:
             for chunk, found in zip(chunks, searched):
                 for i, hyps in zip(chunk, found):
-                    for hyp in hyps:
-                        hyp.text = self.tokenizer.decode_target(hyp.tokens)
-                        if hyp.attention is not None:  # drop the batch's padding columns
-                            hyp.attention = hyp.attention[:, : len(encoded[i]) + 1]
-                    for step in hyps[0].steps or ():  # one list, shared by the sentence's n-best
-                        for entry in step["kept"]:
-                            entry["piece"] = self.tokenizer.target_pieces([entry["token"]])[0]
-                    results[i] = hyps
+                    results[i] = self._readable(hyps, len(encoded[i]))
                 bar.update(len(chunk))
         bar.close()
         return results
+
+    def _readable(self, hyps: list[Hypothesis], source_tokens: int) -> list[Hypothesis]:
+        """A sentence's hypotheses with their text, their attention over its own source tokens
+        (and EOS) without the batch's padding, and each recorded step's subword piece."""
+        for hyp in hyps:
+            hyp.text = self.tokenizer.decode_target(hyp.tokens)
+            if hyp.attention is not None:
+                hyp.attention = hyp.attention[:, : source_tokens + 1]
+        for step in hyps[0].steps or ():  # one list, shared by the sentence's n-best
+            for entry in step["kept"]:
+                entry["piece"] = self.tokenizer.target_pieces([entry["token"]])[0]
+        return hyps
 
     def settings(
         self,
@@ -330,15 +335,19 @@ class Translator:
             self._bf16_version = version
         return self._bf16_model
 
-    def inter_threads(self, settings: DecodeConfig, batches: int) -> int:
-        """How many of `batches` batches are searched at once (`decode.inter_threads`): on a
-        CPU only, and never more than PyTorch's threads, which the batches share. Automatic
-        (0): 2 where PyTorch has exactly 2 threads, the case measured; else 1."""
+    def inter_threads(self, settings: DecodeConfig, sentences: int) -> int:
+        """How many batches of `sentences` sentences are searched at once
+        (`decode.inter_threads`): on a CPU only, never more than PyTorch's threads, which the
+        batches share, nor than the batches at least half full (a full batch on one thread
+        beside a small remainder on the other takes longer than on both). Automatic (0): 2
+        where PyTorch has exactly 2 threads, the case measured; else 1."""
         if self.device.type != "cpu":
             return 1
         threads = torch.get_num_threads()
         wanted = settings.inter_threads or (2 if threads == 2 else 1)
-        return max(1, min(wanted, batches, threads))
+        full, rest = divmod(sentences, settings.batch_size)
+        worth_a_thread = full + (2 * rest >= settings.batch_size)
+        return max(1, min(wanted, threads, worth_a_thread))
 
     def _check_memory(self, settings: DecodeConfig, nbest: int, sentences: int) -> None:
         """Refuse a search whose scores alone cannot fit in the device's memory: sentences ×
@@ -577,31 +586,37 @@ def _searched_at_once(
 
     PyTorch keeps a thread count per thread, and a new thread takes the process's default (what
     `torch.set_num_threads` last set anywhere): so only one pool runs at a time (a caller in
-    another thread meanwhile searches one batch at a time), and the default is restored after.
+    another thread meanwhile searches one batch at a time), and the default is restored as
+    soon as every worker has taken its share.
     Thread-local state of the caller (autocast, grad mode) does not reach the workers; the
     search sets what it needs itself."""
     if workers == 1 or not _POOL.acquire(blocking=False):
         yield map(work, chunks)
         return
-    threads = torch.get_num_threads()
-
-    def share() -> None:
-        torch.get_num_threads()  # the default taken now, before another caller changes it
-        torch.set_num_threads(max(1, threads // workers))
-
-    pool = ThreadPoolExecutor(workers, initializer=share)
-    stopping = False
+    pool, stopping = None, False
+    started = threading.Barrier(workers + 1, timeout=60)
     try:
-        yield pool.map(work, chunks)
-    except (KeyboardInterrupt, Terminated):  # the process is ending: do not wait for batches
+        threads = torch.get_num_threads()
+
+        def share() -> None:
+            torch.get_num_threads()  # this thread's count, taken from the default now,
+            torch.set_num_threads(max(1, threads // workers))  # then its share
+            started.wait()
+
+        pool = ThreadPoolExecutor(workers, initializer=share)
+        searched = pool.map(work, chunks)  # starts every worker: there are more chunks
+        try:
+            started.wait()
+        finally:  # the default back at once: a thread started elsewhere meanwhile keeps it
+            torch.set_num_threads(threads)
+        yield searched
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the process is ending, do not wait
         stopping = True
         raise
     finally:
-        try:
-            torch.set_num_threads(threads)  # the default for new threads again
-        finally:
-            _POOL.release()
-            # no batch starts after an error; those running are awaited, so none is left
+        _POOL.release()
+        started.abort()  # a worker still waiting to start gives up
+        if pool is not None:  # no batch starts after an error; those running are awaited
             pool.shutdown(wait=not stopping, cancel_futures=True)
 
 

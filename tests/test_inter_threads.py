@@ -60,8 +60,9 @@ class Recorder:
         dict(beam=1),
         dict(sample=True, nbest=2, seed=7),
         dict(beam=3, shortlist=5, quantize="int8"),
+        dict(beam=3, precision="bf16"),
     ],
-    ids=["beam", "greedy", "sampling", "int8-shortlist"],
+    ids=["beam", "greedy", "sampling", "int8-shortlist", "bf16"],
 )
 def test_batches_searched_at_once_give_the_outputs_of_one_at_a_time(run, two_threads, options):
     options = dict(options)
@@ -113,15 +114,21 @@ def test_one_batch_at_a_time_runs_in_the_callers_thread(
 
 def test_how_many_batches_at_once(run, two_threads):
     translator = Translator.from_run(run)
-    settings = translator.settings
-    assert translator.inter_threads(settings(inter_threads=0), batches=8) == 2  # automatic
-    assert translator.inter_threads(settings(inter_threads=4), batches=8) == 2  # ≤ threads
-    assert translator.inter_threads(settings(inter_threads=0), batches=1) == 1  # ≤ batches
+
+    def at_once(inter_threads: int, sentences: int) -> int:
+        settings = translator.settings(inter_threads=inter_threads, batch_size=64)
+        return translator.inter_threads(settings, sentences)
+
+    assert at_once(0, 1000) == 2  # automatic
+    assert at_once(4, 1000) == 2  # no more than PyTorch's threads
+    assert at_once(0, 64) == 1  # one batch
+    assert at_once(0, 96) == 2  # a batch and a half: worth a second thread
+    assert at_once(0, 95) == 1  # a full batch and a small rest: faster on both threads
     torch.set_num_threads(4)  # automatic is 2 only where measured: 2 threads
-    assert translator.inter_threads(settings(inter_threads=0), batches=8) == 1
-    assert translator.inter_threads(settings(inter_threads=2), batches=8) == 2
+    assert at_once(0, 1000) == 1
+    assert at_once(2, 1000) == 2
     translator.device = torch.device("cuda")  # a GPU keeps one batch at a time
-    assert translator.inter_threads(settings(inter_threads=2), batches=8) == 1
+    assert at_once(2, 1000) == 1
 
 
 def test_a_bf16_copy_and_a_lexicon_are_made_once_before_the_workers_start(
@@ -147,6 +154,17 @@ def test_a_bf16_copy_and_a_lexicon_are_made_once_before_the_workers_start(
     translator = Translator.from_run(run)
     translator.translate(LINES, batch_size=4, inter_threads=2, precision="bf16", shortlist=5)
     assert made == {"copies": 1, "lexicons": 1}
+
+
+def test_while_another_caller_has_the_pool_a_search_runs_one_batch_at_a_time(
+    run, two_threads, monkeypatch
+):
+    import nmt.translate
+
+    recorder = Recorder(monkeypatch, concurrent=False)
+    with nmt.translate._POOL:  # another caller's workers are searching
+        Translator.from_run(run).translate(LINES, batch_size=4, inter_threads=2)
+    assert set(recorder.calls) == {(threading.get_ident(), 2)}
 
 
 def test_callers_in_two_threads_both_get_their_outputs(run, two_threads):
