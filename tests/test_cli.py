@@ -4,6 +4,7 @@ import dataclasses
 import io
 import json
 import re
+import os
 import subprocess
 import sys
 import typing
@@ -738,3 +739,40 @@ def test_output_length_limits_scale_with_the_sources_subwords(small_run, source_
     assert all(output <= source for output, source in lengths), lengths
     assert any(output == source for output, source in lengths)  # the untrained model runs on
     assert len({source for _, source in lengths}) > 1  # limits of several sizes were tried
+
+
+@pytest.mark.parametrize("inter_threads", ["1", "2"])
+def test_ctrl_c_while_translating_exits_130_and_keeps_the_earlier_output(
+    small_run, tmp_path, inter_threads
+):
+    """Ctrl-C in the middle of a translation (here: at its third batch, from inside the search,
+    so it is sure to land there) ends nmt-translate with 130, whether the batches are searched
+    one at a time or two at once, and `-o`'s earlier file stays as it was, with nothing else
+    left beside it."""
+    lines = (small_run.parent / "corpus" / "train.de").read_text(encoding="utf-8").splitlines()
+    source, output = tmp_path / "in.de", tmp_path / "out.en"
+    source.write_text("\n".join(lines[:200]) + "\n", encoding="utf-8")
+    output.write_text("an earlier translation\n", encoding="utf-8")
+    script = (
+        "import os, signal, nmt.translate as t\n"
+        "search, calls = t.Translator._search, []\n"
+        "def interrupted(self, *args, **kwargs):\n"
+        "    calls.append(1)\n"
+        "    if len(calls) == 3:\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return search(self, *args, **kwargs)\n"
+        "t.Translator._search = interrupted\n"
+        "from nmt.cli import translate_main; translate_main()\n"
+    )
+    argv = ["-m", small_run, "-i", source, "-o", output, "--beam", "1", "--batch-size", "4"]
+    result = subprocess.run(
+        [sys.executable, "-c", script, *map(str, argv), "--inter-threads", inter_threads],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "2"},
+        timeout=300,
+    )
+    assert result.returncode == 130, result.stderr
+    assert "nmt-translate: interrupted" in result.stderr and "Traceback" not in result.stderr
+    assert output.read_text(encoding="utf-8") == "an earlier translation\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["in.de", "out.en"]
