@@ -589,14 +589,24 @@ def test_a_stop_signal_refuses_new_connections_and_answers_those_in_flight(run, 
 
 def test_a_second_signal_stops_at_once_answering_nothing_more(run):
     """The first signal waits for requests in flight; a second one ends the server without
-    searching what is queued, and without tracebacks from answers nobody can take."""
+    searching what is queued, and without tracebacks from answers nobody can take. A request
+    gets the whole answer of the search under way, or none: its connection closes, or, if the
+    HTTP server gets to send it first, uvicorn's plain-text 500."""
     server = Server(run, "--batch-wait", "3000")
-    senders = [
-        threading.Thread(target=lambda: server.request("POST", "/translate", {"text": SENTENCES}))
-        for _ in range(2)
-    ]
+    answers: list[object] = []
+
+    def send() -> None:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        body = json.dumps({"text": SENTENCES})
+        try:
+            connection.request("POST", "/translate", body, {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            answers.append((response.status, response.read()))
+        except (OSError, http.client.HTTPException):
+            answers.append("closed")
+
+    senders = [threading.Thread(target=send, daemon=True) for _ in range(2)]
     for sender in senders:
-        sender.daemon = True
         sender.start()
     while server.request("GET", "/health")[1]["pending"] < 2 * len(SENTENCES):
         pass  # until both requests wait in the batcher
@@ -604,6 +614,13 @@ def test_a_second_signal_stops_at_once_answering_nothing_more(run):
     log = "".join(server.log)
     assert code == 0, log
     assert "Traceback" not in log and "exception calling callback" not in log, log
+    for sender in senders:
+        sender.join(timeout=60)
+    assert len(answers) == 2
+    for answer in answers:  # the search under way may still answer its requests, whole
+        if answer not in ("closed", (500, b"Internal Server Error")):
+            status, body = answer
+            assert status == 200 and len(json.loads(body)["translations"]) == len(SENTENCES)
 
 
 def test_nmt_serve_refuses_bad_arguments_in_one_line(run, tmp_path, capsys):
