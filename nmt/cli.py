@@ -74,10 +74,10 @@ def _command(name: str) -> Callable:
                     file=sys.stderr,
                 )
                 code = 2
-            if argv is None if whole_program is None else whole_program:
-                # a program of its own, whose outputs are all written and closed: skip the
-                # interpreter's teardown of torch (~0.4 s)
-                _exit_now(code)
+            if whole_program is None:
+                whole_program = argv is None
+            if whole_program:  # its outputs are all written and closed: skip the
+                _exit_now(code)  # interpreter's teardown of torch (~0.4 s)
             sys.exit(code)
 
         return run

@@ -147,11 +147,11 @@ class Translator:
         `options` are keys of the recipe's decode section (beam, length_norm, alpha, max_len_a,
         max_len_b, stopping, batch_size, inter_threads, coverage_penalty, min_len,
         no_repeat_ngram, shortlist, shortlist_frequent, sample, temperature, top_k, top_p,
-        seed); unset ones (None) keep the
-        run's defaults. Lines are sorted by length into batches (less padding) and results come
-        back in input order; an empty line gives an empty translation. `progress` draws a bar on
-        stderr. `keep_steps` (beam search only) gives each hypothesis its sentence's beam after
-        every step (`Hypothesis.steps`, each new token's piece added), for teaching views.
+        seed); unset ones (None) keep the run's defaults. Lines are sorted by length into
+        batches (less padding) and results come back in input order; an empty line gives an
+        empty translation. `progress` draws a bar on stderr. `keep_steps` (beam search only)
+        gives each hypothesis its sentence's beam after every step (`Hypothesis.steps`, each
+        new token's piece added), for teaching views.
         Samples are seeded by the seed and each line's number in its input (`line_numbers`,
         default 0, 1, ...; give them when translating an input in pieces): the same seed and
         input give the same samples however the input is split or batched.

@@ -221,3 +221,19 @@ def test_the_memory_check_counts_every_batch_in_flight(run, two_threads, monkeyp
     translator.translate(LINES, batch_size=4, beam=3, inter_threads=1)
     with pytest.raises(NmtError, match="8 sentences"):
         translator.translate(LINES, batch_size=4, beam=3, inter_threads=2)
+
+
+def test_boundaries_of_inter_threads(run, two_threads):
+    """A negative value is refused by name; a huge one is capped by the threads; an empty or
+    blank input searches nothing and starts no worker."""
+    translator = Translator.from_run(run)
+    with pytest.raises(NmtError, match="inter_threads"):
+        translator.translate(LINES, inter_threads=-1)
+    huge = translator.translate(LINES, batch_size=4, inter_threads=10**9)
+    assert [h.text for h in huge] == [
+        h.text for h in translator.translate(LINES, batch_size=4, inter_threads=1)
+    ]
+    threads_before = threading.active_count()
+    assert translator.translate([], inter_threads=2) == []
+    assert [h.text for h in translator.translate(["", " "], inter_threads=2)] == ["", ""]
+    assert threading.active_count() == threads_before
