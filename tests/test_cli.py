@@ -284,20 +284,57 @@ def test_a_command_run_as_a_program_skips_the_interpreters_teardown(
     """A command that is the whole process ends with its outputs written and closed but
     without the interpreter's teardown of torch (~0.4 s, as much as a short translation), both
     as a console script and as `python -m nmt`; called with arguments from Python, it exits
-    as any function would (SystemExit), so the caller's own cleanup still runs."""
+    as any function would (SystemExit), so the caller's own cleanup still runs. Only a command
+    that is the whole process freezes what it loaded out of the garbage collector's passes
+    (`_loading`); a caller's collector is left as it was."""
     output = tmp_path / "out.en"
     source = tmp_path / "in.de"
     source.write_text("Ein Hund läuft.\n", encoding="utf-8")
     argv = ["-m", str(small_run), "--beam", "1", "-i", str(source), "-o", str(output)]
     if "main(" in call and "translate_main" not in call:
         argv = ["translate", *argv]
-    script = f"import atexit, sys; atexit.register(print, 'teardown'); {call}"
+    script = (
+        "import atexit, gc, sys\n"
+        "import nmt.cli as cli\n"
+        "exit_now = cli._exit_now\n"
+        "def watched(code):\n"
+        "    print('collector', gc.get_freeze_count() > 0, gc.isenabled())\n"
+        "    exit_now(code)\n"
+        "cli._exit_now = watched\n"
+        "atexit.register(lambda: print('teardown', gc.get_freeze_count() > 0, gc.isenabled()))\n"
+        f"{call}\n"
+    )
     result = subprocess.run(
         [sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stderr
-    assert ("teardown" in result.stdout) is not whole_program
+    expected = "collector True True" if whole_program else "teardown False True"
+    assert result.stdout.splitlines()[-1] == expected
     assert output.read_text(encoding="utf-8").count("\n") == 1
+
+
+def test_loading_pauses_the_collector_and_freezes_only_in_a_process_the_command_owns(monkeypatch):
+    """`_loading` touches the garbage collector only when the command is the whole process,
+    and gives it back running (with what was loaded frozen) even when loading fails."""
+    import gc
+
+    import nmt.cli as cli
+    from nmt.errors import NmtError
+
+    before = gc.get_freeze_count()
+    monkeypatch.setattr(cli, "_owns_process", False)
+    with cli._loading():
+        assert gc.isenabled()
+    assert gc.isenabled() and gc.get_freeze_count() == before
+    monkeypatch.setattr(cli, "_owns_process", True)
+    try:
+        with pytest.raises(NmtError, match="damaged"), cli._loading():
+            assert not gc.isenabled()
+            raise NmtError("a damaged checkpoint")
+        assert gc.isenabled() and gc.get_freeze_count() > before
+    finally:
+        gc.unfreeze()
+        gc.enable()
 
 
 # The options of nmt-translate that are not keys of DecodeConfig, written out in nmt/cli.py.
