@@ -173,11 +173,9 @@ class Translator:
         order = sorted(
             (i for i, ids in enumerate(encoded) if lines[i].strip()), key=lambda i: len(encoded[i])
         )
-        # Longest batches first: with batches searched at once, the last one to finish, which
-        # no other batch runs beside, is then the shortest.
         chunks = [
             order[s : s + settings.batch_size] for s in range(0, len(order), settings.batch_size)
-        ][::-1]
+        ]
         workers = self.inter_threads(settings, len(order))  # each holds a batch in memory
         self._check_memory(settings, nbest, workers * min(max(len(order), 1), settings.batch_size))
         for i, line in enumerate(lines):

@@ -238,23 +238,3 @@ def test_boundaries_of_inter_threads(run, two_threads):
     assert [h.text for h in translator.translate(["", " "], inter_threads=2)] == ["", ""]
     assert threading.active_count() == threads_before
 
-
-def test_the_longest_batches_are_searched_first(run, monkeypatch):
-    """Batches run longest first, so with batches at once the one finishing alone at the end is
-    the shortest; the outputs stay in input order."""
-    translator = Translator.from_run(run)
-    lengths: list[int] = []
-
-    def recorded(translator, sources, *args, **kwargs):
-        lengths.append(max(len(ids) for ids in sources))
-        return SEARCH(translator, sources, *args, **kwargs)
-
-    monkeypatch.setattr(Translator, "_search", recorded)
-    lines = sorted(LINES, key=len)  # shortest first in the input
-    outputs = translator.translate(lines, beam=2, batch_size=4, inter_threads=1)
-    assert len(lengths) == 8 and lengths == sorted(lengths, reverse=True)
-    assert lengths[0] > lengths[-1]
-    monkeypatch.undo()
-    assert [h.text for h in outputs] == [
-        translator.translate([line], beam=2)[0].text for line in lines
-    ]
