@@ -237,4 +237,3 @@ def test_boundaries_of_inter_threads(run, two_threads):
     assert translator.translate([], inter_threads=2) == []
     assert [h.text for h in translator.translate(["", " "], inter_threads=2)] == ["", ""]
     assert threading.active_count() == threads_before
-
