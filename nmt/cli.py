@@ -94,17 +94,23 @@ def _command(name: str) -> Callable:
 
 @contextlib.contextmanager
 def _loading() -> Iterator[None]:
-    """Importing PyTorch and loading a model leave some 10⁵ long-lived objects, which the garbage
-    collector's full passes then walk again and again, each pass 40-80 ms, finding nothing. In a
-    process the command owns, collection pauses while loading, and what was loaded is frozen
-    out of later passes (a translation of Multi30k's test set: 2.52 → 2.18 s, benchmarks/)."""
+    """Importing PyTorch and loading a model leave some 2·10⁵ long-lived objects, which the
+    garbage collector's full passes then walk again and again (40-80 ms each) for little. In a
+    process the command owns, collection pauses while loading; what PyTorch's import made is
+    frozen out of later passes, then what loading left unreachable (a quantized model's float
+    layers: ~9 MB) is collected, in a pass over only what loading made, and the rest frozen too
+    (a whole translation of Multi30k's test set: 2.33 → 2.22 s, benchmarks/README.md)."""
     if not _owns_process:  # a caller's process: its collector is theirs
         yield
         return
     gc.disable()
     try:
+        import torch  # noqa: F401  (most of the objects)
+
+        gc.freeze()
         yield
     finally:
+        gc.collect()
         gc.freeze()
         gc.enable()
 
@@ -893,13 +899,14 @@ def _analyze(
 def serve_main(argv: list[str] | None = None) -> int:
     args = _serve_parser().parse_args(argv)
     _check_serve_args(args)
-    try:
-        from nmt.serving.app import Limits, create_app, describe_runs, serve
-    except ImportError as error:
-        raise NmtError(
-            f"nmt-serve needs its web stack ({error.name} is missing): "
-            f"pip install 'nmt[serve]' (or pip install -e '.[serve]' in a clone)"
-        ) from None
+    with _loading():  # the web stack and PyTorch; the model loads in _load_translator
+        try:
+            from nmt.serving.app import Limits, create_app, describe_runs, serve
+        except ImportError as error:
+            raise NmtError(
+                f"nmt-serve needs its web stack ({error.name} is missing): "
+                f"pip install 'nmt[serve]' (or pip install -e '.[serve]' in a clone)"
+            ) from None
     if args.threads:
         import torch
 

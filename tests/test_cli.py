@@ -1,5 +1,6 @@
 """The whole path through the three commands on a tiny corpus: train → translate → score."""
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -315,11 +316,17 @@ def test_a_command_run_as_a_program_skips_the_interpreters_teardown(
 
 def test_loading_pauses_the_collector_and_freezes_only_in_a_process_the_command_owns(monkeypatch):
     """`_loading` touches the garbage collector only when the command is the whole process,
-    and gives it back running (with what was loaded frozen) even when loading fails."""
+    and gives it back running (with what was loaded frozen) even when loading fails; garbage
+    that loading made (a quantized model's float layers, in cycles) is collected, not frozen
+    for the life of the process."""
     import gc
+    import weakref
 
     import nmt.cli as cli
     from nmt.errors import NmtError
+
+    class Layer:  # stands for a module in a reference cycle, as torch's modules are
+        pass
 
     before = gc.get_freeze_count()
     monkeypatch.setattr(cli, "_owns_process", False)
@@ -328,13 +335,53 @@ def test_loading_pauses_the_collector_and_freezes_only_in_a_process_the_command_
     assert gc.isenabled() and gc.get_freeze_count() == before
     monkeypatch.setattr(cli, "_owns_process", True)
     try:
-        with pytest.raises(NmtError, match="damaged"), cli._loading():
+        with cli._loading():
             assert not gc.isenabled()
-            raise NmtError("a damaged checkpoint")
+            kept, dropped = Layer(), Layer()
+            kept.me, dropped.me = kept, dropped  # both in cycles; only `kept` stays referenced
+            dropped_ref = weakref.ref(dropped)
+            del dropped
+        assert dropped_ref() is None  # collected on the way out, not frozen
         assert gc.isenabled() and gc.get_freeze_count() > before
+        frozen = gc.get_freeze_count()
+        with pytest.raises(NmtError, match="damaged"), cli._loading():
+            raise NmtError("a damaged checkpoint")
+        assert gc.isenabled() and gc.get_freeze_count() >= frozen
     finally:
         gc.unfreeze()
         gc.enable()
+
+
+@pytest.mark.parametrize(
+    "command, argv",
+    [
+        ("translate_main", ["-m", "missing-run", "-i", "/dev/null"]),
+        ("score_main", ["-r", "REF", "-i", "HYP", "-s", "SRC", "--analyze", "-m", "missing-run"]),
+        ("train_main", ["missing-recipe.yaml"]),
+    ],
+)
+def test_commands_load_inside_the_collector_pause(monkeypatch, tmp_path, command, argv):
+    """nmt-translate, nmt-score --analyze and nmt-train import PyTorch (and the first two load
+    their model) inside `_loading`; each then stops on a missing file."""
+    import nmt.cli as cli
+
+    inside: list[bool] = []
+    real = cli._loading
+
+    @contextlib.contextmanager
+    def recorded():
+        with real():
+            inside.append(True)
+            yield
+
+    monkeypatch.setattr(cli, "_loading", recorded)
+    monkeypatch.chdir(tmp_path)
+    for name in ("REF", "HYP", "SRC"):
+        (tmp_path / name).write_text("a\n", encoding="utf-8")
+    with pytest.raises(SystemExit) as stop:
+        getattr(cli, command)(argv)
+    assert stop.value.code == 2
+    assert inside == [True]
 
 
 # The options of nmt-translate that are not keys of DecodeConfig, written out in nmt/cli.py.
