@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import logging
 import os
 import threading
@@ -274,7 +273,7 @@ class Translator:
                     f"applies to beam search, not to greedy search ({name('beam')} 1)"
                 )
         for key, reason in ignored.items():  # a neutral value (--beta 0) is no mistake
-            if key in given and given[key] != _DEFAULTS[key]:
+            if key in given and (key not in _NEUTRAL or given[key] != _NEUTRAL[key]):
                 raise NmtError(f"option: {name(key)} {reason}")
         if nbest < 1:
             raise NmtError(f"option: {name('nbest')} must be at least 1, not {nbest}")
@@ -631,7 +630,10 @@ class _SearchOptions(TypedDict):
     vocabulary: torch.Tensor | None
 
 
-_DEFAULTS = {field.name: field.default for field in dataclasses.fields(DecodeConfig)}
+# The values of options that change nothing, so asking for them where they do not apply is no
+# mistake (`--beta 0` with greedy search). A beam size or a seed always means something: given
+# where it cannot act (`--sample --beam 5`, `--seed 1` without --sample), it is refused.
+_NEUTRAL = {"coverage_penalty": 0.0, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
 
 
 def _device_memory(device: torch.device) -> int:

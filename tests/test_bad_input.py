@@ -200,6 +200,10 @@ OPTION_FAULTS = {  # flags that cannot work alone or together: refused, naming t
     "seed-too-big": (["--sample", "--seed", 2**70], ["--seed", "at most"]),
     "sampling-option-without-sampling": (["--top-p", 0.5], ["--top-p", "--sample"]),
     "beam-with-sampling": (["--sample", "--beam", 3], ["--beam", "not to sampling"]),
+    "default-beam-with-sampling": (["--sample", "--beam", 5], ["--beam", "not to sampling"]),
+    "default-seed-without-sampling": (["--seed", 1], ["--seed", "--sample"]),
+    "temperature-without-sampling": (["--temperature", 0.7], ["--temperature", "--sample"]),
+    "top-k-without-sampling": (["--top-k", 5], ["--top-k", "--sample"]),
     "beta-with-sampling": (["--sample", "--beta", 0.2], ["--beta", "not to sampling"]),
     "beta-with-greedy": (["--beam", 1, "--beta", 0.2], ["--beta", "greedy", "--beam 1"]),
     "distinct-tokens-run-out": (
@@ -232,6 +236,11 @@ def test_translate_refuses_options_that_cannot_work(trained, capsys, fault):
         ({"temperature": 0.0, "sample": True}, "decode.temperature"),
         ({"max_len_a": float("inf")}, "decode.max_len_a"),
         ({"nbest": 3, "beam": 2}, "nbest 3 needs decode.beam 3"),
+        ({"sample": True, "beam": 5}, "decode.beam applies to search, not to sampling"),
+        ({"sample": True, "coverage_penalty": 0.2}, "decode.coverage_penalty applies to search"),
+        ({"top_p": 0.5}, "decode.top_p applies to sampling only; add sample=True"),
+        ({"seed": 1}, "decode.seed applies to sampling only"),
+        ({"beam": 1, "coverage_penalty": 0.2}, "not to greedy search"),
     ],
 )
 def test_translate_keywords_are_checked_like_recipe_values(trained, options, expected):
@@ -494,6 +503,7 @@ def test_an_error_quoting_a_file_name_with_a_newline_stays_one_line(trained, tmp
         ["--beam", 1, "--beta", 0],
         ["--temperature", 1.0],
         ["--top-k", 0, "--beam", 2],
+        ["--top-p", 1.0],
         ["--sample", "--beta", 0],
     ],
 )
