@@ -8,6 +8,7 @@ import torch
 
 from nmt.checkpoint import load_checkpoint
 from nmt.errors import NmtError
+from nmt.files import sha256_file
 from nmt.recipe import Recipe
 from nmt.training import train
 from nmt.translate import Translator
@@ -383,6 +384,24 @@ def test_a_folder_with_the_users_own_files_is_never_overwritten(tiny_recipe, tmp
     (notes / "notes.md").write_text("plan\n")
     train(Recipe.load(exp / "recipe.yaml", ["train.max_steps=1"]), notes)
     assert (notes / "notes.md").read_text() == "plan\n"
+
+
+def test_resume_reuses_the_runs_sentencepiece_model(tiny_recipe, tmp_path, monkeypatch):
+    """A resumed run segments with the model it trained (retraining could give another
+    vocabulary, for instance after the corpus changed), so SentencePiece is not trained again."""
+    from nmt.data.subwords import JOINT_MODEL, Tokenizer
+
+    steps = ["train.max_steps=2", "train.valid_every=2"]
+    train(Recipe.load(tiny_recipe, steps), tmp_path / "run")
+    before = sha256_file(tmp_path / "run" / JOINT_MODEL)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("SentencePiece trained again on --resume")
+
+    monkeypatch.setattr(Tokenizer, "train", refuse)
+    longer = Recipe.load(tiny_recipe, ["train.max_steps=4", "train.valid_every=2"])
+    result = train(longer, tmp_path / "run", resume=True)
+    assert result.steps == 4 and sha256_file(tmp_path / "run" / JOINT_MODEL) == before
 
 
 def test_a_crash_between_the_two_sentencepiece_models_resumes(tiny_recipe, tmp_path, monkeypatch):
