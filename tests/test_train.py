@@ -744,6 +744,45 @@ def test_patience_stops_training_after_validations_without_improvement(
     assert ("dev_bleu", 3) in board.added and board.flushed == len(board.added)
 
 
+def test_tensorboard_when_installed_writes_inside_the_run_directory(
+    tiny_recipe, tmp_path, monkeypatch
+):
+    """With tensorboard installed (a stand-in module here: it is not a dependency), the writer
+    goes to RUN/tensorboard, never to its own default ./runs/DATE_HOST, and gets the training
+    and validation scalars; --overwrite removes the folder with the rest of the run."""
+    import sys
+    import types
+
+    writers = []
+
+    class SummaryWriter:
+        def __init__(self, log_dir=None):
+            self.log_dir, self.added = log_dir, []
+            writers.append(self)
+
+        def add_scalar(self, key, number, step):
+            self.added.append((key, step))
+
+        def flush(self):
+            pass
+
+    module = types.ModuleType("torch.utils.tensorboard")
+    module.SummaryWriter = SummaryWriter  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", module)
+    run = tmp_path / "run"
+    steps = ["train.max_steps=4", "train.valid_every=2", "train.log_every=1"]
+    train(Recipe.load(tiny_recipe, steps), run)
+    (writer,) = writers
+    assert writer.log_dir == str(run / "tensorboard")
+    keys = {key for key, _ in writer.added}
+    assert {"train_loss", "lr", "dev_bleu", "dev_chrf", "dev_loss"} <= keys
+    assert ("dev_bleu", 2) in writer.added and ("dev_bleu", 4) in writer.added
+    (run / "tensorboard").mkdir(exist_ok=True)  # the real writer makes it
+    (run / "tensorboard" / "events.out").write_text("x")
+    train(Recipe.load(tiny_recipe, steps), run, overwrite=True)
+    assert not (run / "tensorboard" / "events.out").exists()
+
+
 def test_an_epoch_limit_a_clip_norm_and_a_dev_subset_do_what_the_recipe_says(
     tiny_recipe, tmp_path, monkeypatch
 ):
