@@ -75,6 +75,21 @@ def test_two_processes_equal_one_process_with_the_same_global_batch(tiny_recipe,
     assert "2 processes" in log and log.count("resumed at step 3") == 1  # one writer
 
 
+def test_the_other_process_follows_rank_0s_early_stop_and_time_limit(tiny_recipe, tmp_path):
+    """Rank 0 decides early stopping and `max_time` for all: with a rate of 0 no validation
+    beats the first, so patience 1 stops both processes after the second (a rank that went on
+    alone would wait for its partner until the timeout); a time limit shorter than one update
+    stops both after the first."""
+    stop = ["train.lr=0", "train.valid_every=1", "train.max_steps=50", "train.accumulate=1"]
+    stopped = torchrun(tiny_recipe, tmp_path / "patience", *stop, "train.patience=1")
+    assert "early stop" in stopped.stdout + stopped.stderr
+    _, meta = load_checkpoint(tmp_path / "patience" / "checkpoints" / "last")
+    assert meta["progress"]["step"] == 2
+    torchrun(tiny_recipe, tmp_path / "time", *stop, "train.max_time=0.001s")
+    _, meta = load_checkpoint(tmp_path / "time" / "checkpoints" / "last")
+    assert meta["progress"]["step"] == 1
+
+
 def test_each_process_takes_its_share_of_every_batch():
     batch = np.arange(7)
     shares = [Cluster(rank, 2).share(batch) for rank in range(2)]
