@@ -83,6 +83,8 @@ def _command(name: str) -> Callable:
                     file=sys.stderr,
                 )
                 code = 2
+            finally:
+                _owns_process = False  # a later call from Python must not inherit it
             if whole_program:  # its outputs are all written and closed: skip the
                 _exit_now(code)  # interpreter's teardown of torch (~0.4 s)
             sys.exit(code)
@@ -97,9 +99,11 @@ def _loading() -> Iterator[None]:
     """Importing PyTorch and loading a model leave some 2·10⁵ long-lived objects, which the
     garbage collector's full passes then walk again and again (40-80 ms each) for little. In a
     process the command owns, collection pauses while loading; what PyTorch's import made is
-    frozen out of later passes, then what loading left unreachable (a quantized model's float
-    layers: ~9 MB) is collected, in a pass over only what loading made, and the rest frozen too
-    (a whole translation of Multi30k's test set: 2.33 → 2.22 s, benchmarks/README.md)."""
+    frozen out of later passes (with the ~7,000 small objects the import leaves unreachable:
+    collecting them would cost a full pass, 0.1-0.3 s), then what loading left unreachable (a
+    quantized model's float layers: ~9 MB) is collected, in a pass over only what loading made,
+    and the rest frozen too (a whole translation of Multi30k's test set: 2.75 → 2.44 s,
+    benchmarks/README.md)."""
     if not _owns_process:  # a caller's process: its collector is theirs
         yield
         return

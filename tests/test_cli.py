@@ -5,6 +5,7 @@ import dataclasses
 import io
 import json
 import re
+import shutil
 import os
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import yaml
 from nmt.cli import score_main, train_main, translate_main
 from nmt.files import sha256_file
 from nmt.translate import Translator
+
+from conftest import ROOT
 
 
 def run(main, argv, capsys):
@@ -48,6 +51,9 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     assert manifest["provenance"]["model.embedding_size"] == "file"
     assert manifest["provenance"]["model.encoder_cell"] == "default"
     assert len(manifest["data"]) == 4 and all(len(h) == 64 for h in manifest["data"].values())
+    if shutil.which("git") and (ROOT / ".git").exists():  # the code's commit, when a checkout
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True)
+        assert manifest["git_commit"] == head.stdout.decode().strip()
     assert manifest["subwords"] == {"spm.model": sha256_file(run_dir / "spm.model")}
     assert manifest["parameters"] == Translator.from_run(run_dir).model.parameter_count > 0
     assert all(manifest["versions"][package] for package in ("torch", "sentencepiece", "sacrebleu"))
@@ -328,7 +334,7 @@ def test_loading_pauses_the_collector_and_freezes_only_in_a_process_the_command_
     class Layer:  # stands for a module in a reference cycle, as torch's modules are
         pass
 
-    before = gc.get_freeze_count()
+    before, enabled = gc.get_freeze_count(), gc.isenabled()
     monkeypatch.setattr(cli, "_owns_process", False)
     with cli._loading():
         assert gc.isenabled()
@@ -348,8 +354,10 @@ def test_loading_pauses_the_collector_and_freezes_only_in_a_process_the_command_
             raise NmtError("a damaged checkpoint")
         assert gc.isenabled() and gc.get_freeze_count() >= frozen
     finally:
-        gc.unfreeze()
-        gc.enable()
+        if before == 0:
+            gc.unfreeze()
+        if not enabled:
+            gc.disable()
 
 
 @pytest.mark.parametrize(
@@ -357,32 +365,50 @@ def test_loading_pauses_the_collector_and_freezes_only_in_a_process_the_command_
     [
         ("translate_main", ["-m", "missing-run", "-i", "/dev/null"]),
         ("score_main", ["-r", "REF", "-i", "HYP", "-s", "SRC", "--analyze", "-m", "missing-run"]),
-        ("train_main", ["missing-recipe.yaml"]),
         ("serve_main", ["-m", "missing-run"]),
+        ("train_main", ["missing-recipe.yaml"]),
     ],
 )
 def test_commands_load_inside_the_collector_pause(monkeypatch, tmp_path, command, argv):
-    """nmt-translate, nmt-score --analyze, nmt-train and nmt-serve import PyTorch (and all but
-    nmt-train load their model) inside `_loading`; each then stops on a missing file."""
+    """nmt-translate, nmt-score --analyze and nmt-serve load their model inside `_loading`
+    (nmt-serve imports its web stack in one too), and nmt-train imports PyTorch in one; each
+    then stops on a missing file."""
     import nmt.cli as cli
+    from nmt.translate import Translator
 
-    inside: list[bool] = []
+    if command == "serve_main":
+        pytest.importorskip("fastapi")
+    entered: list[bool] = []
+    active = [False]
     real = cli._loading
 
     @contextlib.contextmanager
     def recorded():
         with real():
-            inside.append(True)
-            yield
+            entered.append(True)
+            active[0] = True
+            try:
+                yield
+            finally:
+                active[0] = False
+
+    loaded_inside: list[bool] = []
+    real_from_runs = Translator.from_runs.__func__
+
+    def from_runs(cls, *args, **kwargs):
+        loaded_inside.append(active[0])
+        return real_from_runs(cls, *args, **kwargs)
 
     monkeypatch.setattr(cli, "_loading", recorded)
+    monkeypatch.setattr(Translator, "from_runs", classmethod(from_runs))
     monkeypatch.chdir(tmp_path)
     for name in ("REF", "HYP", "SRC"):
         (tmp_path / name).write_text("a\n", encoding="utf-8")
     with pytest.raises(SystemExit) as stop:
         getattr(cli, command)(argv)
     assert stop.value.code == 2
-    assert inside == [True] * (2 if command == "serve_main" else 1)  # serve: web stack, model
+    assert entered == [True] * (2 if command == "serve_main" else 1)
+    assert loaded_inside == ([] if command == "train_main" else [True])
 
 
 # The options of nmt-translate that are not keys of DecodeConfig, written out in nmt/cli.py.

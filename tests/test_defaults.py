@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import re
-import subprocess
 
 import pytest
 import torch
@@ -82,17 +81,3 @@ def test_each_distributed_process_takes_the_gpu_of_its_local_rank(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     cluster, device = distributed.join("auto")
     assert device == torch.device("cpu") and chosen == [torch.device("cuda", 1)]
-
-
-def test_the_manifest_names_the_git_commit_of_the_code(tmp_path):
-    import json
-
-    from conftest import trained_run
-
-    head = subprocess.run(
-        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
-    ).stdout.strip()
-    if not head:
-        pytest.skip("not a git checkout")
-    manifest = json.loads((trained_run(tmp_path) / "manifest.json").read_text(encoding="utf-8"))
-    assert manifest["git_commit"] == head
