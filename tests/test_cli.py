@@ -322,7 +322,8 @@ def test_a_command_run_as_a_program_skips_the_interpreters_teardown(
 
 def test_loading_pauses_the_collector_and_freezes_only_in_a_process_the_command_owns(monkeypatch):
     """`_loading` touches the garbage collector only when the command is the whole process,
-    and gives it back running (with what was loaded frozen) even when loading fails; garbage
+    and gives it back running (with what was loaded frozen) even when loading fails or is
+    interrupted; garbage
     that loading made (a quantized model's float layers, in cycles) is collected, not frozen
     for the life of the process."""
     import gc
@@ -353,6 +354,9 @@ def test_loading_pauses_the_collector_and_freezes_only_in_a_process_the_command_
         with pytest.raises(NmtError, match="damaged"), cli._loading():
             raise NmtError("a damaged checkpoint")
         assert gc.isenabled() and gc.get_freeze_count() >= frozen
+        with pytest.raises(KeyboardInterrupt), cli._loading():  # Ctrl-C while loading
+            raise KeyboardInterrupt
+        assert gc.isenabled()
     finally:
         if before == 0:
             gc.unfreeze()
