@@ -654,7 +654,7 @@ def _out_of_memory(error: RuntimeError) -> bool:
 def length_limits(settings: DecodeConfig, lengths: torch.Tensor) -> torch.Tensor:
     """Each output's length limit in subword tokens, max_len_a·|x| + max_len_b, from source
     lengths that count the appended EOS (as `pad_sources` gives them)."""
-    limits = settings.max_len_a * (lengths - 1).double() + settings.max_len_b
+    limits = settings.max_len_a * (lengths - 1).double() + float(settings.max_len_b)  # any size
     return limits.clamp(max=2**62).long()  # a huge max_len_a must not wrap around to < 0
 
 

@@ -846,6 +846,9 @@ def test_output_length_limits_scale_with_the_sources_subwords(small_run, source_
     from nmt.translate import length_limits
 
     assert length_limits(DecodeConfig(max_len_a=2, max_len_b=1), torch.tensor([4])).tolist() == [7]
+    assert length_limits(DecodeConfig(max_len_a=1.5, max_len_b=1), torch.tensor([4])).tolist() == [5]
+    huge = DecodeConfig(max_len_a=1e308, max_len_b=10**30)  # any size a user types: no overflow
+    assert length_limits(huge, torch.tensor([1, 4])).tolist() == [2**62, 2**62]
     translator = Translator.from_run(small_run)
     lines = [line for line in source_file.read_text(encoding="utf-8").splitlines() if line]
     sources = translator.tokenizer.encode_source(lines)

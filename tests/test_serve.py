@@ -220,6 +220,16 @@ def test_a_bad_request_gets_a_4xx_naming_its_field(client, body, status, field):
     assert client.get("/health").json()["status"] == "ready"
 
 
+def test_the_output_limit_is_checked_as_search_applies_it(client, translator):
+    """max_len_a · |x| + max_len_b is floored to whole subwords by the search, so a request
+    whose limit is 400.5 stops at 400 (the server's max_output) and is served."""
+    length = len(translator.tokenizer.encode_source(["a"])[0])
+    body = {"text": ["a"], "beam": 1, "max_len_a": 0.5 / length, "max_len_b": 400}
+    assert post(client, body).status_code == 200
+    refused = post(client, {"text": ["a"], "beam": 1, "max_len_b": 401})
+    assert (refused.status_code, refused.json()["field"]) == (422, "max_len_b")
+
+
 @pytest.mark.parametrize(
     "body, field",
     [

@@ -28,6 +28,7 @@ from pathlib import Path
 from dataclasses import asdict, dataclass
 from typing import Any, AsyncIterator, Literal, Union, cast, get_type_hints
 
+import torch
 import uvicorn
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -44,7 +45,7 @@ from nmt.scoring.report import build_report
 from nmt.search import Hypothesis
 from nmt.serving.batcher import Batcher, Job, Overloaded
 from nmt.serving.limits import DEFAULT_LIMITS, Limits
-from nmt.translate import Translator
+from nmt.translate import Translator, length_limits
 
 log = logging.getLogger("nmt")
 
@@ -375,8 +376,8 @@ def _check_work(
         lengths = [cap]
     else:
         lengths = [min(len(ids), cap) for ids in translator.tokenizer.encode_source(lines)]
-    limits_of = [settings.max_len_a * length + settings.max_len_b for length in lengths]
-    longest = max(limits_of, default=0.0)
+    limits_of = length_limits(settings, torch.tensor(lengths) + 1).tolist()  # + 1: the EOS
+    longest = max(limits_of, default=0)
     if longest > limits.max_output:
         field = next((k for k in ("max_len_a", "max_len_b") if k in given), None)
         raise _Refused(
