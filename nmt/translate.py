@@ -278,10 +278,7 @@ class Translator:
         if nbest < 1:
             raise NmtError(f"option: {name('nbest')} must be at least 1, not {nbest}")
         if settings.precision == "bf16" and self.quantized:
-            raise NmtError(
-                f"option: {name('precision')} bf16 and int8 weights (--quantize int8) are two "
-                f"ways to speed up search; choose one"
-            )
+            raise _bf16_with_int8(name("precision"))
         if keep_steps and (settings.sample or settings.beam == 1):
             raise NmtError(
                 f"option: {labels.get('keep_steps', 'keep_steps')} records beam search; "
@@ -319,10 +316,7 @@ class Translator:
         if settings.precision != "bf16":
             return self.model
         if self.quantized:
-            raise NmtError(
-                "option: precision bf16 and int8 weights (--quantize int8) are two ways to "
-                "speed up search; choose one"
-            )
+            raise _bf16_with_int8("precision")
         version = sum(p._version for p in self.model.parameters())  # bumped by every update
         if self._bf16_model is None or self._bf16_version != version:
             if self.device.type == "cpu" and cpu_has_bf16() is False:
@@ -431,9 +425,7 @@ class Translator:
         shorter than `min_len`) gets `reachable` False. `options`: decode keys, as in `nbest`.
         Runs the decoder step by step, exactly as search does, so a forced score and a search
         score of the same output agree."""
-        settings = with_changes(
-            self.decode, {k: v for k, v in options.items() if v is not None}, "decode"
-        )
+        settings = self.settings(**options)
         source_ids = self._limit(self.tokenizer.encode_source(list(sources)))
         target_ids = self.tokenizer.encode_target(list(targets))
         results: list[Hypothesis] = []
@@ -649,6 +641,13 @@ def _device_memory(device: torch.device) -> int:
 def _out_of_memory(error: RuntimeError) -> bool:
     """A GPU out of memory, or the CPU allocator refusing a block (torch says so in words)."""
     return isinstance(error, torch.cuda.OutOfMemoryError) or "can't allocate memory" in str(error)
+
+
+def _bf16_with_int8(label: str) -> NmtError:
+    return NmtError(
+        f"option: {label} bf16 and int8 weights (--quantize int8) are two ways to speed up "
+        f"search; choose one"
+    )
 
 
 def length_limits(settings: DecodeConfig, lengths: torch.Tensor) -> torch.Tensor:

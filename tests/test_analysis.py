@@ -68,6 +68,23 @@ def test_forced_scores_include_the_coverage_bonus_search_applied(translator):
     assert any(f.score < p.score for f, p in zip(forced, plain))
 
 
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"temperature": 0.5}, "decode.temperature applies to sampling only"),
+        ({"beam": 0}, "decode.beam must be"),
+        ({"min_len": 10**6}, "decode.min_len"),
+    ],
+)
+def test_forced_scoring_checks_its_options_as_search_does(translator, options, message):
+    """A forced score stands for a search with these options: one search would refuse is
+    refused here too, rather than scored under settings no search can have."""
+    from nmt.errors import NmtError
+
+    with pytest.raises(NmtError, match=message):
+        translator.force(["zwei Katzen"], ["two cats"], **options)
+
+
 def test_a_reference_beyond_the_length_limit_is_no_search_error(translator):
     source, reference, worse = "zwei Katzen", "two cats", "x " * 40
     forced = translator.force([source] * 2, [reference, worse])
