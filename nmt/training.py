@@ -403,6 +403,10 @@ class _Run:
                 target_tokens_per_s=round(speed),
                 elapsed_s=self._elapsed(),
             )
+            _log_to_file_only(
+                f"step {progress.step} (epoch {progress.epoch + 1}): loss {loss:.3f}, "
+                f"lr {self.rate:.1e}, {speed:,.0f} target tokens/s"
+            )
             if self.board:
                 self.board.add_scalar("train_loss", loss, progress.step)
                 self.board.add_scalar("lr", self.rate, progress.step)
@@ -1054,6 +1058,14 @@ def _git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return result.stdout.strip() or None if result.returncode == 0 else None
+
+
+def _log_to_file_only(message: str) -> None:
+    """A training row for train.log, which the console already shows in the progress bar."""
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, (), None)
+    for handler in log.handlers:
+        if isinstance(handler, logging.FileHandler):
+            handler.handle(record)
 
 
 def _log_to_file(path: Path) -> None:

@@ -61,6 +61,12 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     assert metrics[0].startswith("step,epoch,kind") and sum(",valid," in m for m in metrics) == 2
     trained_at = [int(m.split(",")[0]) for m in metrics if ",train," in m]
     assert trained_at == [3, 6]  # a row every train.log_every (3) updates
+    rows = [line for line in (run_dir / "train.log").read_text().splitlines() if "loss" in line]
+    logged = [
+        (row.split(" INFO step ")[1].split()[0].rstrip(":"), "tokens/s" in row) for row in rows
+    ]
+    assert logged == [("3", True), ("4", False), ("6", True), ("8", False)]  # trained, validated
+    assert "target tokens/s" not in err  # the console has them in the progress bar
 
     # A second run into the same directory is refused; --resume continues it.
     code, _, err = run(train_main, [tiny_recipe, "--run-dir", run_dir], capsys)
@@ -846,7 +852,9 @@ def test_output_length_limits_scale_with_the_sources_subwords(small_run, source_
     from nmt.translate import length_limits
 
     assert length_limits(DecodeConfig(max_len_a=2, max_len_b=1), torch.tensor([4])).tolist() == [7]
-    assert length_limits(DecodeConfig(max_len_a=1.5, max_len_b=1), torch.tensor([4])).tolist() == [5]
+    assert length_limits(DecodeConfig(max_len_a=1.5, max_len_b=1), torch.tensor([4])).tolist() == [
+        5
+    ]
     huge = DecodeConfig(max_len_a=1e308, max_len_b=10**30)  # any size a user types: no overflow
     assert length_limits(huge, torch.tensor([1, 4])).tolist() == [2**62, 2**62]
     translator = Translator.from_run(small_run)
