@@ -450,6 +450,22 @@ def test_info_of_an_averaged_and_of_a_format_1_checkpoint(run, translator):
     assert describe_runs([old], "best")["members"][0]["parameters"] == expected
 
 
+def test_info_counts_a_tied_output_layer_once(tmp_path):
+    """A checkpoint stores the tied output layer beside the target embeddings it shares."""
+    from conftest import TINY_RECIPE, write_slice
+    from nmt.recipe import Recipe
+    from nmt.training import train
+
+    write_slice(tmp_path / "corpus")
+    (tmp_path / "tiny.yaml").write_text(TINY_RECIPE, encoding="utf-8")
+    tied = ["train.max_steps=1", "model.decoder_hidden_size=16", "model.tie_output=true"]
+    train(Recipe.load(tmp_path / "tiny.yaml", tied), tmp_path / "run")
+    model = Translator.from_run(tmp_path / "run").model
+    assert model.output.weight is model.target_embedding.weight
+    member = describe_runs([tmp_path / "run"], "best")["members"][0]
+    assert member["parameters"] == model.parameter_count
+
+
 def serve_main_code(argv: list[str], average: bool = False) -> int:
     from nmt.cli import average_main
 

@@ -51,6 +51,11 @@ class EncoderState:
         )
 
 
+def tied_keys(config: ModelConfig) -> set[str]:
+    """State-dict keys that repeat another key's tensor (a checkpoint stores both copies)."""
+    return {"output.weight"} if config.tie_output else set()
+
+
 class Seq2Seq(nn.Module):
     """The attentional encoder-decoder of Bahdanau et al. (2015) and Luong et al. (2015):
 

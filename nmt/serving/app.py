@@ -39,6 +39,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nmt import __version__
 from nmt.errors import NmtError
+from nmt.model.seq2seq import tied_keys
 from nmt.recipe import DecodeConfig, Recipe, recipe_fields
 from nmt.scoring.metrics import ScoreOptions
 from nmt.scoring.report import build_report
@@ -475,11 +476,12 @@ def _describe_member(run_dir: Path, checkpoint: str) -> dict:
 
     meta = json.loads((run_dir / "checkpoints" / f"{checkpoint}.json").read_text("utf-8"))
     weights_file = meta.get("weights_file") or f"{checkpoint}.safetensors"  # format 1
+    tied = {f"model.{key}" for key in tied_keys(Recipe.load(run_dir / "recipe.yaml").model)}
     with safe_open(run_dir / "checkpoints" / Path(weights_file).name, "pt") as weights:
         parameters = sum(
             math.prod(weights.get_slice(name).get_shape())
             for name in weights.keys()
-            if name.startswith("model.")
+            if name.startswith("model.") and name not in tied
         )
     described: dict[str, Any] = {"run": str(run_dir), "parameters": parameters}
     if meta.get("averaged_from"):
