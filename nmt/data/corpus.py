@@ -283,8 +283,8 @@ def _read_hub(
 
 @dataclass
 class EncodedSplit:
-    """Subword ids of one split as flat arrays with offsets (zero-copy views of Arrow data),
-    and the text row each pair came from."""
+    """Subword ids of one split as flat arrays with offsets (memory-mapped from the run's
+    cache, or in memory), and the text row each pair came from."""
 
     src_values: np.ndarray
     src_offsets: np.ndarray
