@@ -25,6 +25,7 @@ from nmt.files import atomic_write_text
 from nmt.data.corpus import decode_stream, read_lines
 from nmt.errors import NmtError, Terminated
 from nmt.recipe import DecodeConfig, Recipe, recipe_fields
+from nmt.run_dir import CHECKPOINTS, CURVES, METRICS, RECIPE, TUNED, record_of
 
 log = logging.getLogger("nmt")
 
@@ -395,7 +396,6 @@ def _check_translate_args(args: argparse.Namespace) -> None:
         ],
         [("-o", args.output), ("--attention", args.attention), ("--diagnose", args.diagnose)],
         [("--plot-attention", args.plot_attention)],
-        [Path(run) / "checkpoints" for run in args.model],
     )
 
 
@@ -510,8 +510,8 @@ def _run_inputs(runs: list[str]) -> list[tuple[str, str]]:
         for run in runs
         if "\0" not in run
         for path in (
-            Path(run) / "recipe.yaml",
-            Path(run) / "decode.yaml",
+            Path(run) / RECIPE,
+            Path(run) / TUNED,
             *Path(run).glob("spm*.model"),
         )
     ]
@@ -521,10 +521,11 @@ def _check_paths(
     inputs: list[tuple[str, str | None]],
     outputs: list[tuple[str, str | None]],
     folders: Sequence[tuple[str, str | None]] = (),
-    protected: Sequence[Path] = (),
+    into_checkpoints: bool = False,
 ) -> None:
     """Refuse, before any work, outputs (files, or `folders` of files) that cannot be written,
-    or that would replace an input, each other, or anything in a `protected` folder: found
+    or that would replace an input, each other, or what training made in any run directory
+    (its records and checkpoints; `into_checkpoints`: nmt-average's new checkpoint): found
     after translating, such a mistake costs the whole run. Writing can still fail (a full
     disk); `_writing` reports that."""
     for flag, path in [*inputs, *outputs, *folders]:
@@ -559,12 +560,12 @@ def _check_paths(
                     f"{flag} {path}: an input of this command ({other_flag}); "
                     f"writing it would replace it"
                 )
-        for folder in protected:
-            if target.resolve().is_relative_to(folder.resolve()):
-                raise NmtError(
-                    f"{flag} {path}: inside {folder}, which holds the run's "
-                    f"checkpoints; write elsewhere"
-                )
+        run = None if into_checkpoints else record_of(target)
+        if run is not None:
+            raise NmtError(
+                f"{flag} {path}: part of the nmt run in {run}, which only nmt-train writes; "
+                f"write elsewhere"
+            )
         written.append((flag, target))
 
 
@@ -625,7 +626,7 @@ def _write_attention(
 
 
 def _tune(translator, args: argparse.Namespace) -> int:
-    from nmt.translate import TUNED, save_tuned_decoding
+    from nmt.translate import save_tuned_decoding
 
     if not (args.dev_src and args.dev_ref) or len(args.model) != 1:
         raise NmtError("--tune needs one -m RUN_DIR, --dev-src and --dev-ref")
@@ -816,14 +817,13 @@ def _check_score_paths(args: argparse.Namespace) -> None:
             *_run_inputs([args.model] if args.model else []),
         ],
         [("--json", args.json), ("--html", args.html)],
-        protected=[Path(args.model) / "checkpoints"] if args.model else [],
     )
 
 
 def _curves(run_dir: str) -> int:
     from nmt.plots import plot_learning_curves
 
-    metrics, png = Path(run_dir) / "metrics.csv", Path(run_dir) / "curves.png"
+    metrics, png = Path(run_dir) / METRICS, Path(run_dir) / CURVES
     if not metrics.is_file():
         raise NmtError(f"{run_dir}: no metrics.csv; give a run directory of nmt-train")
     with _writing("--curves", png):
@@ -993,9 +993,7 @@ def _check_serve_args(args: argparse.Namespace) -> None:
             raise NmtError(f"--{flag.replace('_', '-')} {value}: must be at least {least}")
     if not 0 <= args.batch_wait <= 10_000:
         raise NmtError(f"--batch-wait {args.batch_wait}: expected 0 to 10000 milliseconds")
-    _check_paths(
-        [*_run_inputs(args.model)], [], [], [Path(run) / "checkpoints" for run in args.model]
-    )
+    _check_paths([*_run_inputs(args.model)], [])
 
 
 # ---------------------------------------------------------------------- nmt-average
@@ -1027,7 +1025,7 @@ def average_main(argv: list[str] | None = None) -> int:
             f"-o {output}: training writes (and replaces) best, last and step-N "
             f"checkpoints; choose another name, e.g. averaged"
         )
-    directory = Path(args.model) / "checkpoints"
+    directory = Path(args.model) / CHECKPOINTS
     names = [check_name(name, "-c") for name in args.checkpoints or ()] or sorted(
         p.stem for p in directory.glob("step-*.json") if re.fullmatch(r"step-\d+", p.stem)
     )
@@ -1038,7 +1036,7 @@ def average_main(argv: list[str] | None = None) -> int:
         )
     if len(set(names)) < len(names):
         raise NmtError(f"-c {' '.join(names)}: a checkpoint named twice would count twice")
-    _check_paths([], [("-o", str(directory / f"{output}.json"))])
+    _check_paths([], [("-o", str(directory / f"{output}.json"))], into_checkpoints=True)
     with _writing("-o", directory / output):
         average_checkpoints([directory / name for name in names], directory / output)
     print(

@@ -47,7 +47,7 @@ from nmt.checkpoint import (
 from nmt.data.batching import Batch, collate, make_batches
 from nmt.data.corpus import EncodedSplit, TextSplit, sample_split
 from nmt.data.prepare import prepare_data
-from nmt.data.subwords import JOINT_MODEL, PAD, SOURCE_MODEL, TARGET_MODEL, Tokenizer
+from nmt.data.subwords import PAD, Tokenizer
 from nmt.device import cpu_has_bf16
 from nmt.distributed import Cluster
 from nmt.errors import NmtError, Terminated
@@ -57,8 +57,9 @@ from nmt.loss import output_loss
 from nmt.model.seq2seq import Seq2Seq
 from nmt.optim import build_optimizer, learning_rate, set_learning_rate
 from nmt.plots import plot_learning_curves
+from nmt.run_dir import RUN_FILES, RUN_FOLDERS, RUN_HEADER, holds_run
 from nmt.recipe import DecodeConfig, Recipe, TokenizerConfig, TrainConfig, parse_duration
-from nmt.translate import TUNED, Translator
+from nmt.translate import Translator
 
 log = logging.getLogger("nmt")
 MAX_NONFINITE = 5  # non-finite losses in a row before training stops
@@ -834,25 +835,6 @@ def _tensorboard(run_dir: Path):
 
 # ------------------------------------------------------------------ run directory
 
-# What nmt writes in a run directory: `--overwrite` removes these and nothing else, so notes,
-# data or a recipe of the user's kept beside them survive.
-RUN_FILES = (
-    "manifest.json",
-    JOINT_MODEL,
-    SOURCE_MODEL,
-    TARGET_MODEL,
-    "metrics.csv",
-    "train.log",
-    "curves.png",
-    TUNED,
-    "lexicon.safetensors",
-    "diagnostics.json",
-    "recipe.yaml",
-)  # the recipe last: it marks the folder as a run until the end
-RUN_FOLDERS = ("cache", "tensorboard")  # made whole by nmt and the libraries it points there
-# The first line of the recipe a run stores: a recipe.yaml of the user's is never taken for one.
-RUN_HEADER = "# nmt run: the resolved recipe this run trains with (written by nmt-train)\n"
-
 
 def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool) -> bool:
     """Create the run directory, refusing to mix two runs in one or to replace a file that nmt
@@ -894,18 +876,6 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool
     except OSError as error:
         raise NmtError(f"{run_dir}: cannot write the run directory: {error.strerror}") from None
     return resume
-
-
-def holds_run(run_dir: Path) -> bool:
-    """Whether nmt-train made `run_dir`: its stored recipe begins with RUN_HEADER (or, for runs
-    made before the header existed, nmt's manifest.json lies beside it)."""
-    try:
-        with open(run_dir / "recipe.yaml", encoding="utf-8", errors="replace") as handle:
-            if handle.readline() == RUN_HEADER:
-                return True
-        return "provenance" in json.loads((run_dir / "manifest.json").read_text("utf-8"))
-    except (OSError, ValueError, TypeError):
-        return False
 
 
 def remove_run(run_dir: Path) -> None:

@@ -32,6 +32,7 @@ from nmt.model.ensemble import Ensemble
 from nmt.model.interface import AnyDecodable, EncodedSource, SearchState
 from nmt.model.quantize import quantize as quantized
 from nmt.model.seq2seq import Seq2Seq
+from nmt.run_dir import TUNED
 from nmt.recipe import DecodeConfig, Recipe, check_decoding, with_changes
 from nmt.search import Hypothesis, beam_search, greedy_search
 from nmt.search.hypothesis import coverage_bonus, finished
@@ -681,9 +682,6 @@ def _load_run(run_dir: Path, checkpoint: str) -> tuple[Seq2Seq, Tokenizer, Recip
             f"vocabulary: {str(error).splitlines()[0]}"
         ) from None
     return model, tokenizer, recipe
-
-
-TUNED = "decode.yaml"  # decoding defaults chosen by `nmt-translate --tune`, over the recipe's
 
 
 def tuned_decoding(run_dir: Path, decode: DecodeConfig) -> DecodeConfig:

@@ -14,7 +14,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "nmt"
 # Bottom to top: a module may import its own layer and the layers below it. The package's
 # __init__ (a lazy namespace over all of them) stands outside.
 LAYERS = [
-    ["nmt.errors", "nmt.files"],
+    ["nmt.errors", "nmt.files", "nmt.run_dir"],
     ["nmt.recipe"],
     ["nmt.device", "nmt.data"],
     ["nmt.model"],

@@ -424,7 +424,8 @@ def test_outputs_are_checked_before_translating_and_never_replace_inputs(trained
         (["--ref", source, "-o", tmp_path / "." / "in.de"], "(-i)"),
         (["--attention", source], "(-i)"),
         (["-o", tmp_path / "x", "--diagnose", tmp_path / "x"], "(-o)"),
-        (["-o", trained / "checkpoints" / "best.json"], "checkpoints"),
+        (["-o", trained / "checkpoints" / "best.json"], "part of the nmt run"),
+        (["-o", trained / "checkpoints" / "new.txt"], "part of the nmt run"),
         (["-o", trained / "recipe.yaml"], f"-m {trained}"),
         (["--plot-attention", tmp_path / "a-file"], "not a folder"),
     ):
@@ -433,6 +434,34 @@ def test_outputs_are_checked_before_translating_and_never_replace_inputs(trained
     assert source.read_text() == "drei\nvier\n"
     message = one_line_error(score_main, ["-r", source, "-i", source, "--json", source], capsys)
     assert "(-r)" in message and source.read_text() == "drei\nvier\n"
+
+
+@pytest.mark.parametrize(
+    "name", ["recipe.yaml", "manifest.json", "spm.model", "metrics.csv", "checkpoints/best.json"]
+)
+def test_no_output_replaces_what_training_made_even_of_a_run_not_named(
+    trained, tmp_path, capsys, name
+):
+    """A run's records and checkpoints are refused as outputs whether or not the command was
+    given that run (nmt-score reads none without --analyze)."""
+    kept = (trained / name).read_bytes()
+    source = tmp_path / "in.de"
+    source.write_text("drei\n")
+    for command, argv in (
+        (score_main, ["-r", source, "-i", source, "--json", trained / name]),
+        (score_main, ["-r", source, "-i", source, "--html", trained / name]),
+        (translate_main, ["-m", trained, "-i", source, "--diagnose", trained / name]),
+    ):
+        message = one_line_error(command, argv, capsys)
+        assert f"part of the nmt run in {trained.resolve()}" in message or (
+            command is translate_main and "an input of this command (-m" in message
+        ), message
+    assert (trained / name).read_bytes() == kept
+    # What commands write into a run is theirs to write: a user's notes beside it, too.
+    with pytest.raises(SystemExit) as exit_code:
+        score_main([str(a) for a in ["-r", source, "-i", source, "--json", trained / "notes.json"]])
+    assert exit_code.value.code == 0 and (trained / "notes.json").is_file()
+    (trained / "notes.json").unlink()
 
 
 def test_an_output_that_fails_at_write_time_is_one_line(trained, tmp_path, capsys, monkeypatch):

@@ -329,7 +329,9 @@ def assert_clean(prog: str, code: int, err: str, allowed: tuple[int, ...] = (0,)
 
 def run_files(run: Path) -> list[Path]:
     """What a run is made of: no command but nmt-train may change these."""
-    return [run / "recipe.yaml", run / "spm.model", *(run / "checkpoints").iterdir()]
+    return [run / name for name in ("recipe.yaml", "spm.model", "manifest.json", "metrics.csv")] + [
+        *(run / "checkpoints").iterdir()
+    ]
 
 
 def example_folder(contents: tuple[bytes, bytes]) -> tempfile.TemporaryDirectory:
@@ -397,9 +399,11 @@ def test_score_command_fuzzed(commands, data, contents):
             "2",
         )
     )
+    kept = {p: p.read_bytes() for p in run_files(commands)}
     with example_folder(contents) as name:
         code, out, err = run_command(score_main, argv, Path(name), commands)
         assert_clean("nmt-score", code, err)
+        assert {p: p.read_bytes() for p in run_files(commands)} == kept
         args = parser.parse_args([str(a) for a in argv]) if code == 0 else None
         if args and not args.curves:
             assert out.count("BLEU") >= len(args.input), out

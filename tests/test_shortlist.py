@@ -9,7 +9,8 @@ import torch
 from nmt.data.corpus import EncodedSplit
 from nmt.data.subwords import EOS, PAD
 from nmt.errors import NmtError
-from nmt.data.lexicon import LEXICON_FILE, Lexicon, build_lexicon
+from nmt.data.lexicon import Lexicon, build_lexicon
+from nmt.run_dir import LEXICON
 from nmt.model.quantize import quantize
 from nmt.search import beam_search, greedy_search, length_penalty
 from conftest import tiny_model
@@ -82,13 +83,13 @@ def test_shortlist_unions_specials_frequent_translations_and_copies():
 
 def test_a_lexicon_survives_saving(tmp_path):
     lexicon = small_lexicon(joint=False)
-    lexicon.save(tmp_path / LEXICON_FILE)
-    again = Lexicon.load(tmp_path / LEXICON_FILE)
+    lexicon.save(tmp_path / LEXICON)
+    again = Lexicon.load(tmp_path / LEXICON)
     assert torch.equal(again.translations, lexicon.translations)
     assert torch.equal(again.by_frequency, lexicon.by_frequency) and again.joint is False
-    (tmp_path / LEXICON_FILE).write_bytes(b"not safetensors")
-    with pytest.raises(NmtError, match=LEXICON_FILE):
-        Lexicon.load(tmp_path / LEXICON_FILE)
+    (tmp_path / LEXICON).write_bytes(b"not safetensors")
+    with pytest.raises(NmtError, match=LEXICON):
+        Lexicon.load(tmp_path / LEXICON)
 
 
 @torch.no_grad()
@@ -209,12 +210,12 @@ def test_translate_with_a_shortlist_builds_the_lexicon_once(tiny_recipe, tmp_pat
     ]
     code, out, err = run(translate_main, args, capsys)
     assert code == 0, err
-    assert (run_dir / LEXICON_FILE).is_file()
+    assert (run_dir / LEXICON).is_file()
     assert len(out.splitlines()) == len((corpus / "test.de").read_text().splitlines())
     # Once built, the lexicon is all it needs: not the training data.
     (corpus / "train.de").rename(corpus / "moved.de")
     assert run(translate_main, args, capsys)[1] == out
-    (run_dir / LEXICON_FILE).unlink()
+    (run_dir / LEXICON).unlink()
     code, _, err = run(translate_main, args, capsys)
     assert code == 2 and err.count("\n") == 1
-    assert LEXICON_FILE in err and "train.de" in err
+    assert LEXICON in err and "train.de" in err

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nmt.run_dir import LEXICON
 from nmt.data.corpus import EncodedSplit
 from nmt.data.prepare import prepare_data  # the training data exactly as training read it
 from nmt.data.subwords import EOS, PAD
@@ -30,7 +31,6 @@ from nmt.recipe import Recipe
 
 log = logging.getLogger("nmt")
 
-LEXICON_FILE = "lexicon.safetensors"
 EM_ITERATIONS = 5
 MAX_CROSS_PAIRS = 20_000_000  # (source, target) token pairs Model 1 is fitted on: bounds memory
 
@@ -163,7 +163,7 @@ def _ragged_arange(lengths: np.ndarray) -> np.ndarray:
 
 def lexicon_for_run(run_dir: Path) -> Lexicon:
     """The run's lexicon, built from its training data (and saved) on first use."""
-    path = run_dir / LEXICON_FILE
+    path = run_dir / LEXICON
     if path.is_file():
         return Lexicon.load(path)
 

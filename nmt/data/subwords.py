@@ -20,8 +20,8 @@ from nmt.errors import NmtError
 from nmt.recipe import TokenizerConfig
 
 PAD, UNK, BOS, EOS = 0, 1, 2, 3
-JOINT_MODEL = "spm.model"
-SOURCE_MODEL, TARGET_MODEL = "spm.src.model", "spm.tgt.model"
+from nmt.run_dir import JOINT_MODEL, SOURCE_MODEL, TARGET_MODEL
+
 # SentencePiece's trained model depends on its thread count, so it is fixed: the same recipe then
 # gives the same subwords on a laptop and on a 64-core server.
 TRAINING_THREADS = 2

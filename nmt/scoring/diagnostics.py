@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from nmt.run_dir import DIAGNOSTICS
 from nmt.files import atomic_write_text
 from nmt.data.corpus import load_split
 from nmt.errors import NmtError
@@ -117,7 +118,7 @@ def dev_norms(translator: Translator, run_dir: Path, **options) -> Norms:
     skipped). The key holds every setting the search uses (the run's defaults and decode.yaml
     too) and a digest of the weights, so another checkpoint, int8 weights, an ensemble or a
     resumed run's new best computes its own norms."""
-    cache = run_dir / "diagnostics.json"
+    cache = run_dir / DIAGNOSTICS
     settings = asdict(translator.settings(**options))
     weights = weights_digest(translator.model)
     key = json.dumps({"settings": settings, "weights": weights, "int8": translator.quantized})
