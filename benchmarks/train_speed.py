@@ -89,7 +89,8 @@ def main() -> None:
     device = pick_device(args.device)
     torch.manual_seed(recipe.seed)
     with tempfile.TemporaryDirectory() as work:  # the encoded corpus is memory-mapped from it
-        _, _, tokenizer, data, _ = prepare_data(recipe, Path(work))
+        prepared = prepare_data(recipe, Path(work))
+        tokenizer, data = prepared.tokenizer, prepared.train_data
         measure(recipe, args, device, tokenizer, data)
 
 

@@ -116,15 +116,8 @@ def checkpoint_exists(path: Path) -> bool:
     return _meta_path(path).is_file()
 
 
-def load_checkpoint(
-    path: Path, model_only: bool = False
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """Read and verify a checkpoint: (tensors, metadata). Raises NmtError if damaged.
-
-    `model_only` (translation): only the `model.*` tensors, copied out of the file's mapping,
-    so that the optimizer's state (two thirds of a training checkpoint) is never read into
-    memory; the whole file's SHA-256 is checked all the same, on the very bytes the tensors
-    come from."""
+def read_meta(path: Path) -> dict[str, Any]:
+    """A checkpoint's metadata (NAME.json), checked to be nmt's; raises NmtError if not."""
     meta_path = _meta_path(path)
     if not meta_path.is_file():
         raise NmtError(f"{path}: checkpoint not found (no {meta_path.name})")
@@ -134,9 +127,28 @@ def load_checkpoint(
         raise NmtError(f"{meta_path}: damaged checkpoint metadata: {error}") from None
     if not isinstance(meta, dict) or meta.get("format_version") not in (1, FORMAT_VERSION):
         raise NmtError(f"{meta_path}: not an nmt checkpoint (format 1 or {FORMAT_VERSION})")
-    if meta["format_version"] == 1:  # weights beside the JSON under the same name
-        meta["weights_file"] = f"{path.name}.safetensors"
-    weights = path.parent / Path(str(meta.get("weights_file"))).name  # never outside the folder
+    return meta
+
+
+def weights_path(path: Path, meta: dict[str, Any]) -> Path:
+    """The weights file a checkpoint's metadata names, never outside its folder (format 1:
+    beside the JSON under the checkpoint's name)."""
+    if meta["format_version"] == 1:
+        return path.parent / f"{path.name}.safetensors"
+    return path.parent / Path(str(meta.get("weights_file"))).name
+
+
+def load_checkpoint(
+    path: Path, model_only: bool = False
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Read and verify a checkpoint: (tensors, metadata). Raises NmtError if damaged.
+
+    `model_only` (translation): only the `model.*` tensors, copied out of the file's mapping,
+    so that the optimizer's state (two thirds of a training checkpoint) is never read into
+    memory; the whole file's SHA-256 is checked all the same, on the very bytes the tensors
+    come from."""
+    meta_path, meta = _meta_path(path), read_meta(path)
+    weights = weights_path(path, meta)
     try:
         file = weights.open("rb")
     except (FileNotFoundError, IsADirectoryError):  # (also when a newer save just replaced it)
@@ -291,6 +303,6 @@ def delete_checkpoint_files(folder: Path) -> None:
     """Remove every checkpoint in `folder`, and nothing that is not one."""
     for name, meta in _checkpoints_in(folder).items():
         delete_checkpoint(folder / name)
-        if meta["format_version"] == 1:  # weights beside the JSON under the same name
-            (folder / f"{name}.safetensors").unlink(missing_ok=True)
+        if meta["format_version"] == 1:  # `delete_checkpoint` knows the new names only
+            weights_path(folder / name, meta).unlink(missing_ok=True)
     delete_unnamed_weights(folder)

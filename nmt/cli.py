@@ -24,7 +24,7 @@ from tqdm import tqdm
 from nmt.files import atomic_write_text
 from nmt.data.corpus import decode_stream, read_lines
 from nmt.errors import NmtError, Terminated
-from nmt.recipe import DecodeConfig, Recipe, recipe_fields
+from nmt.recipe import DecodeConfig, Recipe, field_summary, recipe_fields
 from nmt.run_dir import CHECKPOINTS, CURVES, METRICS, RECIPE, TUNED, record_of
 
 log = logging.getLogger("nmt")
@@ -201,9 +201,9 @@ def translate_main(argv: list[str] | None = None) -> int:
     return _translate_whole(translator, args, options)
 
 
-def _translate_parser(config: type | None = None) -> _Parser:
-    """nmt-translate's arguments: the decoding options of `config` (DecodeConfig), the rest
-    written out here."""
+def _translate_parser() -> _Parser:
+    """nmt-translate's arguments: the decoding options of DecodeConfig, the rest written out
+    here."""
     parser = _Parser(
         prog="nmt-translate",
         description="Translate plain text with a trained run. Reads "
@@ -285,7 +285,7 @@ def _translate_parser(config: type | None = None) -> _Parser:
         default=[0.6, 1.0],
         help="with --tune: alphas to try for avg and gnmt",
     )
-    _add_decode_options(parser, config)
+    _add_decode_options(parser)
     return parser
 
 
@@ -332,30 +332,29 @@ def _load_translator(args: argparse.Namespace):
     return translator, options, settings
 
 
-def _decode_flags(config: type | None = None) -> dict[str, str]:
+def _decode_flags() -> dict[str, str]:
     """The flag of each decoding option, a field of DecodeConfig: --KEY-WITH-DASHES, unless the
     field's metadata spells it otherwise (`option(..., flag=...)`)."""
     return {
         f.name: f.metadata.get("flag") or f"--{f.name.replace('_', '-')}"
-        for f in recipe_fields(config or DecodeConfig)
+        for f in recipe_fields(DecodeConfig)
     }
 
 
-def _add_decode_options(parser: argparse.ArgumentParser, config: type | None = None) -> None:
-    """One flag per field of `config` (DecodeConfig), typed, limited to its choices and
-    explained from the field's metadata; a flag not given is None (the run's value). The
-    ranges are checked by Translator.settings, as recipe values are."""
-    config = config or DecodeConfig
-    flags, hints = _decode_flags(config), get_type_hints(config)
+def _add_decode_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per field of DecodeConfig, typed, limited to its choices and explained from the
+    field's metadata; a flag not given is None (the run's value). The ranges are checked by
+    Translator.settings, as recipe values are."""
+    flags, hints = _decode_flags(), get_type_hints(DecodeConfig)
     labels = {**flags, "nbest": "--nbest"}  # `key` in a field's help becomes its flag
     group = parser.add_argument_group(
         "decoding options",
         "the keys of a recipe's decode section; unset ones come from the "
         "run's decode.yaml, then from its recipe",
     )
-    for f in recipe_fields(config):
+    for f in recipe_fields(DecodeConfig):
         kind, choices = hints[f.name], f.metadata.get("choices")
-        first = re.split(r"(?<=\.)\s+(?=[A-Z`])", f.metadata["help"], maxsplit=1)[0]
+        first = field_summary(f)
         text = re.sub(r"`(\w+)`", lambda m: labels.get(m[1], m[0]), first.removesuffix("."))
         default = str(f.default).lower() if kind is bool else f.default  # as YAML says it
         described = f"{text} (recipe default {default})".replace("%", "%%")  # argparse's %

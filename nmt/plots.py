@@ -1,4 +1,4 @@
-"""Pictures of a run: learning curves from metrics.csv."""
+"""Pictures of a run: learning curves from metrics.csv, and attention maps of translations."""
 
 from __future__ import annotations
 

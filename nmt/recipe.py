@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -658,6 +659,12 @@ def parse_duration(text: str) -> float:
 def recipe_fields(cls: type) -> list[dataclasses.Field]:
     """The fields of a recipe section that are recipe keys."""
     return [f for f in dataclasses.fields(cls) if f.name not in ("source_path", "provenance")]
+
+
+def field_summary(f: dataclasses.Field) -> str:
+    """A recipe key's help cut to its first sentence (one that ends before a capital or a
+    `key`, so "e.g." ends none), for a flag's help or an API's field description."""
+    return re.split(r"(?<=\.)\s+(?=[A-Z`])", f.metadata["help"], maxsplit=1)[0]
 
 
 def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:

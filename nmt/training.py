@@ -22,7 +22,7 @@ import signal
 import subprocess
 import threading
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -46,7 +46,7 @@ from nmt.checkpoint import (
 )
 from nmt.data.batching import Batch, collate, make_batches
 from nmt.data.corpus import EncodedSplit, TextSplit, sample_split
-from nmt.data.prepare import prepare_data
+from nmt.data.prepare import PreparedData, prepare_data
 from nmt.data.subwords import PAD, Tokenizer
 from nmt.device import cpu_has_bf16
 from nmt.distributed import Cluster
@@ -197,7 +197,7 @@ class _Run:
         run_dir: Path,
         cluster: Cluster,
         device: torch.device,
-        data: tuple,
+        data: PreparedData,
         model: Seq2Seq,
         progress: Progress,
         resumed: bool,
@@ -250,23 +250,25 @@ class _Run:
         if recipe.train.threads:
             torch.set_num_threads(recipe.train.threads)
 
-        def set_up() -> tuple:
+        def set_up() -> tuple[bool | None, PreparedData]:
             resuming = None
             if cluster.is_main:
                 resuming = prepare_run_dir(run_dir, recipe, resume, overwrite)
                 _log_to_file(run_dir / "train.log")
             return resuming, prepare_data(recipe, run_dir)
 
-        resume, data = cluster.main_first(set_up)
-        resume = cluster.from_main(resume)
-        _, _, tokenizer, _, _ = data
+        resuming, data = cluster.main_first(set_up)
+        resume = bool(cluster.from_main(resuming))  # rank 0's answer
+        tokenizer = data.tokenizer
         model = Seq2Seq(recipe.model, tokenizer.source_vocab_size, tokenizer.target_vocab_size)
         model.to(device)
         run = cls(recipe, run_dir, cluster, device, data, model, Progress(), resume)
         if resume:
             run.restore()
-        elif cluster.is_main:
-            write_manifest(run_dir, recipe, [run.train_text, run.dev_text], tokenizer, model)
+        if cluster.is_main:
+            splits = [run.train_text, run.dev_text]
+            write_manifest(run_dir, recipe, splits, tokenizer, model, run.progress.step)
+        if cluster.is_main and not resume:
             check_disk_space(run_dir, model, recipe.train.keep_best)
         if cluster.is_main:
             forget_after(run_dir, run.progress)
@@ -993,26 +995,45 @@ def complete_commit(run_dir: Path, progress: Progress, save) -> None:
 
 
 def write_manifest(
-    run_dir: Path, recipe: Recipe, splits: list[TextSplit], tokenizer: Tokenizer, model: Seq2Seq
+    run_dir: Path,
+    recipe: Recipe,
+    splits: list[TextSplit],
+    tokenizer: Tokenizer,
+    model: Seq2Seq,
+    step: int = 0,
 ) -> None:
-    """manifest.json: what ran, on what, from which data, and where each recipe value came from."""
+    """manifest.json: what ran, on what, from which data, and where each recipe value came from.
+    A resumed run (`step` > 0) describes the code and recipe that go on from there, as its
+    recipe.yaml does, keeps when the run was created and lists each resumption."""
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    path = run_dir / "manifest.json"
+    previous: dict[str, Any] = {}
+    if step:
+        with suppress(OSError, ValueError):
+            previous = json.loads(path.read_text("utf-8"))
+        previous = previous if isinstance(previous, dict) else {}
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for package in ("nmt", "torch", "sentencepiece", "sacrebleu", "datasets", "safetensors"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
+    commit = _git_commit()
+    earlier = previous.get("resumed")
+    resumed = [*(earlier if isinstance(earlier, list) else []), {"at_step": step, "time": now}]
+    resumed[-1]["git_commit"] = commit
     manifest = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": previous.get("created", now),
+        "resumed": resumed if step else [],
         "recipe_file": str(recipe.source_path) if recipe.source_path else None,
         "versions": versions,
-        "git_commit": _git_commit(),
+        "git_commit": commit,
         "data": {str(path): sha256_file(path) for split in splits for path in split.files},
         "subwords": {path.name: sha256_file(path) for path in tokenizer.files},
         "parameters": model.parameter_count,
         "provenance": dict(sorted(recipe.provenance.items())),
     }
-    atomic_write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
 
 
 def _git_commit() -> str | None:

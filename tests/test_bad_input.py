@@ -434,6 +434,11 @@ def test_outputs_are_checked_before_translating_and_never_replace_inputs(trained
     assert source.read_text() == "drei\nvier\n"
     message = one_line_error(score_main, ["-r", source, "-i", source, "--json", source], capsys)
     assert "(-r)" in message and source.read_text() == "drei\nvier\n"
+    both = tmp_path / "report"
+    message = one_line_error(
+        score_main, ["-r", source, "-i", source, "--json", both, "--html", both], capsys
+    )
+    assert "(--json)" in message and not both.exists()
 
 
 @pytest.mark.parametrize(
@@ -486,6 +491,14 @@ def test_an_output_that_fails_at_write_time_is_one_line(trained, tmp_path, capsy
         capsys,
     )
     assert "--json" in message and "cannot write" in message
+    (tmp_path / "report.html").write_text("an earlier report\n")
+    message = fails_cleanly(
+        score_main,
+        ["-r", tmp_path / "in.de", "-i", tmp_path / "in.de", "--html", tmp_path / "report.html"],
+        capsys,
+    )
+    assert "--html" in message and "cannot write" in message
+    assert (tmp_path / "report.html").read_text() == "an earlier report\n"
 
 
 def test_average_refuses_names_that_clobber_checkpoints_or_leave_the_run(trained, capsys):

@@ -80,11 +80,17 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
             "--resume",
             "train.max_steps=10",
             "train.valid_every=4",
+            "train.patience=5",
         ],
         capsys,
     )
     assert code == 0, err
     assert "(10 steps" in out
+    resumed = json.loads((run_dir / "manifest.json").read_text())  # the recipe that goes on
+    assert manifest["provenance"]["train.patience"] != "override"
+    assert resumed["provenance"]["train.patience"] == "override"
+    assert resumed["created"] == manifest["created"] and resumed["data"] == manifest["data"]
+    assert [entry["at_step"] for entry in resumed["resumed"]] == [8] and not manifest["resumed"]
 
     corpus = tiny_recipe.parent / "corpus"
     source = (corpus / "test.de").read_text().splitlines()[:6]
@@ -616,6 +622,21 @@ def test_self_check_exits_1_naming_each_difference(small_run, source_file, capsy
     assert (
         len([e for e in err.splitlines() if e.startswith("nmt-translate: self-check: line")]) == 8
     )
+
+
+def test_self_check_reads_the_first_200_lines(small_run, tmp_path, capsys, monkeypatch):
+    """Beam search runs twice over each checked line: a long input is sampled, not all run."""
+    checked = []
+    monkeypatch.setattr(
+        Translator, "self_check", lambda self, lines, **_: checked.extend(lines) or []
+    )
+    long_input = tmp_path / "long.de"
+    long_input.write_text("".join(f"Zeile {i}\n" for i in range(205)))
+    code, out, err = run(
+        translate_main, ["-m", small_run, "--self-check", "-i", long_input], capsys
+    )
+    assert code == 0, err
+    assert checked == [f"Zeile {i}" for i in range(200)] and out.startswith("self-check: 200 lines")
 
 
 def test_an_interactive_line_is_answered_while_stdin_stays_open(small_run):

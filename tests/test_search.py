@@ -204,7 +204,7 @@ def test_the_noise_hash_is_lowbias32_and_its_noise_finite():
     values = [0, 1, 2, 12345, 2**31 - 1, 2**31, 2**32 - 2, 2**32 - 1]
     values += random.Random(0).sample(range(2**32), 200)
     assert hash32(torch.tensor(values)).tolist() == [reference(v) for v in values]
-    noise = gumbel_noise(torch.tensor([0, 2**32 - 1]), 0, torch.arange(5000))
+    noise = gumbel_noise(torch.tensor([0, 2**32 - 1]), 0, hash32(torch.arange(5000)))
     assert bool(torch.isfinite(noise).all())
 
 

@@ -850,3 +850,15 @@ def test_bf16_on_a_cpu_without_bf16_instructions_says_it_will_be_slow(
     else:
         assert [w.split(":")[0] for w in warned] == ["train.precision=bf16", "precision bf16"]
         assert all("slower than fp32" in w for w in warned)
+
+
+def test_batches_of_a_sentence_count_reach_training(tiny_recipe, tmp_path):
+    """`train.batch_sentences` 150 cuts the 400 training pairs into 3 batches an epoch (150,
+    150, 100), where the token budget makes a different number."""
+    epochs = ["train.max_epochs=2", "train.max_steps=0", "train.valid_every=100"]
+    by_count = train(
+        Recipe.load(tiny_recipe, [*epochs, "train.batch_sentences=150"]), tmp_path / "a"
+    )
+    assert by_count.steps == 6
+    by_tokens = train(Recipe.load(tiny_recipe, epochs), tmp_path / "b")
+    assert by_tokens.steps != 6

@@ -169,7 +169,8 @@ def lexicon_for_run(run_dir: Path) -> Lexicon:
 
     recipe = Recipe.load(run_dir / "recipe.yaml")
     try:
-        _, _, tokenizer, data, _ = prepare_data(recipe, run_dir)
+        prepared = prepare_data(recipe, run_dir)
+        tokenizer, data = prepared.tokenizer, prepared.train_data
     except NmtError as error:
         raise NmtError(f"a shortlist needs {path}, built from the training data: {error}") from None
     log.info("building %s from %d training pairs (once per run)", path, len(data))

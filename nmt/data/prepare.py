@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import NamedTuple
 
 from nmt.data.corpus import EncodedSplit, TextSplit, encode_split, load_split
 from nmt.data.subwords import Tokenizer
@@ -15,9 +16,17 @@ from nmt.recipe import Recipe
 log = logging.getLogger("nmt")
 
 
-def prepare_data(
-    recipe: Recipe, run_dir: Path
-) -> tuple[TextSplit, TextSplit, Tokenizer, EncodedSplit, EncodedSplit]:
+class PreparedData(NamedTuple):
+    """A run's data, ready to batch: the text splits, the subword model, the encoded splits."""
+
+    train_text: TextSplit
+    dev_text: TextSplit
+    tokenizer: Tokenizer
+    train_data: EncodedSplit
+    dev_data: EncodedSplit
+
+
+def prepare_data(recipe: Recipe, run_dir: Path) -> PreparedData:
     """Read train and dev, train (or reuse) SentencePiece in `run_dir`, encode and filter."""
     root = Path(recipe.data.root)
     train_text = load_split(recipe.data, root, recipe.data.train, run_dir / "cache")
@@ -47,7 +56,7 @@ def prepare_data(
             f"data.max_ratio={recipe.data.max_ratio})"
         )
     dev_data, _ = encode_split(dev_text, tokenizer, run_dir / "cache")
-    return train_text, dev_text, tokenizer, train_data, dev_data
+    return PreparedData(train_text, dev_text, tokenizer, train_data, dev_data)
 
 
 def _describe(split: TextSplit) -> str:

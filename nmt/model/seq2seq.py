@@ -144,7 +144,8 @@ class Seq2Seq(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Teacher-forced attentional vectors (B, T, H) and attention (B, T, S).
 
-        Logits are left to `logits`, so the caller can skip padding positions.
+        Logits are left to the caller (`logits`, or training's `output_loss`), which can skip
+        padding positions.
         """
         encoded = self.encode(source, source_lengths)
         target_in = word_dropout(target_in, self.config.target_word_dropout, self.training)

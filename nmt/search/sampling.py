@@ -32,8 +32,8 @@ def truncate(log_probs: torch.Tensor, temperature: float, top_k: int, top_p: flo
         scaled = scaled.masked_fill(scaled < threshold, float("-inf"))
     if top_p < 1.0:
         ordered, order = scaled.sort(dim=-1, descending=True)  # (N, V) each, best first
-        cumulative = ordered.softmax(-1).cumsum(-1)  # (N, V)
-        outside = cumulative - ordered.softmax(-1) >= top_p  # mass before a token already ≥ p
+        probs = ordered.softmax(-1)  # (N, V)
+        outside = probs.cumsum(-1) - probs >= top_p  # mass before a token already ≥ p
         scaled = scaled.scatter(1, order, ordered.masked_fill(outside, float("-inf")))  # (N, V)
     return scaled
 
@@ -62,14 +62,15 @@ def hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
-def gumbel_noise(draw_seeds: torch.Tensor, step: int, token_ids: torch.Tensor) -> torch.Tensor:
+def gumbel_noise(draw_seeds: torch.Tensor, step: int, token_keys: torch.Tensor) -> torch.Tensor:
     """(N, V) Gumbel(0, 1) noise, each value a function of (draw seed, step, token id) only.
 
-    `draw_seeds` (N,) int64 of 32 bits, `token_ids` (V,) int64. Uniforms lie strictly inside
+    `draw_seeds` (N,) int64 of 32 bits, `token_keys` (V,) the token ids' `hash32`, the same at
+    every step. Uniforms lie strictly inside
     (0, 1) (24 bits, offset by half a step), so the noise is always finite."""
     step_key = hash32(torch.tensor(step & _LOW32, dtype=torch.long))
     row_keys = hash32(draw_seeds ^ step_key)  # (N,)
-    bits = hash32(row_keys[:, None] ^ hash32(token_ids)[None, :])  # (N, V)
+    bits = hash32(row_keys[:, None] ^ token_keys[None, :])  # (N, V)
     uniform = ((bits >> 8).to(torch.float32) + 0.5) / 2**24
     return -(-uniform.log()).log()
 
@@ -105,16 +106,16 @@ def sample(
         device=device,
     )  # (N,)
     step = 0
-    token_ids = None  # (V,): the columns' token ids, the same at every step
+    token_keys = None  # (V,): hash32 of the columns' token ids, the same at every step
 
     def pick(log_probs: torch.Tensor) -> torch.Tensor:
         # Gumbel-max: argmax(log w + Gumbel noise) is a draw from softmax(log w).
-        nonlocal step, token_ids
+        nonlocal step, token_keys
         log_weights = truncate(log_probs, temperature, top_k, top_p)  # (N, V)
-        if token_ids is None:
+        if token_keys is None:
             token_ids = vocabulary if vocabulary is not None else torch.arange(log_probs.size(-1))
-            token_ids = token_ids.to(device)
-        noise = gumbel_noise(draw_seeds, step, token_ids)  # (N, V)
+            token_keys = hash32(token_ids.to(device))
+        noise = gumbel_noise(draw_seeds, step, token_keys)  # (N, V)
         step += 1
         return (log_weights + noise).argmax(-1)  # (N,) columns
 

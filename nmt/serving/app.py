@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import csv
 import email.message
-import json
 import logging
 import math
 import re
@@ -38,9 +37,10 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nmt import __version__
+from nmt.checkpoint import read_meta, weights_path
 from nmt.errors import NmtError
 from nmt.model.seq2seq import tied_keys
-from nmt.recipe import DecodeConfig, Recipe, recipe_fields
+from nmt.recipe import DecodeConfig, Recipe, field_summary, recipe_fields
 from nmt.scoring.metrics import ScoreOptions
 from nmt.scoring.report import build_report
 from nmt.search import Hypothesis
@@ -65,8 +65,7 @@ def _decode_fields() -> dict[str, Any]:
         annotation: Any = {bool: StrictBool, int: StrictInt, float: float, str: str}[kind]
         if choices:
             annotation = Literal[choices]  # type: ignore[valid-type]
-        help = re.split(r"(?<=\.)\s", f.metadata["help"], maxsplit=1)[0]
-        fields[f.name] = (Union[annotation, None], Field(None, description=help))
+        fields[f.name] = (Union[annotation, None], Field(None, description=field_summary(f)))
     return fields
 
 
@@ -474,10 +473,10 @@ def _describe_member(run_dir: Path, checkpoint: str) -> dict:
     checkpoint (nmt-average) has no step of its own: it names what it averages."""
     from safetensors import safe_open
 
-    meta = json.loads((run_dir / "checkpoints" / f"{checkpoint}.json").read_text("utf-8"))
-    weights_file = meta.get("weights_file") or f"{checkpoint}.safetensors"  # format 1
+    path = run_dir / "checkpoints" / checkpoint
+    meta = read_meta(path)
     tied = {f"model.{key}" for key in tied_keys(Recipe.load(run_dir / "recipe.yaml").model)}
-    with safe_open(run_dir / "checkpoints" / Path(weights_file).name, "pt") as weights:
+    with safe_open(weights_path(path, meta), "pt") as weights:
         parameters = sum(
             math.prod(weights.get_slice(name).get_shape())
             for name in weights.keys()
