@@ -46,3 +46,10 @@ def test_int8_model_keeps_its_outputs_close_and_leaves_the_original_alone(change
 def test_unknown_kinds_are_refused():
     with pytest.raises(NmtError, match="--quantize int4"):
         quantize(tiny_model(), "int4")
+
+
+def test_int8_weights_are_for_a_cpu():
+    """PyTorch's dynamic int8 kernels run on CPUs only: a model elsewhere (the meta device
+    stands in for a GPU) is refused, naming the flag that fixes it."""
+    with pytest.raises(NmtError, match="add --device cpu"):
+        quantize(tiny_model().to("meta"), "int8")

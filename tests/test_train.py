@@ -862,3 +862,14 @@ def test_batches_of_a_sentence_count_reach_training(tiny_recipe, tmp_path):
     assert by_count.steps == 6
     by_tokens = train(Recipe.load(tiny_recipe, epochs), tmp_path / "b")
     assert by_tokens.steps != 6
+
+
+def test_fp16_without_cuda_trains_in_float32_and_says_so(tiny_recipe, tmp_path, caplog):
+    """fp16 needs CUDA's loss scaling; on a CPU the run goes on in float32, exactly as asked
+    for float32, after a warning."""
+    steps = ["train.max_steps=3", "train.valid_every=3", "train.log_every=1"]
+    with caplog.at_level("WARNING", logger="nmt"):
+        train(Recipe.load(tiny_recipe, [*steps, "train.precision=fp16"]), tmp_path / "fp16")
+    assert "train.precision=fp16 needs CUDA; training in fp32 on cpu" in caplog.text
+    train(Recipe.load(tiny_recipe, steps), tmp_path / "fp32")
+    assert losses(tmp_path / "fp16") == losses(tmp_path / "fp32") and losses(tmp_path / "fp32")
