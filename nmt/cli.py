@@ -520,12 +520,13 @@ def _check_paths(
     inputs: list[tuple[str, str | None]],
     outputs: list[tuple[str, str | None]],
     folders: Sequence[tuple[str, str | None]] = (),
-    into_checkpoints: bool = False,
+    into_run: bool = False,
 ) -> None:
     """Refuse, before any work, outputs (files, or `folders` of files) that cannot be written,
-    or that would replace an input, each other, or what training made in any run directory
-    (its records and checkpoints; `into_checkpoints`: nmt-average's new checkpoint): found
-    after translating, such a mistake costs the whole run. Writing can still fail (a full
+    or that would replace an input, each other, or what nmt wrote in any run directory
+    (`run_dir.record_of`; `into_run`: the run file this command exists to write, nmt-average's
+    checkpoint or --tune's decode.yaml): found after translating, such a mistake costs the
+    whole run. Writing can still fail (a full
     disk); `_writing` reports that."""
     for flag, path in [*inputs, *outputs, *folders]:
         if path == "" or path is not None and "\0" in path:
@@ -559,12 +560,9 @@ def _check_paths(
                     f"{flag} {path}: an input of this command ({other_flag}); "
                     f"writing it would replace it"
                 )
-        run = None if into_checkpoints else record_of(target)
+        run = None if into_run else record_of(target)
         if run is not None:
-            raise NmtError(
-                f"{flag} {path}: part of the nmt run in {run}, which only nmt-train writes; "
-                f"write elsewhere"
-            )
+            raise NmtError(f"{flag} {path}: part of the nmt run in {run}; write elsewhere")
         written.append((flag, target))
 
 
@@ -572,7 +570,10 @@ def _same_file(a: Path, b: Path) -> bool:
     try:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist (yet): compare where they would be
-        return a.resolve() == b.resolve()
+        try:
+            return a.resolve() == b.resolve()
+        except RuntimeError:  # a loop of symbolic links (Python < 3.13): no file there
+            return False
 
 
 @contextlib.contextmanager
@@ -629,7 +630,7 @@ def _tune(translator, args: argparse.Namespace) -> int:
 
     if not (args.dev_src and args.dev_ref) or len(args.model) != 1:
         raise NmtError("--tune needs one -m RUN_DIR, --dev-src and --dev-ref")
-    _check_paths([], [("--tune", str(Path(args.model[0]) / TUNED))])
+    _check_paths([], [("--tune", str(Path(args.model[0]) / TUNED))], into_run=True)
     for beam in args.beams:  # every setting of the grid checked before the first is tried
         translator.settings(beam=beam, sample=False, labels={"beam": "--beams"})
     for alpha in args.alphas:
@@ -1035,7 +1036,7 @@ def average_main(argv: list[str] | None = None) -> int:
         )
     if len(set(names)) < len(names):
         raise NmtError(f"-c {' '.join(names)}: a checkpoint named twice would count twice")
-    _check_paths([], [("-o", str(directory / f"{output}.json"))], into_checkpoints=True)
+    _check_paths([], [("-o", str(directory / f"{output}.json"))], into_run=True)
     with _writing("-o", directory / output):
         average_checkpoints([directory / name for name in names], directory / output)
     print(

@@ -623,13 +623,17 @@ def with_changes(
     return dataclasses.replace(config, **checked)
 
 
+LENGTH_CAP = 2**62  # output length limits stop here: any larger number means "no limit"
+
+
 def check_decoding(decode: DecodeConfig, where: str, labels: dict[str, str] | None = None) -> None:
     """Decoding values that are each valid but cannot work together (or at all)."""
 
     def name(key: str) -> str:
         return (labels or {}).get(key, f"decode.{key}")
 
-    shortest = math.floor(decode.max_len_a + decode.max_len_b)  # the limit of a one-token source
+    # The limit of a one-token source, capped as search caps it (`length_limits`)
+    shortest = math.floor(min(decode.max_len_a + min(decode.max_len_b, LENGTH_CAP), LENGTH_CAP))
     if decode.min_len > shortest:
         raise NmtError(
             f"{where}: {name('min_len')} {decode.min_len} is more than {shortest}, "

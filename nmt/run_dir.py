@@ -5,6 +5,7 @@ is known to be a run. Needs no torch, so the commands check their outputs before
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 RECIPE = "recipe.yaml"  # the resolved recipe that ran; marks the folder as a run
@@ -19,9 +20,6 @@ LEXICON = "lexicon.safetensors"  # the shortlist's lexicon, built on first use
 DIAGNOSTICS = "diagnostics.json"  # the dev set's norms for `--diagnose`, a cache
 CHECKPOINTS = "checkpoints"
 
-# What training made and only training may write: an output of a command that would replace
-# one of these (or anything in CHECKPOINTS) is refused, whichever run it belongs to.
-RECORDS = (RECIPE, MANIFEST, JOINT_MODEL, SOURCE_MODEL, TARGET_MODEL, METRICS, LOG)
 # What nmt writes in a run directory: `--overwrite` removes these and nothing else, so notes,
 # data or a recipe of the user's kept beside them survive.
 RUN_FILES = (
@@ -38,6 +36,8 @@ RUN_FILES = (
     RECIPE,
 )  # the recipe last: it marks the folder as a run until the end
 RUN_FOLDERS = ("cache", "tensorboard")  # made whole by nmt and the libraries it points there
+# A command's output may replace none of these in any run, nor anything inside the folders.
+PROTECTED_FOLDERS = (CHECKPOINTS, *RUN_FOLDERS)
 # The first line of the recipe a run stores: a recipe.yaml of the user's is never taken for one.
 RUN_HEADER = "# nmt run: the resolved recipe this run trains with (written by nmt-train)\n"
 
@@ -49,17 +49,27 @@ def holds_run(run_dir: Path) -> bool:
         with open(run_dir / RECIPE, encoding="utf-8", errors="replace") as handle:
             if handle.readline() == RUN_HEADER:
                 return True
+    except OSError:  # missing, or unreadable: the manifest may still say
+        pass
+    try:
         return "provenance" in json.loads((run_dir / MANIFEST).read_text("utf-8"))
     except (OSError, ValueError, TypeError):
         return False
 
 
 def record_of(path: Path) -> Path | None:
-    """The run directory whose record or checkpoint writing `path` would replace, if any."""
-    resolved = path.resolve()
-    for folder in resolved.parents:
-        if folder.name == CHECKPOINTS and holds_run(folder.parent):
-            return folder.parent
-    if resolved.name in RECORDS and holds_run(resolved.parent):
-        return resolved.parent
+    """The run directory a write to `path` would change (one of its RUN_FILES, or anything in
+    its PROTECTED_FOLDERS), if any: looked for along the path as given and as resolved, so a
+    symbolic link in either place does not hide the run."""
+    forms = [Path(os.path.abspath(path))]
+    try:
+        forms.append(path.resolve())
+    except (OSError, RuntimeError):  # a loop of links: the path as given must do
+        pass
+    for form in forms:
+        for folder in (form, *form.parents):
+            if folder.name in PROTECTED_FOLDERS and holds_run(folder.parent):
+                return folder.parent
+        if form.name in RUN_FILES and holds_run(form.parent):
+            return form.parent
     return None

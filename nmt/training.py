@@ -22,7 +22,7 @@ import signal
 import subprocess
 import threading
 import time
-from contextlib import contextmanager, nullcontext, suppress
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
@@ -265,10 +265,10 @@ class _Run:
         run = cls(recipe, run_dir, cluster, device, data, model, Progress(), resume)
         if resume:
             run.restore()
-        if cluster.is_main:
-            splits = [run.train_text, run.dev_text]
-            write_manifest(run_dir, recipe, splits, tokenizer, model, run.progress.step)
-        if cluster.is_main and not resume:
+            if cluster.is_main:
+                record_resumption(run_dir, recipe, run.progress.step)
+        elif cluster.is_main:
+            write_manifest(run_dir, recipe, [run.train_text, run.dev_text], tokenizer, model)
             check_disk_space(run_dir, model, recipe.train.keep_best)
         if cluster.is_main:
             forget_after(run_dir, run.progress)
@@ -995,45 +995,59 @@ def complete_commit(run_dir: Path, progress: Progress, save) -> None:
 
 
 def write_manifest(
-    run_dir: Path,
-    recipe: Recipe,
-    splits: list[TextSplit],
-    tokenizer: Tokenizer,
-    model: Seq2Seq,
-    step: int = 0,
+    run_dir: Path, recipe: Recipe, splits: list[TextSplit], tokenizer: Tokenizer, model: Seq2Seq
 ) -> None:
-    """manifest.json: what ran, on what, from which data, and where each recipe value came from.
-    A resumed run (`step` > 0) describes the code and recipe that go on from there, as its
-    recipe.yaml does, keeps when the run was created and lists each resumption."""
-    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    """manifest.json: what ran, on what, from which data, and where each recipe value came from."""
+    manifest: dict[str, Any] = {
+        "created": _now(),
+        "resumed": [],  # see `record_resumption`
+        "recipe_file": str(recipe.source_path) if recipe.source_path else None,
+        "versions": _versions(),
+        "git_commit": _git_commit(),
+        "data": {str(path): sha256_file(path) for split in splits for path in split.files},
+        "subwords": {path.name: sha256_file(path) for path in tokenizer.files},
+        "parameters": model.parameter_count,
+        "provenance": dict(sorted(recipe.provenance.items())),
+    }
+    atomic_write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+
+
+def record_resumption(run_dir: Path, recipe: Recipe, step: int) -> None:
+    """Add to manifest.json's `resumed` what goes on from `step`: the code, the packages and
+    the recipe's provenance, which may differ from the first start's (the recipe's train and
+    decode sections may change on --resume). A manifest that cannot be read is left alone."""
     path = run_dir / "manifest.json"
-    previous: dict[str, Any] = {}
-    if step:
-        with suppress(OSError, ValueError):
-            previous = json.loads(path.read_text("utf-8"))
-        previous = previous if isinstance(previous, dict) else {}
+    try:
+        manifest = json.loads(path.read_text("utf-8"))
+        resumed = manifest["resumed"] if "resumed" in manifest else []  # older runs had none
+        resumed.append(
+            {
+                "at_step": step,
+                "time": _now(),
+                "git_commit": _git_commit(),
+                "versions": _versions(),
+                "provenance": dict(sorted(recipe.provenance.items())),
+            }
+        )
+        manifest["resumed"] = resumed
+    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+        log.warning("%s: unreadable; this resumption is not recorded in it", path)
+        return
+    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {"python": platform.python_version()}
     for package in ("nmt", "torch", "sentencepiece", "sacrebleu", "datasets", "safetensors"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
             versions[package] = None
-    commit = _git_commit()
-    earlier = previous.get("resumed")
-    resumed = [*(earlier if isinstance(earlier, list) else []), {"at_step": step, "time": now}]
-    resumed[-1]["git_commit"] = commit
-    manifest = {
-        "created": previous.get("created", now),
-        "resumed": resumed if step else [],
-        "recipe_file": str(recipe.source_path) if recipe.source_path else None,
-        "versions": versions,
-        "git_commit": commit,
-        "data": {str(path): sha256_file(path) for split in splits for path in split.files},
-        "subwords": {path.name: sha256_file(path) for path in tokenizer.files},
-        "parameters": model.parameter_count,
-        "provenance": dict(sorted(recipe.provenance.items())),
-    }
-    atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")
+    return versions
 
 
 def _git_commit() -> str | None:
@@ -1053,6 +1067,8 @@ def _git_commit() -> str | None:
 
 def _log_to_file_only(message: str) -> None:
     """A training row for train.log, which the console already shows in the progress bar."""
+    if not log.isEnabledFor(logging.INFO):
+        return
     record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, (), None)
     for handler in log.handlers:
         if isinstance(handler, logging.FileHandler):

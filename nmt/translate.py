@@ -33,7 +33,7 @@ from nmt.model.interface import AnyDecodable, EncodedSource, SearchState
 from nmt.model.quantize import quantize as quantized
 from nmt.model.seq2seq import Seq2Seq
 from nmt.run_dir import TUNED
-from nmt.recipe import DecodeConfig, Recipe, check_decoding, with_changes
+from nmt.recipe import LENGTH_CAP, DecodeConfig, Recipe, check_decoding, with_changes
 from nmt.search import Hypothesis, beam_search, greedy_search
 from nmt.search.hypothesis import coverage_bonus, finished
 from nmt.search.sampling import sample, stream_seed
@@ -654,8 +654,9 @@ def _bf16_with_int8(label: str) -> NmtError:
 def length_limits(settings: DecodeConfig, lengths: torch.Tensor) -> torch.Tensor:
     """Each output's length limit in subword tokens, max_len_a·|x| + max_len_b, from source
     lengths that count the appended EOS (as `pad_sources` gives them)."""
-    limits = settings.max_len_a * (lengths - 1).double() + float(settings.max_len_b)  # any size
-    return limits.clamp(max=2**62).long()  # a huge max_len_a must not wrap around to < 0
+    max_len_b = float(min(settings.max_len_b, LENGTH_CAP))  # a Python int of any size
+    limits = settings.max_len_a * (lengths - 1).double() + max_len_b
+    return limits.clamp(max=LENGTH_CAP).long()  # a huge max_len_a must not wrap around to < 0
 
 
 def _load_run(run_dir: Path, checkpoint: str) -> tuple[Seq2Seq, Tokenizer, Recipe]:

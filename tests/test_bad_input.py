@@ -469,6 +469,36 @@ def test_no_output_replaces_what_training_made_even_of_a_run_not_named(
     (trained / "notes.json").unlink()
 
 
+def test_links_do_not_hide_a_runs_files_from_the_output_check(trained, tmp_path):
+    """A run whose checkpoints/ links to another disk, a record that is itself a link, a path
+    through a link to the run, the checkpoints folder itself, and every file and folder nmt
+    writes in a run: each is found to be the run's."""
+    from nmt.run_dir import record_of
+
+    run = tmp_path / "run"
+    shutil.copytree(trained, run, ignore=shutil.ignore_patterns("checkpoints"))
+    (tmp_path / "elsewhere").mkdir()
+    (run / "checkpoints").symlink_to(tmp_path / "elsewhere")
+    (tmp_path / "log.txt").write_text("")
+    (run / "train.log").unlink()
+    (run / "train.log").symlink_to(tmp_path / "log.txt")
+    (tmp_path / "alias").symlink_to(run)
+    for path in (
+        run / "checkpoints" / "best.json",
+        run / "checkpoints",
+        run / "train.log",
+        tmp_path / "alias" / "recipe.yaml",
+        run / "decode.yaml",
+        run / "lexicon.safetensors",
+        run / "cache" / "anything.bin",
+        run / "tensorboard",
+    ):
+        assert record_of(path) is not None, path
+    assert record_of(run / "notes.txt") is None and record_of(tmp_path / "log.txt") is None
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")  # resolving it fails: no traceback
+    assert record_of(tmp_path / "loop" / "x") is None
+
+
 def test_an_output_that_fails_at_write_time_is_one_line(trained, tmp_path, capsys, monkeypatch):
     """The disk fills as the output is written (inside the real writer): one line, and the
     output file of an earlier run stays whole."""

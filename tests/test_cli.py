@@ -86,11 +86,12 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     )
     assert code == 0, err
     assert "(10 steps" in out
-    resumed = json.loads((run_dir / "manifest.json").read_text())  # the recipe that goes on
+    resumed = json.loads((run_dir / "manifest.json").read_text())
+    assert not manifest["resumed"] and resumed == {**manifest, "resumed": resumed["resumed"]}
+    [entry] = resumed["resumed"]  # what goes on from update 8: its code, packages and recipe
+    assert entry["at_step"] == 8 and entry["versions"] == manifest["versions"]
     assert manifest["provenance"]["train.patience"] != "override"
-    assert resumed["provenance"]["train.patience"] == "override"
-    assert resumed["created"] == manifest["created"] and resumed["data"] == manifest["data"]
-    assert [entry["at_step"] for entry in resumed["resumed"]] == [8] and not manifest["resumed"]
+    assert entry["provenance"]["train.patience"] == "override"
 
     corpus = tiny_recipe.parent / "corpus"
     source = (corpus / "test.de").read_text().splitlines()[:6]
@@ -869,15 +870,17 @@ def test_output_length_limits_scale_with_the_sources_subwords(small_run, source_
     """max_len_a · |source subwords| + max_len_b, the source's appended EOS not counted."""
     import torch
 
-    from nmt.recipe import DecodeConfig
+    from nmt.recipe import DecodeConfig, check_decoding
     from nmt.translate import length_limits
 
     assert length_limits(DecodeConfig(max_len_a=2, max_len_b=1), torch.tensor([4])).tolist() == [7]
     assert length_limits(DecodeConfig(max_len_a=1.5, max_len_b=1), torch.tensor([4])).tolist() == [
         5
     ]
-    huge = DecodeConfig(max_len_a=1e308, max_len_b=10**30)  # any size a user types: no overflow
-    assert length_limits(huge, torch.tensor([1, 4])).tolist() == [2**62, 2**62]
+    for a, b in ((1e308, 10**30), (1.5, 10**400), (1e308, 10**308)):  # any size: no overflow
+        huge = DecodeConfig(max_len_a=a, max_len_b=b)
+        check_decoding(huge, "option")
+        assert length_limits(huge, torch.tensor([1, 4])).tolist() == [2**62, 2**62]
     translator = Translator.from_run(small_run)
     lines = [line for line in source_file.read_text(encoding="utf-8").splitlines() if line]
     sources = translator.tokenizer.encode_source(lines)

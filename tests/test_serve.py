@@ -199,6 +199,7 @@ BAD = [
     ({"text": ["a", "b" * 1001]}, 422, "text[1]"),
     ({"text": ["a"], "max_len_a": 1e308, "max_len_b": 10**30}, 422, "max_len_a"),
     ({"text": ["a"], "max_len_b": 10**6}, 422, "max_len_b"),
+    ({"text": ["a"], "max_len_b": 10**400}, 422, "max_len_b"),  # no float holds it
     ({"text": ["a"], "beam": 51}, 422, "beam"),
     ({"text": ["a"], "sample": True, "nbest": 51}, 422, "nbest"),
     (r'{"text": ["a", "\ud800 Hund"]}', 422, "text[1]"),  # a lone surrogate: not text
@@ -450,15 +451,19 @@ def test_info_of_an_averaged_and_of_a_format_1_checkpoint(run, translator):
     assert describe_runs([old], "best")["members"][0]["parameters"] == expected
 
 
-def test_info_counts_a_tied_output_layer_once(tmp_path):
-    """A checkpoint stores the tied output layer beside the target embeddings it shares."""
+@pytest.mark.parametrize(
+    "ties", [["model.tie_output=true"], ["model.tie_output=true", "model.tie_embeddings=true"]]
+)
+def test_info_counts_tied_weights_once(tmp_path, ties):
+    """A checkpoint stores a tied output layer beside the target embeddings it shares, and
+    tied embeddings under both languages' names."""
     from conftest import TINY_RECIPE, write_slice
     from nmt.recipe import Recipe
     from nmt.training import train
 
     write_slice(tmp_path / "corpus")
     (tmp_path / "tiny.yaml").write_text(TINY_RECIPE, encoding="utf-8")
-    tied = ["train.max_steps=1", "model.decoder_hidden_size=16", "model.tie_output=true"]
+    tied = ["train.max_steps=1", "model.decoder_hidden_size=16", *ties]
     train(Recipe.load(tmp_path / "tiny.yaml", tied), tmp_path / "run")
     model = Translator.from_run(tmp_path / "run").model
     assert model.output.weight is model.target_embedding.weight

@@ -53,7 +53,8 @@ class EncoderState:
 
 def tied_keys(config: ModelConfig) -> set[str]:
     """State-dict keys that repeat another key's tensor (a checkpoint stores both copies)."""
-    return {"output.weight"} if config.tie_output else set()
+    tied = {"target_embedding.weight": config.tie_embeddings, "output.weight": config.tie_output}
+    return {key for key, is_tied in tied.items() if is_tied}
 
 
 class Seq2Seq(nn.Module):
