@@ -347,6 +347,21 @@ def test_overload_is_refused_with_503_and_retry_after(run, translator):
 # ------------------------------------------------------------------ batching across requests
 
 
+def test_a_lone_request_goes_once_no_other_comes_for_2_ms(translator):
+    """The README's "up to --batch-wait ms, less once no other comes for 2 ms": with a wait of
+    a minute, a lone request is gathered alone well before the minute ends."""
+    import threading
+
+    batcher = Batcher(translator, max_wait=60.0)
+    assert batcher.quiet == 0.002
+    first = Job(SENTENCES[:1], translator.settings(), {})
+    gathered = []
+    worker = threading.Thread(target=lambda: gathered.append(batcher._gather(first)))
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive() and gathered == [([first], False)]
+
+
 def test_requests_searched_together_get_what_they_get_alone(translator):
     """Jobs queued before the worker starts are gathered into one round: one search per group
     of equal settings, and every job's results equal its lines translated alone."""
