@@ -2,7 +2,7 @@
 and save a screenshot. The browser test uses `PageDriver`; run as a script, it makes the
 README's picture:
 
-    python docs/screenshot.py -m runs/m30k_de_en -o docs/serve-page.png \\
+    python docs/screenshot.py -m runs/multi30k_de_en -o docs/serve-page.png \\
         "Ein Mann fährt mit dem Fahrrad eine Straße entlang." "Zwei Hunde spielen im Schnee."
 
 Needs Debian's chromium and chromium-driver and the selenium package (`pip install -e
