@@ -269,6 +269,7 @@ class _Run:
                 record_resumption(run_dir, recipe, run.progress.step)
         elif cluster.is_main:
             write_manifest(run_dir, recipe, [run.train_text, run.dev_text], tokenizer, model)
+        if cluster.is_main:  # on resume too: train.keep_best may have grown, the disk filled
             check_disk_space(run_dir, model, recipe.train.keep_best)
         if cluster.is_main:
             forget_after(run_dir, run.progress)
@@ -926,10 +927,16 @@ def check_disk_space(run_dir: Path, model: Seq2Seq, keep_best: int) -> None:
     """Refuse to start when the disk cannot hold the run's checkpoints: better now than at hour 3.
 
     A checkpoint holds the weights and Adam's two moments; a run keeps best, last and the
-    `keep_best` step-N ones, plus one being written.
+    `keep_best` step-N ones, plus one being written. The checkpoints a resumed run already
+    has count as space it will reuse.
     """
     checkpoint_bytes = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
-    needed = (3 + keep_best) * checkpoint_bytes
+    held = sum(  # training's own checkpoints, which it replaces (an average it leaves alone)
+        path.stat().st_size
+        for pattern in ("best.*.safetensors", "last.*.safetensors", "step-*.safetensors")
+        for path in (run_dir / "checkpoints").glob(pattern)
+    )
+    needed = (3 + keep_best) * checkpoint_bytes - held
     free = shutil.disk_usage(run_dir).free
     if free < needed:
         raise NmtError(

@@ -17,6 +17,7 @@ from nmt.checkpoint import load_checkpoint
 from nmt.errors import NmtError
 from nmt.recipe import Recipe
 from nmt.training import train
+from nmt.translate import Translator
 
 ROOT = Path(__file__).resolve().parent.parent
 # Many small validations, so that kills also land in checkpoint writes and validation; kept
@@ -160,6 +161,30 @@ def test_a_disk_too_small_for_the_checkpoints_is_refused(tiny_recipe, tmp_path, 
     with pytest.raises(NmtError, match="free on this disk, but the run's checkpoints need"):
         train(Recipe.load(tiny_recipe), tmp_path / "run")
     assert not list((tmp_path / "run" / "checkpoints").iterdir())  # nothing trained
+
+
+def test_resuming_checks_the_disk_for_the_checkpoints_it_adds(tiny_recipe, tmp_path, monkeypatch):
+    """A resumed run reuses the space of the checkpoints it has: with exactly that much free
+    it goes on; keeping 20 more step-N checkpoints than the disk holds is refused at once."""
+    import shutil
+    from types import SimpleNamespace
+
+    from nmt.training import check_disk_space
+
+    steps = ["train.max_steps=2", "train.valid_every=1", "train.keep_best=2"]
+    train(Recipe.load(tiny_recipe, steps), tmp_path / "run")
+    checkpoints = tmp_path / "run" / "checkpoints"
+    held = sum(path.stat().st_size for path in checkpoints.glob("*.safetensors"))
+    model = Translator.from_run(tmp_path / "run").model
+    one = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+    free = (3 + 2) * one - held  # what best, last, two step-N and one being written still need
+    monkeypatch.setattr(
+        shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=0, free=free)
+    )
+    check_disk_space(tmp_path / "run", model, 2)
+    more = [*steps, "train.max_steps=3", "train.keep_best=22"]
+    with pytest.raises(NmtError, match="free on this disk, but the run's checkpoints need"):
+        train(Recipe.load(tiny_recipe, more), tmp_path / "run", resume=True)
 
 
 def test_disk_full_during_a_save_keeps_the_best_checkpoint(tiny_recipe, tmp_path, monkeypatch):
