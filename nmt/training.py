@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -265,14 +266,14 @@ class _Run:
         run = cls(recipe, run_dir, cluster, device, data, model, Progress(), resume)
         if resume:
             run.restore()
-            if cluster.is_main:
-                record_resumption(run_dir, recipe, run.progress.step)
         elif cluster.is_main:
             write_manifest(run_dir, recipe, [run.train_text, run.dev_text], tokenizer, model)
-        if cluster.is_main:  # on resume too: train.keep_best may have grown, the disk filled
-            check_disk_space(run_dir, model, recipe.train.keep_best)
         if cluster.is_main:
-            forget_after(run_dir, run.progress)
+            forget_after(run_dir, run.progress)  # first: it frees what a crash left behind
+            # On resume too: train.keep_best may have grown, the disk filled meanwhile.
+            check_disk_space(run_dir, model, recipe.train.keep_best)
+            if resume:  # recorded once it goes on
+                record_resumption(run_dir, recipe, run.progress.step)
             run.metrics = _MetricsFile(run_dir / "metrics.csv")
             run.board = _tensorboard(run_dir)
         log.info(
@@ -923,6 +924,11 @@ def _caches_in(folder: Path) -> Iterator[None]:
 _LIBRARY_CACHES = {"MPLCONFIGDIR": "matplotlib", "TORCHINDUCTOR_CACHE_DIR": "torchinductor"}
 
 
+# The weights files of the checkpoints training writes and replaces (format 2 names them by
+# hash; format 1's are never deleted, and best.avg or averaged are the user's).
+_REPLACED_WEIGHTS = re.compile(r"(best|last|step-\d+)\.[0-9a-f]{12}\.safetensors")
+
+
 def check_disk_space(run_dir: Path, model: Seq2Seq, keep_best: int) -> None:
     """Refuse to start when the disk cannot hold the run's checkpoints: better now than at hour 3.
 
@@ -933,8 +939,8 @@ def check_disk_space(run_dir: Path, model: Seq2Seq, keep_best: int) -> None:
     checkpoint_bytes = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
     held = sum(  # training's own checkpoints, which it replaces (an average it leaves alone)
         path.stat().st_size
-        for pattern in ("best.*.safetensors", "last.*.safetensors", "step-*.safetensors")
-        for path in (run_dir / "checkpoints").glob(pattern)
+        for path in (run_dir / "checkpoints").glob("*.safetensors")
+        if _REPLACED_WEIGHTS.fullmatch(path.name)
     )
     needed = (3 + keep_best) * checkpoint_bytes - held
     free = shutil.disk_usage(run_dir).free

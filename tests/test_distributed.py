@@ -128,19 +128,28 @@ def test_sigterm_to_torchrun_stops_both_processes_at_one_safe_point(tiny_recipe,
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += ["--nproc_per_node", "2", "-m", "nmt", "train", str(tiny_recipe)]
     command += ["--run-dir", str(tmp_path / "pair"), *SETTINGS, *steps]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    # torchrun waits this long for its processes after passing a signal on (30 s by default)
+    env = dict(os.environ, OMP_NUM_THREADS="1", TORCH_ELASTIC_SHUTDOWN_TIMEOUT="120")
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     seen = b""
-    # Rank 0 draws its first progress bar after the first safe point, a collective call that
-    # both processes reach with their signal handlers installed.
-    while b"epoch 1" not in seen:
-        ready, _, _ = select.select([process.stderr], [], [], 120)
-        assert ready, seen.decode(errors="replace")[-2000:]
-        chunk = os.read(process.stderr.fileno(), 65536)
-        assert chunk, seen.decode(errors="replace")[-2000:]  # it ended before training
-        seen += chunk
-    process.send_signal(signal.SIGTERM)
-    _, rest = process.communicate(timeout=120)
+    try:
+        # Rank 0 draws its first progress bar after the first safe point, a collective call
+        # that both processes reach with their signal handlers installed.
+        while b"epoch 1" not in seen:
+            ready, _, _ = select.select([process.stderr], [], [], 120)
+            assert ready, seen.decode(errors="replace")[-2000:]
+            chunk = os.read(process.stderr.fileno(), 65536)
+            assert chunk, seen.decode(errors="replace")[-2000:]  # it ended before training
+            seen += chunk
+        process.send_signal(signal.SIGTERM)
+        _, rest = process.communicate(timeout=180)
+    finally:  # never leave a torchrun behind: it takes its processes down with it
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                process.kill()
     err = (seen + rest).decode(errors="replace")
     assert err.count("nmt-train: terminated") == 2, err[-3000:]
     _, meta = load_checkpoint(tmp_path / "pair" / "checkpoints" / "last")

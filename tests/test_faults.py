@@ -2,6 +2,7 @@
 
 import csv
 import errno
+import json
 import os
 import random
 import signal
@@ -177,14 +178,23 @@ def test_resuming_checks_the_disk_for_the_checkpoints_it_adds(tiny_recipe, tmp_p
     held = sum(path.stat().st_size for path in checkpoints.glob("*.safetensors"))
     model = Translator.from_run(tmp_path / "run").model
     one = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
-    free = (3 + 2) * one - held  # what best, last, two step-N and one being written still need
-    monkeypatch.setattr(
-        shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=0, free=free)
-    )
-    check_disk_space(tmp_path / "run", model, 2)
+    needed = (3 + 2) * one - held  # what best, last, two step-N and one being written add
+    (checkpoints / "best.avg.0123456789ab.safetensors").write_bytes(bytes(10**6))  # not reused
+    for free in (needed, needed - 1):
+        monkeypatch.setattr(
+            shutil, "disk_usage", lambda path: SimpleNamespace(total=10**9, used=0, free=free)
+        )
+        if free == needed:
+            check_disk_space(tmp_path / "run", model, 2)
+        else:
+            with pytest.raises(NmtError, match="free on this disk"):
+                check_disk_space(tmp_path / "run", model, 2)
+    (checkpoints / "best.avg.0123456789ab.safetensors").unlink()
     more = [*steps, "train.max_steps=3", "train.keep_best=22"]
     with pytest.raises(NmtError, match="free on this disk, but the run's checkpoints need"):
         train(Recipe.load(tiny_recipe, more), tmp_path / "run", resume=True)
+    manifest = json.loads((tmp_path / "run" / "manifest.json").read_text())
+    assert manifest["resumed"] == []  # a resumption that did not go on is not recorded
 
 
 def test_disk_full_during_a_save_keeps_the_best_checkpoint(tiny_recipe, tmp_path, monkeypatch):
