@@ -275,6 +275,19 @@ def checkpoint_step(path: Path) -> int | None:
 
 
 _WEIGHTS_NAME = re.compile(r".+\.[0-9a-f]{12}\.safetensors")  # NAME.<sha256 prefix>.safetensors
+# The weights of the checkpoints training replaces (format 1's are never deleted; best.avg or
+# averaged are the user's, and stay).
+_TRAINING_WEIGHTS = re.compile(r"(best|last|step-\d+)\.[0-9a-f]{12}\.safetensors")
+
+
+def training_weights_bytes(folder: Path) -> int:
+    """The bytes the weights of training's own checkpoints in `folder` hold: space a resumed
+    run reuses as it replaces them."""
+    return sum(
+        path.stat().st_size
+        for path in folder.glob("*.safetensors")
+        if _TRAINING_WEIGHTS.fullmatch(path.name)
+    )
 
 
 def _checkpoints_in(folder: Path) -> dict[str, dict[str, Any]]:

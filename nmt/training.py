@@ -17,7 +17,6 @@ import logging
 import math
 import os
 import platform
-import re
 import shutil
 import signal
 import subprocess
@@ -36,6 +35,7 @@ from tqdm import tqdm
 
 from nmt import distributed
 from nmt.checkpoint import (
+    training_weights_bytes,
     checkpoint_exists,
     checkpoint_step,
     delete_checkpoint,
@@ -58,7 +58,18 @@ from nmt.loss import output_loss
 from nmt.model.seq2seq import Seq2Seq
 from nmt.optim import build_optimizer, learning_rate, set_learning_rate
 from nmt.plots import plot_learning_curves
-from nmt.run_dir import RUN_FILES, RUN_FOLDERS, RUN_HEADER, holds_run
+from nmt.run_dir import (
+    CHECKPOINTS,
+    CURVES,
+    LOG,
+    MANIFEST,
+    METRICS,
+    RECIPE,
+    RUN_FILES,
+    RUN_FOLDERS,
+    RUN_HEADER,
+    holds_run,
+)
 from nmt.recipe import DecodeConfig, Recipe, TokenizerConfig, TrainConfig, parse_duration
 from nmt.translate import Translator
 
@@ -255,7 +266,7 @@ class _Run:
             resuming = None
             if cluster.is_main:
                 resuming = prepare_run_dir(run_dir, recipe, resume, overwrite)
-                _log_to_file(run_dir / "train.log")
+                _log_to_file(run_dir / LOG)
             return resuming, prepare_data(recipe, run_dir)
 
         resuming, data = cluster.main_first(set_up)
@@ -274,7 +285,7 @@ class _Run:
             check_disk_space(run_dir, model, recipe.train.keep_best)
             if resume:  # recorded once it goes on
                 record_resumption(run_dir, recipe, run.progress.step)
-            run.metrics = _MetricsFile(run_dir / "metrics.csv")
+            run.metrics = _MetricsFile(run_dir / METRICS)
             run.board = _tensorboard(run_dir)
         log.info(
             "model: %s parameters on %s%s",
@@ -291,7 +302,7 @@ class _Run:
 
     def restore(self) -> None:
         """Weights, optimizer, RNG and position from `checkpoints/last`."""
-        tensors, meta = load_checkpoint(self.run_dir / "checkpoints" / "last")
+        tensors, meta = load_checkpoint(self.run_dir / CHECKPOINTS / "last")
         restore(tensors, meta, self.model, self.optimizer)
         self.progress.__dict__.update(Progress(**meta["progress"]).__dict__)
         if meta.get("grad_scaler"):
@@ -463,12 +474,12 @@ class _Run:
         if outcome.kept:
             self.save(f"step-{progress.step}")
         for step in outcome.dropped:
-            delete_checkpoint(self.run_dir / "checkpoints" / f"step-{step}")
+            delete_checkpoint(self.run_dir / CHECKPOINTS / f"step-{step}")
         if self.board:
             for key, number in result.items():
                 self.board.add_scalar(key, number, progress.step)
             self.board.flush()  # its own timer flushes only every 2 minutes; commands end abruptly
-        plot_learning_curves(self.run_dir / "metrics.csv", self.run_dir / "curves.png")
+        plot_learning_curves(self.run_dir / METRICS, self.run_dir / CURVES)
 
     # ---------------------------------------------------------------- save
 
@@ -478,7 +489,7 @@ class _Run:
             return
         self.progress.elapsed_s = time.perf_counter() - self.started
         scaler = self.updater.scaler
-        path = self.run_dir / "checkpoints" / name
+        path = self.run_dir / CHECKPOINTS / name
         try:
             save_checkpoint(
                 path,
@@ -843,7 +854,7 @@ def _tensorboard(run_dir: Path):
 def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool) -> bool:
     """Create the run directory, refusing to mix two runs in one or to replace a file that nmt
     did not write. Returns whether training resumes (not when there is no checkpoint yet)."""
-    stored = run_dir / "recipe.yaml"
+    stored = run_dir / RECIPE
     if resume and overwrite:
         raise NmtError("--resume and --overwrite exclude each other")
     if resume:
@@ -856,7 +867,7 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool
                     f"{run_dir}: the recipe's {section} section differs from the run's "
                     f"({stored}); resume with the same {section}, or start a new run"
                 )
-        if not checkpoint_exists(run_dir / "checkpoints" / "last"):
+        if not checkpoint_exists(run_dir / CHECKPOINTS / "last"):
             log.warning("%s: no checkpoint yet; starting from the beginning", run_dir)
             resume = False
     elif holds_run(run_dir):
@@ -867,7 +878,7 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool
             )
         remove_run(run_dir)
     else:
-        for name in (*RUN_FILES, *RUN_FOLDERS, "checkpoints"):
+        for name in (*RUN_FILES, *RUN_FOLDERS, CHECKPOINTS):
             path = run_dir / name
             if path.exists() and not (path.is_dir() and not any(path.iterdir())):
                 raise NmtError(
@@ -875,7 +886,7 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool
                     f"its own {name} there, so choose another --run-dir or move it"
                 )
     try:
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        (run_dir / CHECKPOINTS).mkdir(parents=True, exist_ok=True)
         atomic_write_text(stored, RUN_HEADER + recipe.to_yaml())
     except OSError as error:
         raise NmtError(f"{run_dir}: cannot write the run directory: {error.strerror}") from None
@@ -884,7 +895,7 @@ def prepare_run_dir(run_dir: Path, recipe: Recipe, resume: bool, overwrite: bool
 
 def remove_run(run_dir: Path) -> None:
     """Delete what nmt wrote in `run_dir` (see RUN_FILES), leaving everything else."""
-    checkpoints = run_dir / "checkpoints"
+    checkpoints = run_dir / CHECKPOINTS
     try:
         for name in RUN_FOLDERS:
             shutil.rmtree(run_dir / name, ignore_errors=True)
@@ -924,11 +935,6 @@ def _caches_in(folder: Path) -> Iterator[None]:
 _LIBRARY_CACHES = {"MPLCONFIGDIR": "matplotlib", "TORCHINDUCTOR_CACHE_DIR": "torchinductor"}
 
 
-# The weights files of the checkpoints training writes and replaces (format 2 names them by
-# hash; format 1's are never deleted, and best.avg or averaged are the user's).
-_REPLACED_WEIGHTS = re.compile(r"(best|last|step-\d+)\.[0-9a-f]{12}\.safetensors")
-
-
 def check_disk_space(run_dir: Path, model: Seq2Seq, keep_best: int) -> None:
     """Refuse to start when the disk cannot hold the run's checkpoints: better now than at hour 3.
 
@@ -937,12 +943,7 @@ def check_disk_space(run_dir: Path, model: Seq2Seq, keep_best: int) -> None:
     has count as space it will reuse.
     """
     checkpoint_bytes = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
-    held = sum(  # training's own checkpoints, which it replaces (an average it leaves alone)
-        path.stat().st_size
-        for path in (run_dir / "checkpoints").glob("*.safetensors")
-        if _REPLACED_WEIGHTS.fullmatch(path.name)
-    )
-    needed = (3 + keep_best) * checkpoint_bytes - held
+    needed = (3 + keep_best) * checkpoint_bytes - training_weights_bytes(run_dir / CHECKPOINTS)
     free = shutil.disk_usage(run_dir).free
     if free < needed:
         raise NmtError(
@@ -960,14 +961,14 @@ def forget_after(run_dir: Path, progress: Progress) -> None:
     interrupted write. Nothing here is lost that the resumed run does not write again.
     """
     kept = {f"step-{int(step)}" for _, step in progress.kept}
-    for path in (run_dir / "checkpoints").glob("step-*.json"):
+    for path in (run_dir / CHECKPOINTS).glob("step-*.json"):
         if path.stem not in kept:
             delete_checkpoint(path.with_suffix(""))
-    for folder in (run_dir, run_dir / "checkpoints"):
+    for folder in (run_dir, run_dir / CHECKPOINTS):
         for path in folder.glob(".*.tmp"):
             path.unlink(missing_ok=True)
-    delete_unnamed_weights(run_dir / "checkpoints")
-    metrics = run_dir / "metrics.csv"
+    delete_unnamed_weights(run_dir / CHECKPOINTS)
+    metrics = run_dir / METRICS
     if metrics.is_file():
         with open(metrics, newline="") as handle:
             rows = [
@@ -991,7 +992,7 @@ def complete_commit(run_dir: Path, progress: Progress, save) -> None:
     step-N checkpoints are exactly the recorded ones (`forget_after` removed the others)."""
     if not progress.history or progress.history[-1]["step"] != progress.step:
         return  # `last` was saved between validations; every validation's writes are complete
-    checkpoints = run_dir / "checkpoints"
+    checkpoints = run_dir / CHECKPOINTS
     wanted = (
         [f"step-{progress.step}"]
         if any(int(step) == progress.step for _, step in progress.kept)
@@ -1022,18 +1023,17 @@ def write_manifest(
         "parameters": model.parameter_count,
         "provenance": dict(sorted(recipe.provenance.items())),
     }
-    atomic_write_text(run_dir / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+    atomic_write_text(run_dir / MANIFEST, json.dumps(manifest, indent=2) + "\n")
 
 
 def record_resumption(run_dir: Path, recipe: Recipe, step: int) -> None:
     """Add to manifest.json's `resumed` what goes on from `step`: the code, the packages and
     the recipe's provenance, which may differ from the first start's (the recipe's train and
     decode sections may change on --resume). A manifest that cannot be read is left alone."""
-    path = run_dir / "manifest.json"
+    path = run_dir / MANIFEST
     try:
         manifest = json.loads(path.read_text("utf-8"))
-        resumed = manifest["resumed"] if "resumed" in manifest else []  # older runs had none
-        resumed.append(
+        manifest.setdefault("resumed", []).append(  # (older runs' manifests have none)
             {
                 "at_step": step,
                 "time": _now(),
@@ -1042,8 +1042,7 @@ def record_resumption(run_dir: Path, recipe: Recipe, step: int) -> None:
                 "provenance": dict(sorted(recipe.provenance.items())),
             }
         )
-        manifest["resumed"] = resumed
-    except (OSError, ValueError, TypeError, AttributeError, KeyError):
+    except (OSError, ValueError, TypeError, AttributeError):  # not JSON, or not an object
         log.warning("%s: unreadable; this resumption is not recorded in it", path)
         return
     atomic_write_text(path, json.dumps(manifest, indent=2) + "\n")

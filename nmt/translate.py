@@ -32,7 +32,7 @@ from nmt.model.ensemble import Ensemble
 from nmt.model.interface import AnyDecodable, EncodedSource, SearchState
 from nmt.model.quantize import quantize as quantized
 from nmt.model.seq2seq import Seq2Seq
-from nmt.run_dir import TUNED
+from nmt.run_dir import CHECKPOINTS, RECIPE, TUNED
 from nmt.recipe import LENGTH_CAP, DecodeConfig, Recipe, check_decoding, with_changes
 from nmt.search import Hypothesis, beam_search, greedy_search
 from nmt.search.hypothesis import coverage_bonus, finished
@@ -660,14 +660,14 @@ def length_limits(settings: DecodeConfig, lengths: torch.Tensor) -> torch.Tensor
 
 
 def _load_run(run_dir: Path, checkpoint: str) -> tuple[Seq2Seq, Tokenizer, Recipe]:
-    if not (run_dir / "recipe.yaml").is_file():
+    if not (run_dir / RECIPE).is_file():
         raise NmtError(
             f"{run_dir}: not an nmt run directory (no recipe.yaml); "
             f"give the directory nmt-train wrote"
         )
-    recipe = Recipe.load(run_dir / "recipe.yaml")
+    recipe = Recipe.load(run_dir / RECIPE)
     tokenizer = Tokenizer.load(run_dir)
-    tensors, meta = load_checkpoint(run_dir / "checkpoints" / checkpoint, model_only=True)
+    tensors, meta = load_checkpoint(run_dir / CHECKPOINTS / checkpoint, model_only=True)
     if meta.get("spm_sha256") != tokenizer.sha256:
         models = " and ".join(str(path) for path in tokenizer.files)
         raise NmtError(

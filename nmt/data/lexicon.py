@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nmt.run_dir import LEXICON
+from nmt.run_dir import LEXICON, RECIPE
 from nmt.data.corpus import EncodedSplit
 from nmt.data.prepare import prepare_data  # the training data exactly as training read it
 from nmt.data.subwords import EOS, PAD
@@ -167,7 +167,7 @@ def lexicon_for_run(run_dir: Path) -> Lexicon:
     if path.is_file():
         return Lexicon.load(path)
 
-    recipe = Recipe.load(run_dir / "recipe.yaml")
+    recipe = Recipe.load(run_dir / RECIPE)
     try:
         prepared = prepare_data(recipe, run_dir)
         tokenizer, data = prepared.tokenizer, prepared.train_data

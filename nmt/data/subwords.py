@@ -18,10 +18,9 @@ import sentencepiece as spm
 from nmt.files import atomic_write_bytes, sha256_file
 from nmt.errors import NmtError
 from nmt.recipe import TokenizerConfig
-
-PAD, UNK, BOS, EOS = 0, 1, 2, 3
 from nmt.run_dir import JOINT_MODEL, SOURCE_MODEL, TARGET_MODEL
 
+PAD, UNK, BOS, EOS = 0, 1, 2, 3
 # SentencePiece's trained model depends on its thread count, so it is fixed: the same recipe then
 # gives the same subwords on a laptop and on a 64-core server.
 TRAINING_THREADS = 2

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nmt.run_dir import DIAGNOSTICS
+from nmt.run_dir import DIAGNOSTICS, RECIPE
 from nmt.files import atomic_write_text
 from nmt.data.corpus import load_split
 from nmt.errors import NmtError
@@ -129,7 +129,7 @@ def dev_norms(translator: Translator, run_dir: Path, **options) -> Norms:
         )
     except (KeyError, TypeError, AttributeError, ValueError):
         pass  # not computed for these settings yet (or a damaged entry): compute them
-    recipe = Recipe.load(run_dir / "recipe.yaml")
+    recipe = Recipe.load(run_dir / RECIPE)
     try:  # in whatever format the run was trained from (text, tsv, jsonl, hub)
         dev = load_split(recipe.data, Path(recipe.data.root), recipe.data.dev, run_dir / "cache")
     except NmtError as error:

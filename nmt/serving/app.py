@@ -37,6 +37,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from nmt import __version__
+from nmt.run_dir import CHECKPOINTS, METRICS, RECIPE
 from nmt.checkpoint import read_meta, weights_path
 from nmt.errors import NmtError
 from nmt.model.seq2seq import tied_keys
@@ -454,7 +455,7 @@ def _scored(hyp: Hypothesis) -> dict[str, Any]:
 def describe_runs(run_dirs: list[Path], checkpoint: str, quantize: str = "") -> dict:
     """What GET /info says about the served run(s): languages, the recipe's model and
     tokenizer, parameters, the checkpoint and the dev scores training recorded."""
-    recipe = Recipe.load(run_dirs[0] / "recipe.yaml").to_dict()
+    recipe = Recipe.load(run_dirs[0] / RECIPE).to_dict()
     return {
         "runs": [str(run) for run in run_dirs],
         "source_language": recipe["data"]["src_lang"],
@@ -473,9 +474,9 @@ def _describe_member(run_dir: Path, checkpoint: str) -> dict:
     checkpoint (nmt-average) has no step of its own: it names what it averages."""
     from safetensors import safe_open
 
-    path = run_dir / "checkpoints" / checkpoint
+    path = run_dir / CHECKPOINTS / checkpoint
     meta = read_meta(path)
-    tied = {f"model.{key}" for key in tied_keys(Recipe.load(run_dir / "recipe.yaml").model)}
+    tied = {f"model.{key}" for key in tied_keys(Recipe.load(run_dir / RECIPE).model)}
     with safe_open(weights_path(path, meta), "pt") as weights:
         parameters = sum(
             math.prod(weights.get_slice(name).get_shape())
@@ -488,7 +489,7 @@ def _describe_member(run_dir: Path, checkpoint: str) -> dict:
     progress = meta.get("progress") or {}
     validations = []
     with contextlib.suppress(OSError):
-        with open(run_dir / "metrics.csv", encoding="utf-8", newline="") as rows:
+        with open(run_dir / METRICS, encoding="utf-8", newline="") as rows:
             validations = [row for row in csv.DictReader(rows) if row.get("kind") == "valid"]
     step = progress.get("step")
     at_step = [row for row in validations if row.get("step") == str(step)]
