@@ -4,10 +4,11 @@ A real translation task in miniature that needs attention and reordering:
 "dreiundzwanzig" (three-and-twenty) → "twenty-three"; "am dritten März" → "on March third".
 Run from the repository root (needs num2words and babel, which nmt itself does not):
 
-    pip install num2words babel
+    pip install num2words==0.5.14 babel==2.19.0
     python data/make_quickstart.py
 
-It rewrites data/quickstart/{train,dev,test}.{de,en}; the output is the same for the same seed.
+It rewrites data/quickstart/{train,dev,test}.{de,en}; the output is the same for the same seed
+(with these versions of num2words and babel; tests/test_scripts.py checks it).
 """
 
 from __future__ import annotations

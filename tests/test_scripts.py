@@ -382,6 +382,29 @@ def test_the_quickstart_data_is_as_its_readme_says():
         assert (source, target) in pairs, f"data/README.md's {split} example is not a {split} pair"
 
 
+def test_make_quickstart_makes_exactly_the_shipped_files(tmp_path):
+    """data/make_quickstart.py with its default seed rewrites data/quickstart byte for byte
+    (with the generator libraries pinned in setup.cfg's test extras), so the shipped corpus is
+    the one its script and README describe; another seed makes another corpus."""
+    pytest.importorskip("num2words", reason="needs pip install -e '.[test]'")
+    script = ROOT / "data" / "make_quickstart.py"
+    for seed, out in (("7", tmp_path / "seed7"), ("8", tmp_path / "seed8")):
+        subprocess.run(
+            [sys.executable, str(script), "--out", str(out), "--seed", seed],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+    shipped = sorted(path.name for path in (ROOT / "data" / "quickstart").iterdir())
+    assert sorted(path.name for path in (tmp_path / "seed7").iterdir()) == shipped
+    for name in shipped:
+        made = (tmp_path / "seed7" / name).read_bytes()
+        assert made == (ROOT / "data" / "quickstart" / name).read_bytes(), name
+    assert (tmp_path / "seed8" / "test.de").read_bytes() != (
+        tmp_path / "seed7" / "test.de"
+    ).read_bytes()
+
+
 def test_serve_load_measures_each_level_of_clients_then_stops_the_server(
     tmp_path, monkeypatch, capsys
 ):
