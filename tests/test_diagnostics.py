@@ -89,3 +89,25 @@ def test_dev_norms_are_cached_per_model_and_setting(tmp_path):
         weights_digest(Translator.from_run(run, name).model) for name in ("step-1", "step-2")
     }
     assert len(digests) == 2
+
+
+def test_weights_digest_sees_int8_recurrent_weights():
+    """int8 recurrent layers keep their weights packed, out of the state_dict: two int8 models
+    that differ only there must still have different digests (else they share cached norms)."""
+    import torch
+
+    from nmt.model import Seq2Seq
+    from nmt.model.quantize import quantize
+    from nmt.recipe import ModelConfig
+    from nmt.scoring.diagnostics import weights_digest
+
+    torch.manual_seed(0)
+    config = ModelConfig(embedding_size=8, hidden_size=8, decoder_hidden_size=8)
+    model = Seq2Seq(config, 20, 20).eval()
+    other = Seq2Seq(config, 20, 20).eval()
+    other.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        other.encoder.rnn.weight_hh_l0[0, 0] += 1.0
+    int8, other_int8 = quantize(model, "int8"), quantize(other, "int8")
+    assert weights_digest(int8) == weights_digest(quantize(model, "int8"))
+    assert weights_digest(int8) != weights_digest(other_int8)

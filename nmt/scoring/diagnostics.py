@@ -13,11 +13,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.ao.nn.quantized.dynamic.modules.rnn import RNNBase as QuantizedRNN
 
 from nmt.run_dir import DIAGNOSTICS, RECIPE
 from nmt.files import atomic_write_text
@@ -160,17 +162,29 @@ def dev_norms(translator: Translator, run_dir: Path, **options) -> Norms:
 
 
 def weights_digest(model: torch.nn.Module) -> str:
-    """A digest of a model's weight tensors: equal weights, equal digest. int8 linear layers
-    count (dequantized); int8 recurrent layers are packed objects without tensors and do not.
+    """A digest of a model's weight tensors: equal weights, equal digest. int8 layers count
+    dequantized, recurrent ones too (their packed weights are not in the state_dict).
     SHA-1 for speed (a cache key, not a signature): ~30 ms for Multi30k's 26 MB of weights."""
     digest = hashlib.sha1()
-    for name, value in model.state_dict().items():
+    for name, tensor in _named_weights(model):
         digest.update(name.encode())
-        for tensor in _tensors(value):
-            tensor = tensor.dequantize() if tensor.is_quantized else tensor
-            raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
-            digest.update(raw.numpy().tobytes())
+        tensor = tensor.dequantize() if tensor.is_quantized else tensor
+        raw = tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8)
+        digest.update(raw.numpy().tobytes())
     return digest.hexdigest()
+
+
+def _named_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every weight tensor with its name: the state_dict's (int8 linear layers store a tuple of
+    packed tensors), then those of int8 recurrent layers, packed where state_dict cannot see."""
+    for name, value in model.state_dict().items():
+        for tensor in _tensors(value):
+            yield name, tensor
+    for name, module in model.named_modules():
+        if isinstance(module, QuantizedRNN):
+            for kind in module._weight_bias().values():  # {"weight": {...}, "bias": {...}}
+                for key, tensor in kind.items():
+                    yield f"{name}.{key}", tensor
 
 
 def _tensors(value) -> list[torch.Tensor]:
