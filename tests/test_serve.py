@@ -637,36 +637,56 @@ def test_a_second_signal_stops_at_once_answering_nothing_more(run):
     """The first signal waits for requests in flight; a second one ends the server without
     searching what is queued, and without tracebacks from answers nobody can take. A request
     gets the whole answer of the search under way, or none: its connection closes, or, if the
-    HTTP server gets to send it first, uvicorn's plain-text 500."""
-    server = Server(run, "--batch-wait", "3000")
-    answers: list[object] = []
+    HTTP server gets to send it first, uvicorn's plain-text 500. The first request here is long
+    (500 sentences, beam 10: seconds), so both signals arrive while it is searched; the second,
+    with another beam and so another search, waits behind it, and after the first signal alone
+    it would be answered: after the second it must not be. The second signal is sent once the
+    first has been acted on (the port refuses connections): two signals of one kind sent at
+    once can reach the process as one."""
+    long_text = (QUICKSTART / "test.de").read_text(encoding="utf-8").splitlines()
+    server = Server(
+        run, "--batch-wait", "3000", "--max-sentences", "500", "--max-work", "1000000000"
+    )
+    answers: dict[str, object] = {}
 
-    def send() -> None:
+    def send(name: str, request: dict) -> None:
         connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-        body = json.dumps({"text": SENTENCES})
         try:
-            connection.request("POST", "/translate", body, {"Content-Type": "application/json"})
+            connection.request(
+                "POST", "/translate", json.dumps(request), {"Content-Type": "application/json"}
+            )
             response = connection.getresponse()
-            answers.append((response.status, response.read()))
+            answers[name] = (response.status, response.read())
         except (OSError, http.client.HTTPException):
-            answers.append("closed")
+            answers[name] = "closed"
 
-    senders = [threading.Thread(target=send, daemon=True) for _ in range(2)]
-    for sender in senders:
+    senders = [
+        threading.Thread(target=send, args=(name, request), daemon=True)
+        for name, request in (
+            ("long", {"text": long_text, "beam": 10}),
+            ("queued", {"text": SENTENCES, "beam": 3}),
+        )
+    ]
+    deadline = time.monotonic() + 60
+    for sender, waiting in zip(senders, (len(long_text), len(long_text) + len(SENTENCES))):
         sender.start()
-    while server.request("GET", "/health")[1]["pending"] < 2 * len(SENTENCES):
-        pass  # until both requests wait in the batcher
-    code = server.stop(signal.SIGINT, signal.SIGINT)
+        while server.request("GET", "/health")[1]["pending"] < waiting:
+            assert time.monotonic() < deadline, "the requests never reached the batcher"
+    server.process.send_signal(signal.SIGINT)
+    while not connection_refused(server.port):
+        assert time.monotonic() < deadline, "the server still takes connections"
+        time.sleep(0.02)  # a poll interval: no test outcome depends on it
+    code = server.stop(signal.SIGINT)
     log = "".join(server.log)
     assert code == 0, log
     assert "Traceback" not in log and "exception calling callback" not in log, log
     for sender in senders:
         sender.join(timeout=60)
-    assert len(answers) == 2
-    for answer in answers:  # the search under way may still answer its requests, whole
-        if answer not in ("closed", (500, b"Internal Server Error")):
-            status, body = answer
-            assert status == 200 and len(json.loads(body)["translations"]) == len(SENTENCES)
+    unanswered = ("closed", (500, b"Internal Server Error"))
+    assert answers["queued"] in unanswered, answers["queued"]
+    if answers["long"] not in unanswered:  # the search under way may answer, whole
+        status, body = answers["long"]
+        assert status == 200 and len(json.loads(body)["translations"]) == len(long_text)
 
 
 def test_nmt_serve_refuses_bad_arguments_in_one_line(run, tmp_path, capsys):
