@@ -197,29 +197,46 @@ def test_resuming_checks_the_disk_for_the_checkpoints_it_adds(tiny_recipe, tmp_p
     assert manifest["resumed"] == []  # a resumption that did not go on is not recorded
 
 
-def test_disk_full_during_a_save_keeps_the_best_checkpoint(tiny_recipe, tmp_path, monkeypatch):
+@pytest.mark.parametrize("failing", ["last", "best", "step-6"])
+def test_disk_full_during_a_save_keeps_every_checkpoint_whole(
+    tiny_recipe, tmp_path, monkeypatch, failing
+):
+    """The disk fills while a validation writes `last`, `best` or its step-N checkpoint (in
+    that order): training stops with a one-line error, every checkpoint already there still
+    loads as it was, and `--resume` then ends where an unbroken run ends."""
     import nmt.files as files
 
     run_dir = tmp_path / "run"
-    train(Recipe.load(tiny_recipe, ["train.max_steps=4", "train.valid_every=2"]), run_dir)
-    before, meta = load_checkpoint(run_dir / "checkpoints" / "best")
-    real_write = files.atomic_write_bytes
+    settings = ["train.valid_every=2", "train.early_stopping=loss", "train.keep_best=3"]
+    train(Recipe.load(tiny_recipe, [*settings, "train.max_steps=4"]), run_dir)
+    checkpoints = run_dir / "checkpoints"
+    kept = {path.stem: path.read_bytes() for path in checkpoints.glob("*.json")}
+    assert {"last", "best", "step-4"} <= set(kept)
+    real_write, refused = files.atomic_write_bytes, []
 
     def full_disk(path, data):
-        if path.suffix == ".safetensors":
+        if path.suffix == ".safetensors" and path.name.startswith(f"{failing}."):
+            refused.append(path.name)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         real_write(path, data)
 
     monkeypatch.setattr(files, "atomic_write_bytes", full_disk)
-    with pytest.raises(NmtError, match="No space left on device.*intact"):
-        train(
-            Recipe.load(tiny_recipe, ["train.max_steps=8", "train.valid_every=2"]),
-            run_dir,
-            resume=True,
-        )
-    after, meta_after = load_checkpoint(run_dir / "checkpoints" / "best")
-    assert meta_after == meta
-    assert all(torch.equal(before[key], after[key]) for key in before)
+    longer = Recipe.load(tiny_recipe, [*settings, "train.max_steps=8"])
+    with pytest.raises(NmtError, match="No space left on device.*intact") as caught:
+        train(longer, run_dir, resume=True)
+    assert refused and "\n" not in str(caught.value)
+    for name, meta in kept.items():  # a checkpoint not yet replaced is the same; each loads
+        path = checkpoints / name
+        load_checkpoint(path)
+        if name not in ("last", "best") or name == failing:
+            assert (checkpoints / f"{name}.json").read_bytes() == meta, name
+    assert not list(run_dir.rglob("*.tmp"))
+    monkeypatch.setattr(files, "atomic_write_bytes", real_write)
+    train(longer, run_dir, resume=True)
+    train(longer, tmp_path / "unbroken")
+    resumed, _ = load_checkpoint(checkpoints / "last")
+    unbroken, _ = load_checkpoint(tmp_path / "unbroken" / "checkpoints" / "last")
+    assert all(torch.equal(resumed[key], unbroken[key]) for key in unbroken if "model." in key)
 
 
 def test_out_of_memory_names_the_batch_size_key(tiny_recipe, tmp_path, monkeypatch):
