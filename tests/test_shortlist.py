@@ -172,7 +172,7 @@ def test_int8_rows_are_the_int8_layers_rows():
     assert torch.allclose(quantized_rows(layer, rows)(x), layer(x)[:, rows], atol=1e-5)
 
 
-def test_a_forced_prefix_outside_the_frequent_words_survives_a_shortlist():
+def test_search_forces_a_prefix_through_a_shortlisted_vocabulary():
     model = tiny_model(vocab=9, seed=2)
     vocabulary = torch.tensor([0, 1, 2, 3, 5, 8])
     encoded = model.shortlisted(encode(model, [[4, 6]]), vocabulary)
@@ -186,6 +186,27 @@ def test_a_forced_prefix_outside_the_frequent_words_survives_a_shortlist():
             **options,
         )[0][0]
         assert found.tokens[:2] == [8, 5]
+
+
+def test_translator_keeps_a_forced_prefix_outside_the_shortlist(tmp_path):
+    """Translator puts the prefix's tokens into the shortlist it builds: a prefix word that
+    neither the frequent words nor the source's translations bring in still begins the
+    output, as it does without a shortlist."""
+    from conftest import trained_run
+
+    from nmt import Translator
+
+    translator = Translator.from_run(trained_run(tmp_path))
+    source, prefix = "drei Katzen", "birds and chairs"
+    source_ids = torch.tensor(translator.tokenizer.encode_source([source]))
+    prefix_ids = translator.tokenizer.encode_target([prefix])[0]
+    options = dict(shortlist=1, shortlist_frequent=1)
+    plain = translator.lexicon.shortlist(source_ids, 1, 1).tolist()
+    assert set(prefix_ids) - set(plain), "the case under test: a prefix outside the shortlist"
+    for settings in ({}, options, {**options, "beam": 1}):
+        found = translator.nbest([source], prefixes=[prefix], **settings)[0][0]
+        assert found.text.startswith(prefix), (settings, found.text)
+        assert found.tokens[: len(prefix_ids)] == prefix_ids
 
 
 def test_translate_with_a_shortlist_builds_the_lexicon_once(tiny_recipe, tmp_path, capsys):
