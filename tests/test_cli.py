@@ -891,20 +891,8 @@ def test_output_length_limits_scale_with_the_sources_subwords(small_run, source_
     assert len({source for _, source in lengths}) > 1  # limits of several sizes were tried
 
 
-@pytest.mark.parametrize("inter_threads", ["1", "2"])
-def test_ctrl_c_while_translating_exits_130_and_keeps_the_earlier_output(
-    small_run, tmp_path, inter_threads
-):
-    """Ctrl-C in the middle of a translation (here: at its third batch, from inside the search,
-    so it is sure to land there) ends nmt-translate with 130, whether the batches are searched
-    one at a time or two at once, and `-o`'s earlier file stays as it was, with nothing else
-    left beside it."""
-    lines = (small_run.parent / "corpus" / "train.de").read_text(encoding="utf-8").splitlines()
-    source, output = tmp_path / "in.de", tmp_path / "out.en"
-    source.write_text("\n".join(lines[:200]) + "\n", encoding="utf-8")
-    output.write_text("an earlier translation\n", encoding="utf-8")
-    script = (
-        "import os, signal, nmt.translate as t\n"
+INTERRUPT_AT = {  # where the Ctrl-C lands: the third batch's search, or inside -o's write
+    "search": (
         "search, calls = t.Translator._search, []\n"
         "def interrupted(self, *args, **kwargs):\n"
         "    calls.append(1)\n"
@@ -912,7 +900,33 @@ def test_ctrl_c_while_translating_exits_130_and_keeps_the_earlier_output(
         "        os.kill(os.getpid(), signal.SIGINT)\n"
         "    return search(self, *args, **kwargs)\n"
         "t.Translator._search = interrupted\n"
-        "from nmt.cli import translate_main; translate_main()\n"
+    ),
+    "write": (  # between writing the temporary file's bytes and making them durable
+        "fsync = os.fsync\n"
+        "def interrupted(fd):\n"
+        "    os.kill(os.getpid(), signal.SIGINT)\n"
+        "    fsync(fd)\n"
+        "os.fsync = interrupted\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("where, inter_threads", [("search", "1"), ("search", "2"), ("write", "1")])
+def test_ctrl_c_while_translating_exits_130_and_keeps_the_earlier_output(
+    small_run, tmp_path, where, inter_threads
+):
+    """Ctrl-C in the middle of a translation (at its third batch, from inside the search, so
+    it is sure to land there; or inside the write of `-o`) ends nmt-translate with 130, whether
+    the batches are searched one at a time or two at once, and `-o`'s earlier file stays as it
+    was, with nothing else left beside it."""
+    lines = (small_run.parent / "corpus" / "train.de").read_text(encoding="utf-8").splitlines()
+    source, output = tmp_path / "in.de", tmp_path / "out.en"
+    source.write_text("\n".join(lines[:200]) + "\n", encoding="utf-8")
+    output.write_text("an earlier translation\n", encoding="utf-8")
+    script = (
+        "import os, signal, nmt.translate as t\n"
+        + INTERRUPT_AT[where]
+        + "from nmt.cli import translate_main; translate_main()\n"
     )
     argv = ["-m", small_run, "-i", source, "-o", output, "--beam", "1", "--batch-size", "4"]
     result = subprocess.run(
