@@ -4,8 +4,10 @@
     python benchmarks/multi30k_scores.py runs/base_s1 runs/base_s2 runs/alpha_s1 runs/alpha_s2
     python benchmarks/multi30k_scores.py runs/de_en_seed1 runs/de_en_seed2 --ensemble
 
-For test_2016_flickr and val (the run's data.root), beam 5 (or --beam): cased detokenized
-sacreBLEU (the headline, comparable with sacreBLEU figures), chrF, and lowercased sacreBLEU
+For test_2016_flickr and val (the run's data.root), beam 5 (or --beam) and, for every run, the
+first run's length normalization (its decode.yaml's if `nmt-translate --tune` wrote one, else its
+recipe's; --alpha sets α; the first line says which): cased detokenized sacreBLEU (the
+headline, comparable with sacreBLEU figures), chrF, and lowercased sacreBLEU
 (`nmt-score -lc`; its 13a tokenization is close to the Moses tokenization of papers that
 report lowercased tokenized BLEU, so it is the nearest comparable number). With several runs,
 each alone, then (--ensemble) all of them as one ensemble (`-m A -m B`).
@@ -38,7 +40,8 @@ FORMS = {  # column → how it is scored
     "BLEU -lc": ScoreOptions(lowercase=True),
 }
 # Keys that say where, how fast or how long a run was made, not what was trained (the updates
-# column shows how far it got), and the one this script sets itself; `seed` groups runs.
+# column shows how far it got), and the search settings this script sets alike for every run;
+# `seed` groups runs.
 NOT_A_SETTING = {
     "name",
     "seed",
@@ -50,11 +53,13 @@ NOT_A_SETTING = {
     "train.max_time",
     "train.max_steps",
     "decode.beam",
+    "decode.length_norm",
+    "decode.alpha",
 }
 
 
-def scores(translator: Translator, sources: list[str], references: list[str], beam: int) -> dict:
-    hypotheses = [h.text for h in translator.translate(sources, beam=beam, progress=True)]
+def scores(translator: Translator, sources: list[str], references: list[str], search: dict) -> dict:
+    hypotheses = [h.text for h in translator.translate(sources, progress=True, **search)]
     row: dict[str, Any] = {}
     for name, options in FORMS.items():
         report = score(hypotheses, [references], options)
@@ -129,6 +134,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--beam", type=int, default=5)
+    parser.add_argument(
+        "--alpha",
+        type=float,
+        help="length normalization's α (default: the first run's decode.yaml, else its recipe's)",
+    )
     parser.add_argument("--checkpoint", default="best")
     parser.add_argument("--ensemble", action="store_true", help="also all runs as one ensemble")
     args = parser.parse_args()
@@ -141,12 +151,23 @@ def main() -> None:
                 f"not {src}→{tgt} as {args.runs[0]}"
             )
     models = [[run] for run in args.runs] + ([args.runs] if args.ensemble else [])
-    print(f"{src}→{tgt}, beam {args.beam}, checkpoint {args.checkpoint}")
-    print("| model | setting | seed | updates (epochs), time | split | BLEU | chrF | BLEU -lc |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    search: dict[str, Any] = {"beam": args.beam}
+    if args.alpha is not None:
+        search["alpha"] = args.alpha
     signature, singles = "", []
     for number, runs in enumerate(models):
         translator = Translator.from_runs(runs, args.checkpoint)
+        if number == 0:  # the settings searched, as the first run's defaults complete them
+            used = translator.settings(**search)
+            search.update(length_norm=used.length_norm, alpha=used.alpha)
+            print(
+                f"{src}→{tgt}, beam {args.beam}, length normalization {used.length_norm} "
+                f"α {used.alpha}, checkpoint {args.checkpoint}"
+            )
+            print(
+                "| model | setting | seed | updates (epochs), time | split | BLEU | chrF | BLEU -lc |"
+            )
+            print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         alone = number < len(args.runs)  # the last of `models` may be the ensemble of all
         described = ("ensemble", "", "")
         if alone:
@@ -160,7 +181,7 @@ def main() -> None:
         for split in SPLITS:
             sources = read_lines(root / f"{split}.{src}")
             references = read_lines(root / f"{split}.{tgt}")
-            row = scores(translator, sources, references, args.beam)
+            row = scores(translator, sources, references, search)
             signature = row["signature"]
             row_of_run[split] = row["BLEU"]
             print(

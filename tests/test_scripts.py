@@ -233,7 +233,7 @@ def test_multi30k_scores_names_each_runs_changes_and_groups_seeds(tmp_path, caps
     over seeds with its range and its gain over the first run's setting."""
     from nmt import Translator
     from nmt.data.corpus import read_lines
-    from nmt.scoring.metrics import corpus_bleu
+    from nmt.scoring.metrics import corpus_bleu, corpus_chrf
 
     runs = [
         _multi30k_run(tmp_path, "base_s3", []),
@@ -253,7 +253,9 @@ def test_multi30k_scores_names_each_runs_changes_and_groups_seeds(tmp_path, caps
                 read_lines(tmp_path / "corpus/test_2016_flickr.de"), beam=2
             )
         ]
-        tests[run.name] = corpus_bleu(hyps, read_lines(tmp_path / "corpus/test_2016_flickr.en"))
+        references = read_lines(tmp_path / "corpus/test_2016_flickr.en")
+        tests[run.name] = corpus_bleu(hyps, references)
+        chrf = corpus_chrf(hyps, references)  # not 0, as two updates' BLEU is
         row = next(line for line in out if line.startswith(f"| {run.name} |") and "test_" in line)
         cells = [cell.strip() for cell in row.strip("|").split("|")]
         assert cells[1] == {"wd_s3": "model.source_word_dropout=0.2"}.get(
@@ -262,6 +264,7 @@ def test_multi30k_scores_names_each_runs_changes_and_groups_seeds(tmp_path, caps
         assert cells[2] == ("4" if run.name == "base_s4" else "3")
         assert cells[3].startswith("2 (0 epochs + 2 batches), ")  # two updates of the first
         assert float(cells[5]) == pytest.approx(tests[run.name], abs=0.005)
+        assert float(cells[6]) == pytest.approx(chrf, abs=0.005) and chrf > 0
     base_mean = (tests["base_s3"] + tests["base_s4"]) / 2
     base_line = next(line for line in out if line.startswith("| as the first run | 2 |"))
     assert f"{base_mean:.2f} ({min(tests['base_s3'], tests['base_s4']):.2f}–" in base_line
@@ -269,6 +272,27 @@ def test_multi30k_scores_names_each_runs_changes_and_groups_seeds(tmp_path, caps
     assert f"{tests['wd_s3'] - base_mean:+.2f}" in changed
     ensemble = [line for line in out if line.startswith("| base_s3 + base_s4 + wd_s3 | ensemble")]
     assert len(ensemble) == 2  # test and val, and not counted as a seed in the summary
+    assert out[0] == "de→en, beam 2, length normalization gnmt α 0.6, checkpoint best"
+    # --alpha searches every run (and the ensemble) with that α, and the first line says so.
+    searches = []
+    translate = Translator.translate
+
+    def spy(self, lines, **options):
+        searches.append(options)
+        return translate(self, lines, **options)
+
+    monkeypatch.setattr(Translator, "translate", spy)
+    monkeypatch.setattr(sys, "argv", [*argv, "--alpha", "2.5"])
+    module.main()
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "de→en, beam 2, length normalization gnmt α 2.5, checkpoint best"
+    )
+    assert len(searches) == 2 * (len(runs) + 1)  # test and val, each run and the ensemble
+    assert all(
+        (options["beam"], options["length_norm"], options["alpha"]) == (2, "gnmt", 2.5)
+        for options in searches
+    )
+    monkeypatch.setattr(Translator, "translate", translate)
     # A run of the other direction is refused, naming it, before anything is scored.
     reverse = _multi30k_run(tmp_path, "en_de", ["data.src_lang=en", "data.tgt_lang=de"])
     monkeypatch.setattr(sys, "argv", ["multi30k_scores.py", str(runs[0]), str(reverse)])
