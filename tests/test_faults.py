@@ -110,10 +110,12 @@ def test_a_run_writes_only_inside_its_run_directory(unbroken):
 
 
 def test_kill_9_at_random_moments_then_resume_loses_nothing(unbroken, tmp_path):
-    """Kill the trainer at random instants, resume each time: the end is the unbroken run."""
+    """Kill the trainer at random instants, resume each time: the end is the unbroken run.
+    At least one kill must land after training wrote a checkpoint past step 0 and before its
+    end, so that a resume continues from the middle (not only starts afresh)."""
     run_dir = tmp_path / "run"
     draw = random.Random(7)
-    kills = 0
+    killed_at = []  # the step of `last` each kill left
     for attempt in range(5):
         process = start_training(unbroken["recipe"], run_dir, *(["--resume"] if attempt else []))
         try:
@@ -121,12 +123,14 @@ def test_kill_9_at_random_moments_then_resume_loses_nothing(unbroken, tmp_path):
         except subprocess.TimeoutExpired:
             process.send_signal(signal.SIGKILL)
             process.wait()
-            kills += 1
+            last = run_dir / "checkpoints" / "last.json"
+            step = json.loads(last.read_text())["progress"]["step"] if last.exists() else 0
+            killed_at.append(step)
         else:
             assert process.returncode == 0, process.stderr.read()
             break
         process.stderr.close()
-    assert kills >= 1
+    assert any(0 < step < 30 for step in killed_at), killed_at
     final = start_training(unbroken["recipe"], run_dir, "--resume")
     _, err = final.communicate(timeout=300)
     assert final.returncode == 0, err
