@@ -2,6 +2,7 @@
 
 import csv
 import os
+import re
 import subprocess
 import sys
 
@@ -133,9 +134,10 @@ def test_sigterm_to_torchrun_stops_both_processes_at_one_safe_point(tiny_recipe,
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
     seen = b""
     try:
-        # Rank 0 draws its first progress bar after the first safe point, a collective call
-        # that both processes reach with their signal handlers installed.
-        while b"epoch 1" not in seen:
+        # Rank 0 draws its progress bar after the first safe point, a collective call that
+        # both processes reach with their signal handlers installed; the signal goes once the
+        # bar shows two updates done, so that the resume continues from the middle.
+        while not any(int(done) >= 2 for done in re.findall(rb"epoch 1: .*?\| (\d+)/", seen)):
             ready, _, _ = select.select([process.stderr], [], [], 120)
             assert ready, seen.decode(errors="replace")[-2000:]
             chunk = os.read(process.stderr.fileno(), 65536)
@@ -154,7 +156,7 @@ def test_sigterm_to_torchrun_stops_both_processes_at_one_safe_point(tiny_recipe,
     assert err.count("nmt-train: terminated") == 2, err[-3000:]
     _, meta = load_checkpoint(tmp_path / "pair" / "checkpoints" / "last")
     stopped_at = meta["progress"]["step"]
-    assert 0 <= stopped_at < 120 and f"interrupted at step {stopped_at}" in err
+    assert 2 <= stopped_at < 120 and f"interrupted at step {stopped_at}" in err
 
     torchrun(tiny_recipe, tmp_path / "pair", *steps, "--resume")
     single = tmp_path / "single"
