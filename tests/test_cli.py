@@ -131,11 +131,20 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     code, _, err = translate("--beam", 0)
     assert code == 2 and "--beam must be at least 1" in err
 
-    (tmp_path / "prefix.en").write_text("the\n\nthe\n\n\n\nthe\n")
+    # Each line's prefix (none where empty) begins its output, words the untrained model would
+    # not say; lines without one translate as without --prefix-file.
+    prefixes = ["birds and chairs", "", "we see", "", "", "", "seven"]
+    (tmp_path / "prefix.en").write_text("\n".join(prefixes) + "\n")
     code, out, err = translate("--beta", 0.2, "--prefix-file", tmp_path / "prefix.en")
     assert code == 0, err
     forced = out.split("\n")
-    assert forced[0].startswith("the") and forced[2].startswith("the") and forced[3] == ""
+    code, out, err = translate("--beta", 0.2)
+    unforced = out.split("\n")
+    for number, prefix in enumerate(prefixes):
+        if prefix:
+            assert forced[number].startswith(prefix) and not unforced[number].startswith(prefix)
+        else:
+            assert forced[number] == unforced[number]
 
     attention, again = tmp_path / "attention.jsonl", tmp_path / "again.en"
     code, out, err = translate("-o", again, "--attention", attention)
