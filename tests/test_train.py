@@ -697,6 +697,9 @@ def test_bf16_translation_is_a_bfloat16_copy_and_refuses_int8(tiny_recipe, tmp_p
                     dict(sample=True, nbest=2)):  # fmt: skip
         found = translator.nbest(lines, precision="bf16", **options)
         assert all(isinstance(h.score, float) for hyps in found for h in hyps), options
+        unrounded = translator.nbest(lines, **options)  # the same search in float32
+        log_probs = [[h.log_prob for h in hyps] for hyps in found]
+        assert log_probs != [[h.log_prob for h in hyps] for hyps in unrounded], options
     forced = translator.force(lines, [h[0].text for h in bf16], precision="bf16", beam=3)
     # bf16 rounds with the batch's shape (force's batch is not search's): close, not equal.
     assert [f.log_prob for f in forced] == pytest.approx([h[0].log_prob for h in bf16], rel=0.1)
