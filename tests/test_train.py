@@ -179,10 +179,29 @@ def test_accumulation_schedule_keep_best_average_and_curves(tiny_recipe, tmp_pat
     ],
 )
 def test_variants_train_and_translate_from_recipe_keys(tiny_recipe, tmp_path, variant):
+    """Each variant's keys reach the network the run trains and translation loads: its cells,
+    layers, attention score, input feeding and tied weights."""
     run_dir = tmp_path / "run"
-    train(Recipe.load(tiny_recipe, ["train.max_steps=2", *variant]), run_dir)
+    recipe = Recipe.load(tiny_recipe, ["train.max_steps=2", *variant])
+    train(recipe, run_dir)
     translator = Translator.from_run(run_dir)
-    assert len(translator.translate(["zwei Katzen", "am dritten März"], beam=2)) == 2
+    found = translator.translate(["zwei Katzen", "am dritten März"], beam=2)
+    assert len(found) == 2 and all(h.tokens for h in found)
+    config, model = recipe.model, translator.model
+    cells = {"lstm": torch.nn.LSTM, "gru": torch.nn.GRU, "rnn": torch.nn.RNN}
+    assert type(model.encoder.rnn) is cells[config.encoder_cell]
+    assert type(model.decoder.rnn) is cells[config.decoder_cell]
+    assert model.decoder.rnn.num_layers == config.decoder_layers
+    scores = {"bahdanau": "AdditiveAttention", "luong-dot": "DotAttention"}
+    assert type(model.decoder.attention).__name__ == scores.get(
+        config.attention, "GeneralAttention"
+    )
+    context = 2 * config.hidden_size if config.flow == "bahdanau" else 0  # Bahdanau: c_t in
+    feed = config.decoder_hidden_size if config.input_feeding else 0
+    assert model.decoder.rnn.input_size == config.embedding_size + context + feed
+    target = model.target_embedding.weight
+    assert (model.output.weight is target) == config.tie_output
+    assert (model.source_embedding.weight is target) == config.tie_embeddings
 
 
 def test_time_budget_stops_after_validating_and_saving(tiny_recipe, tmp_path):
