@@ -85,6 +85,14 @@ def test_greedy_sampling_and_the_servers_defaults(client, translator):
     body = {"text": SENTENCES[:2], "sample": True, "nbest": 3, "seed": 7, "temperature": 0.8}
     first, again = (post(client, body).json()["translations"] for _ in range(2))
     assert first == again and len(first[0]["nbest"]) == 3  # a seed gives the same samples
+    sampled = translator.nbest(SENTENCES[:2], sample=True, nbest=3, seed=7, temperature=0.8)
+    assert [[h["text"] for h in a["nbest"]] for a in first] == [
+        [h.text for h in hyps] for hyps in sampled
+    ]  # what the API samples with these options, not a beam search's n-best
+    cooler = dict(body, temperature=0.3)
+    assert [[h.log_prob for h in hyps] for hyps in sampled] != [
+        [h["log_prob"] for h in a["nbest"]] for a in post(client, cooler).json()["translations"]
+    ]  # the temperature reaches the search
     plain = post(client, {"text": SENTENCES[:2]}).json()["translations"]
     assert [a["text"] for a in plain] == [h.text for h in translator.translate(SENTENCES[:2])]
 
