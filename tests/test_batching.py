@@ -26,7 +26,7 @@ def test_deterministic_per_seed_and_epoch_and_shuffled_between_epochs():
     first = make_batches(src, tgt, 300, 0, seed=1, epoch=0)
     again = make_batches(src, tgt, 300, 0, seed=1, epoch=0)
     other = make_batches(src, tgt, 300, 0, seed=1, epoch=1)
-    assert all((a == b).all() for a, b in zip(first, again))
+    assert len(first) == len(again) and all((a == b).all() for a, b in zip(first, again))
     assert [b.tolist() for b in first] != [b.tolist() for b in other]
 
 

@@ -152,7 +152,9 @@ def test_a_crash_during_a_save_leaves_the_previous_checkpoint(tmp_path, monkeypa
     assert meta["step"] == 1
     for key, value in old.state_dict().items():
         assert torch.equal(tensors[f"model.{key}"], value)
-    save_checkpoint(tmp_path / "last", new, {"step": 3})  # the next save tidies up
+    # The next save replaces it whole and leaves one weights file (a crash's temporary file
+    # is for training to clear when it resumes: test_resume_before_the_first_checkpoint...).
+    save_checkpoint(tmp_path / "last", new, {"step": 3})
     assert load_checkpoint(tmp_path / "last")[1]["step"] == 3
     assert len(list(tmp_path.glob("last.*.safetensors"))) == 1
 
