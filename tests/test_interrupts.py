@@ -151,8 +151,9 @@ def checkpoint_writes(writes: list[str]) -> list[int]:
 
 
 def write_kinds(writes: list[str]) -> dict[str, int]:
-    """The first write of each kind of file (last/best/step-N weights and JSON, curves.png):
-    all are made at the first validation."""
+    """The first write of each kind of checkpoint file (last/best/step-N weights and JSON):
+    all are made at the first validation. (curves.png is not among the recorded writes:
+    plots.py writes it through its own import, and it is drawn again at every validation.)"""
     kinds: dict[str, int] = {}
     for i in checkpoint_writes(writes):
         name = writes[i - 1]
