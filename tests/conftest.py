@@ -91,9 +91,10 @@ def tiny_model(vocab: int = 11, seed: int = 0, **changes) -> Seq2Seq:
 class Server:
     """`nmt-serve` in a subprocess on a free 127.0.0.1 port, read from its log line."""
 
-    def __init__(self, run: Path, *flags: str):
+    def __init__(self, run: Path, *flags: str, prelude: str = ""):
+        """`prelude`: Python run in the server's process first (e.g. to hold a search)."""
         self.process = subprocess.Popen(
-            [sys.executable, "-c", "from nmt.cli import serve_main; serve_main()",
+            [sys.executable, "-c", prelude + "from nmt.cli import serve_main; serve_main()",
              "-m", str(run), "--port", "0", "--threads", "1", *flags],
             stderr=subprocess.PIPE,
             text=True,

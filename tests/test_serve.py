@@ -641,24 +641,40 @@ def test_a_stop_signal_refuses_new_connections_and_answers_those_in_flight(run, 
     ]
 
 
+# In the server's process: the search of beam 10 waits until the second signal has been
+# handled (or 20 s have passed), however fast the CPU, so the signals land inside it.
+HOLD_BEAM_10_UNTIL_THE_SECOND_SIGNAL = """\
+import threading, time, nmt.serving.batcher as batcher, nmt.translate as translate
+second_signal, stop, nbest = threading.Event(), batcher.Batcher.stop, translate.Translator.nbest
+def stopping(self, now=False):
+    if now:
+        second_signal.set()
+    stop(self, now)
+def held(self, lines, **options):
+    deadline = time.monotonic() + 20
+    while options.get("beam") == 10 and time.monotonic() < deadline:
+        if second_signal.wait(0.01):  # polled: the signal handlers run between the waits
+            break
+    return nbest(self, lines, **options)
+batcher.Batcher.stop, translate.Translator.nbest = stopping, held
+"""
+
+
 def test_a_second_signal_stops_at_once_answering_nothing_more(run):
     """The first signal waits for requests in flight; a second one ends the server without
     searching what is queued, and without tracebacks from answers nobody can take. A request
     gets the whole answer of the search under way, or none: its connection closes, or, if the
-    HTTP server gets to send it first, uvicorn's plain-text 500. The first request here is long
-    (500 sentences, beam 10: seconds), so both signals arrive while it is searched; the second,
-    with another beam and so another search, waits behind it, and after the first signal alone
-    it would be answered: after the second it must not be. The second signal is sent once the
-    first has been acted on (the port refuses connections): two signals of one kind sent at
-    once can reach the process as one."""
-    long_text = (QUICKSTART / "test.de").read_text(encoding="utf-8").splitlines()
-    server = Server(
-        run, "--batch-wait", "3000", "--max-sentences", "500", "--max-work", "1000000000"
-    )
+    HTTP server gets to send it first, uvicorn's plain-text 500. The first request's search is
+    held until the second signal is handled, so both signals land while it is under way; the
+    second request, with another beam and so another search, waits behind it: after the first
+    signal alone it would be answered, after the second it must not be. The second signal is
+    sent once the first has been acted on (the port refuses connections): two signals of one
+    kind sent at once can reach the process as one."""
+    server = Server(run, "--batch-wait", "3000", prelude=HOLD_BEAM_10_UNTIL_THE_SECOND_SIGNAL)
     answers: dict[str, object] = {}
 
     def send(name: str, request: dict) -> None:
-        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=120)
         try:
             connection.request(
                 "POST", "/translate", json.dumps(request), {"Content-Type": "application/json"}
@@ -668,15 +684,10 @@ def test_a_second_signal_stops_at_once_answering_nothing_more(run):
         except (OSError, http.client.HTTPException):
             answers[name] = "closed"
 
-    senders = [
-        threading.Thread(target=send, args=(name, request), daemon=True)
-        for name, request in (
-            ("long", {"text": long_text, "beam": 10}),
-            ("queued", {"text": SENTENCES, "beam": 3}),
-        )
-    ]
+    requests = {"held": {"text": SENTENCES, "beam": 10}, "queued": {"text": SENTENCES, "beam": 3}}
+    senders = [threading.Thread(target=send, args=item, daemon=True) for item in requests.items()]
     deadline = time.monotonic() + 60
-    for sender, waiting in zip(senders, (len(long_text), len(long_text) + len(SENTENCES))):
+    for sender, waiting in zip(senders, (len(SENTENCES), 2 * len(SENTENCES))):
         sender.start()
         while server.request("GET", "/health")[1]["pending"] < waiting:
             assert time.monotonic() < deadline, "the requests never reached the batcher"
@@ -692,9 +703,9 @@ def test_a_second_signal_stops_at_once_answering_nothing_more(run):
         sender.join(timeout=60)
     unanswered = ("closed", (500, b"Internal Server Error"))
     assert answers["queued"] in unanswered, answers["queued"]
-    if answers["long"] not in unanswered:  # the search under way may answer, whole
-        status, body = answers["long"]
-        assert status == 200 and len(json.loads(body)["translations"]) == len(long_text)
+    if answers["held"] not in unanswered:  # the search under way may answer, whole
+        status, body = answers["held"]
+        assert status == 200 and len(json.loads(body)["translations"]) == len(SENTENCES)
 
 
 def test_nmt_serve_refuses_bad_arguments_in_one_line(run, tmp_path, capsys):
