@@ -131,9 +131,10 @@ def test_train_translate_score(tiny_recipe, tmp_path, capsys, monkeypatch):
     code, _, err = translate("--beam", 0)
     assert code == 2 and "--beam must be at least 1" in err
 
-    # Each line's prefix (none where empty) begins its output, words the untrained model would
-    # not say; lines without one translate as without --prefix-file.
-    prefixes = ["birds and chairs", "", "we see", "", "", "", "seven"]
+    # Each line's prefix (none where empty) begins its output: words the quickstart corpus
+    # never has, so the model cannot say them unforced; lines without one translate as without
+    # --prefix-file.
+    prefixes = ["purple hat", "", "green boat", "", "", "", "wild fox"]
     (tmp_path / "prefix.en").write_text("\n".join(prefixes) + "\n")
     code, out, err = translate("--beta", 0.2, "--prefix-file", tmp_path / "prefix.en")
     assert code == 0, err

@@ -126,6 +126,7 @@ def test_sigterm_to_torchrun_stops_both_processes_at_one_safe_point(tiny_recipe,
     import signal
 
     steps = ["train.max_steps=120", "train.valid_every=60"]
+    accumulate = Recipe.load(tiny_recipe, SETTINGS).train.accumulate
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += ["--nproc_per_node", "2", "-m", "nmt", "train", str(tiny_recipe)]
     command += ["--run-dir", str(tmp_path / "pair"), *SETTINGS, *steps]
@@ -136,8 +137,11 @@ def test_sigterm_to_torchrun_stops_both_processes_at_one_safe_point(tiny_recipe,
     try:
         # Rank 0 draws its progress bar after the first safe point, a collective call that
         # both processes reach with their signal handlers installed; the signal goes once the
-        # bar shows two updates done, so that the resume continues from the middle.
-        while not any(int(done) >= 2 for done in re.findall(rb"epoch 1: .*?\| (\d+)/", seen)):
+        # bar (which counts batches, `accumulate` to an update) shows two updates done, so
+        # that the resume continues from the middle.
+        while not any(
+            int(done) >= 2 * accumulate for done in re.findall(rb"epoch 1: .*?\| (\d+)/", seen)
+        ):
             ready, _, _ = select.select([process.stderr], [], [], 120)
             assert ready, seen.decode(errors="replace")[-2000:]
             chunk = os.read(process.stderr.fileno(), 65536)

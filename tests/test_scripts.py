@@ -293,6 +293,14 @@ def test_multi30k_scores_names_each_runs_changes_and_groups_seeds(tmp_path, caps
         for options in searches
     )
     monkeypatch.setattr(Translator, "translate", translate)
+    monkeypatch.setattr(sys, "argv", [*argv, "--length-norm", "none", "--alpha", "1"])
+    with pytest.raises(SystemExit, match="--alpha 1.0: no length normalization has no α"):
+        module.main()
+    monkeypatch.setattr(sys, "argv", [*argv[:-1], "--length-norm", "avg"])
+    module.main()
+    assert capsys.readouterr().out.splitlines()[0] == (
+        "de→en, beam 2, length normalization avg α 0.6, checkpoint best"
+    )
     # A run of the other direction is refused, naming it, before anything is scored.
     reverse = _multi30k_run(tmp_path, "en_de", ["data.src_lang=en", "data.tgt_lang=de"])
     monkeypatch.setattr(sys, "argv", ["multi30k_scores.py", str(runs[0]), str(reverse)])
@@ -410,7 +418,8 @@ def test_make_quickstart_makes_exactly_the_shipped_files(tmp_path):
     """data/make_quickstart.py with its default seed rewrites data/quickstart byte for byte
     (with the generator libraries pinned in setup.cfg's test extras), so the shipped corpus is
     the one its script and README describe; another seed makes another corpus."""
-    pytest.importorskip("num2words", reason="needs pip install -e '.[test]'")
+    for generator in ("num2words", "babel"):
+        pytest.importorskip(generator, reason="needs pip install -e '.[test]'")
     script = ROOT / "data" / "make_quickstart.py"
     for seed, out in (("7", tmp_path / "seed7"), ("8", tmp_path / "seed8")):
         subprocess.run(
