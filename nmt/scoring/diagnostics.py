@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.ao.nn.quantized.dynamic.modules.rnn import RNNBase as QuantizedRNN
 
 from nmt.run_dir import DIAGNOSTICS, RECIPE
 from nmt.files import atomic_write_text
@@ -161,6 +160,12 @@ def dev_norms(translator: Translator, run_dir: Path, **options) -> Norms:
     return norms
 
 
+try:  # int8 recurrent layers (a torch without dynamic quantization has none)
+    from torch.ao.nn.quantized.dynamic.modules.rnn import RNNBase as QuantizedRNN
+except ImportError:  # pragma: no cover
+    QuantizedRNN = ()  # type: ignore[assignment,misc]
+
+
 def weights_digest(model: torch.nn.Module) -> str:
     """A digest of a model's weight tensors: equal weights, equal digest. int8 layers count
     dequantized, recurrent ones too (their packed weights are not in the state_dict).
@@ -182,9 +187,8 @@ def _named_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]
             yield name, tensor
     for name, module in model.named_modules():
         if isinstance(module, QuantizedRNN):
-            for kind in module._weight_bias().values():  # {"weight": {...}, "bias": {...}}
-                for key, tensor in kind.items():
-                    yield f"{name}.{key}", tensor
+            for key, tensor in [*module.get_weight().items(), *module.get_bias().items()]:
+                yield f"{name}.{key}", tensor
 
 
 def _tensors(value) -> list[torch.Tensor]:
