@@ -6,7 +6,7 @@
 
 For test_2016_flickr and val (the run's data.root), beam 5 (or --beam) and, for every run, the
 first run's length normalization (its decode.yaml's if `nmt-translate --tune` wrote one, else its
-recipe's; --alpha sets α; the first line says which): cased detokenized sacreBLEU (the
+recipe's; --length-norm and --alpha set it; the first line says which): cased detokenized sacreBLEU (the
 headline, comparable with sacreBLEU figures), chrF, and lowercased sacreBLEU
 (`nmt-score -lc`; its 13a tokenization is close to the Moses tokenization of papers that
 report lowercased tokenized BLEU, so it is the nearest comparable number). With several runs,
@@ -135,10 +135,11 @@ def main() -> None:
     parser.add_argument("runs", nargs="+", type=Path)
     parser.add_argument("--beam", type=int, default=5)
     parser.add_argument(
-        "--alpha",
-        type=float,
-        help="length normalization's α (default: the first run's decode.yaml, else its recipe's)",
+        "--length-norm",
+        choices=["none", "avg", "gnmt"],
+        help="length normalization (default: the first run's decode.yaml, else its recipe's)",
     )
+    parser.add_argument("--alpha", type=float, help="its α (default: as --length-norm)")
     parser.add_argument("--checkpoint", default="best")
     parser.add_argument("--ensemble", action="store_true", help="also all runs as one ensemble")
     args = parser.parse_args()
@@ -151,14 +152,20 @@ def main() -> None:
                 f"not {src}→{tgt} as {args.runs[0]}"
             )
     models = [[run] for run in args.runs] + ([args.runs] if args.ensemble else [])
-    search: dict[str, Any] = {"beam": args.beam}
-    if args.alpha is not None:
-        search["alpha"] = args.alpha
+    given = {"length_norm": args.length_norm, "alpha": args.alpha}
+    search: dict[str, Any] = {
+        "beam": args.beam,
+        **{k: v for k, v in given.items() if v is not None},
+    }
     signature, singles = "", []
     for number, runs in enumerate(models):
         translator = Translator.from_runs(runs, args.checkpoint)
         if number == 0:  # the settings searched, as the first run's defaults complete them
             used = translator.settings(**search)
+            if args.alpha is not None and used.length_norm == "none":
+                sys.exit(
+                    f"--alpha {args.alpha}: no length normalization has no α; add --length-norm"
+                )
             search.update(length_norm=used.length_norm, alpha=used.alpha)
             print(
                 f"{src}→{tgt}, beam {args.beam}, length normalization {used.length_norm} "
