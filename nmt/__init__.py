@@ -1,7 +1,7 @@
 """nmt: attention-based recurrent neural machine translation.
 
 The Python API mirrors the commands: `Recipe` + `train` (nmt-train), `Translator`
-(nmt-translate) and `score` (nmt-score). Names are imported when first used (PEP 562), so
+(nmt-translate), `score` (nmt-score) and `average_run` (nmt-average). Names are imported when first used (PEP 562), so
 `import nmt` is cheap and scoring never loads PyTorch.
 """
 
@@ -13,6 +13,7 @@ from typing import Any as _Any
 
 __version__ = "0.1.0"
 _WHERE = {
+    "average_run": "nmt.checkpoint",
     "Hypothesis": "nmt.search.hypothesis",
     "NmtError": "nmt.errors",
     "Recipe": "nmt.recipe",
@@ -25,6 +26,7 @@ _WHERE = {
 __all__ = [*sorted(_WHERE), "__version__"]
 
 if _TYPE_CHECKING:  # for type checkers and editors; at run time `__getattr__` imports
+    from nmt.checkpoint import average_run
     from nmt.errors import NmtError
     from nmt.scoring.metrics import ScoreReport, score
     from nmt.recipe import Recipe

@@ -26,6 +26,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from nmt.errors import NmtError
+from nmt.run_dir import CHECKPOINTS
 from nmt import files  # writes go through the module, so a test can stand in for them
 
 FORMAT_VERSION = 2
@@ -239,6 +240,56 @@ def restore(
     torch.set_rng_state(tensors["rng.torch"])
     if "rng.cuda" in tensors and torch.cuda.is_available():
         torch.cuda.set_rng_state(tensors["rng.cuda"])
+
+
+def kept_checkpoints(checkpoints_dir: Path) -> list[str]:
+    """The step-N checkpoints a run kept (`train.keep_best`), in the order of their steps."""
+    names = [
+        p.stem for p in checkpoints_dir.glob("step-*.json") if re.fullmatch(r"step-\d+", p.stem)
+    ]
+    return sorted(names, key=lambda name: int(name.removeprefix("step-")))
+
+
+def averaging_plan(
+    run_dir: str | Path,
+    names: list[str] | None = None,
+    output: str = "averaged",
+    labels: dict[str, str] | None = None,
+) -> tuple[list[Path], Path]:
+    """What `average_run` would read and write, checked: the checkpoints (`names`, or every
+    step-N the run kept) and the new one's path. `labels` name the arguments in errors (the
+    command's flags)."""
+    label = {"names": "names", "output": "output", **(labels or {})}
+    output = check_name(output, label["output"])
+    if output in ("best", "last") or output.startswith("step-"):
+        raise NmtError(
+            f"{label['output']} {output}: training writes (and replaces) best, last and step-N "
+            f"checkpoints; choose another name, e.g. averaged"
+        )
+    directory = Path(run_dir) / CHECKPOINTS
+    names = [check_name(name, label["names"]) for name in names or ()] or kept_checkpoints(
+        directory
+    )
+    if not names:
+        raise NmtError(
+            f"{directory}: no step-N checkpoints; train with train.keep_best=N "
+            f"or name checkpoints with {label['names']}"
+        )
+    if len(set(names)) < len(names):
+        raise NmtError(
+            f"{label['names']} {' '.join(names)}: a checkpoint named twice would count twice"
+        )
+    return [directory / name for name in names], directory / output
+
+
+def average_run(
+    run_dir: str | Path, names: list[str] | None = None, output: str = "averaged"
+) -> Path:
+    """nmt-average: average checkpoints of a run (`names`, or every step-N it kept) into
+    checkpoints/OUTPUT, which `Translator.from_run(run_dir, OUTPUT)` then loads."""
+    sources, target = averaging_plan(run_dir, names, output)
+    average_checkpoints(sources, target)
+    return target
 
 
 def average_checkpoints(paths: list[Path], output: Path) -> None:

@@ -25,7 +25,7 @@ from nmt.files import atomic_write_text
 from nmt.data.corpus import decode_stream, read_lines
 from nmt.errors import NmtError, Terminated
 from nmt.recipe import DecodeConfig, Recipe, field_summary, recipe_fields
-from nmt.run_dir import CHECKPOINTS, CURVES, METRICS, RECIPE, TUNED, record_of
+from nmt.run_dir import CURVES, METRICS, RECIPE, TUNED, record_of
 
 log = logging.getLogger("nmt")
 
@@ -1017,31 +1017,17 @@ def average_main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("-o", "--output", default="averaged", help="name of the new checkpoint")
     args = parser.parse_args(argv)
-    from nmt.checkpoint import average_checkpoints, check_name
+    from nmt.checkpoint import average_checkpoints, averaging_plan
 
-    output = check_name(args.output, "-o")
-    if output in ("best", "last") or output.startswith("step-"):
-        raise NmtError(
-            f"-o {output}: training writes (and replaces) best, last and step-N "
-            f"checkpoints; choose another name, e.g. averaged"
-        )
-    directory = Path(args.model) / CHECKPOINTS
-    names = [check_name(name, "-c") for name in args.checkpoints or ()] or sorted(
-        p.stem for p in directory.glob("step-*.json") if re.fullmatch(r"step-\d+", p.stem)
+    sources, target = averaging_plan(
+        args.model, args.checkpoints, args.output, labels={"names": "-c", "output": "-o"}
     )
-    if not names:
-        raise NmtError(
-            f"{directory}: no step-N checkpoints; train with train.keep_best=N "
-            f"or name checkpoints with -c"
-        )
-    if len(set(names)) < len(names):
-        raise NmtError(f"-c {' '.join(names)}: a checkpoint named twice would count twice")
-    _check_paths([], [("-o", str(directory / f"{output}.json"))], into_run=True)
-    with _writing("-o", directory / output):
-        average_checkpoints([directory / name for name in names], directory / output)
+    _check_paths([], [("-o", f"{target}.json")], into_run=True)
+    with _writing("-o", target):
+        average_checkpoints(sources, target)
     print(
-        f"averaged {', '.join(names)} into {directory / output}; translate with: "
-        f"nmt-translate -m {args.model} --checkpoint {output}"
+        f"averaged {', '.join(path.name for path in sources)} into {target}; translate with: "
+        f"nmt-translate -m {args.model} --checkpoint {target.name}"
     )
     return 0
 

@@ -564,6 +564,33 @@ def test_a_dotted_checkpoint_name_round_trips(trained, tmp_path, capsys):
     load_checkpoint(run / "checkpoints" / "best.avg")
 
 
+def test_average_run_from_python_is_nmt_average(trained, tmp_path, capsys):
+    """nmt.average_run writes what nmt-average writes (the step-N checkpoints the run kept,
+    in step order), and refuses in the API's own words what the command refuses by flag."""
+    import torch
+
+    from nmt import average_run
+
+    run, again = tmp_path / "run", tmp_path / "again"
+    shutil.copytree(trained, run)
+    shutil.copytree(trained, again)
+    target = average_run(run)
+    assert target == run / "checkpoints" / "averaged"
+    with pytest.raises(SystemExit) as exit_code:
+        average_main(["-m", str(again)])
+    out, err = capsys.readouterr()
+    assert exit_code.value.code == 0, err
+    assert out.startswith("averaged step-1, step-2 into ")
+    ours, meta = load_checkpoint(target)
+    theirs, _ = load_checkpoint(again / "checkpoints" / "averaged")
+    assert meta["averaged_from"] == ["step-1", "step-2"]
+    assert ours.keys() == theirs.keys() and all(torch.equal(ours[k], theirs[k]) for k in ours)
+    with pytest.raises(NmtError, match="^output best: training writes"):
+        average_run(run, output="best")
+    with pytest.raises(NmtError, match="^names step-1 step-1: a checkpoint named twice"):
+        average_run(run, ["step-1", "step-1"])
+
+
 def test_an_error_quoting_a_file_name_with_a_newline_stays_one_line(trained, tmp_path, capsys):
     message = one_line_error(translate_main, ["-m", trained, "-i", tmp_path / "in\nput.de"], capsys)
     assert "in\\nput.de: cannot read" in message, message
