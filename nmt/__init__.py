@@ -1,8 +1,8 @@
 """nmt: attention-based recurrent neural machine translation.
 
 The Python API mirrors the commands: `Recipe` + `train` (nmt-train), `Translator`
-(nmt-translate), `score` (nmt-score) and `average_run` (nmt-average). Names are imported when first used (PEP 562), so
-`import nmt` is cheap and scoring never loads PyTorch.
+(nmt-translate), `score` (nmt-score) and `average_run` (nmt-average). Names are imported when
+first used (PEP 562), so `import nmt` is cheap and scoring never loads PyTorch.
 """
 
 from __future__ import annotations

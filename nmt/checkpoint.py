@@ -5,7 +5,8 @@ weights file it names, `NAME.<sha256 prefix>.safetensors` (model weights, optimi
 states), whose size and SHA-256 the JSON records and the loader checks. Every file is written to a
 temporary name and renamed into place. The weights go first under a new name, then the JSON that
 points at them; so a crash at any instant, even between the two, leaves a complete checkpoint:
-the previous one or the new one.
+the previous one or the new one. Averaging a run's kept checkpoints into one (`average_run`,
+what nmt-average does) is here too.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import re
 import struct
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 from safetensors import SafetensorError
@@ -252,7 +253,7 @@ def kept_checkpoints(checkpoints_dir: Path) -> list[str]:
 
 def averaging_plan(
     run_dir: str | Path,
-    names: list[str] | None = None,
+    names: Sequence[str] | str | None = None,
     output: str = "averaged",
     labels: dict[str, str] | None = None,
 ) -> tuple[list[Path], Path]:
@@ -267,28 +268,35 @@ def averaging_plan(
             f"checkpoints; choose another name, e.g. averaged"
         )
     directory = Path(run_dir) / CHECKPOINTS
-    names = [check_name(name, label["names"]) for name in names or ()] or kept_checkpoints(
-        directory
-    )
-    if not names:
+    if names is None:
+        chosen = kept_checkpoints(directory)
+        if not chosen:
+            raise NmtError(
+                f"{directory}: no step-N checkpoints; train with train.keep_best=N "
+                f"or name the checkpoints to average ({label['names']})"
+            )
+    else:
+        listed = [names] if isinstance(names, str) else list(names)  # one name, or several
+        chosen = [check_name(name, label["names"]) for name in listed]
+        if not chosen:
+            raise NmtError(f"{label['names']}: no checkpoints named")
+    if len(set(chosen)) < len(chosen):
         raise NmtError(
-            f"{directory}: no step-N checkpoints; train with train.keep_best=N "
-            f"or name checkpoints with {label['names']}"
+            f"{label['names']} {' '.join(chosen)}: a checkpoint named twice would count twice"
         )
-    if len(set(names)) < len(names):
-        raise NmtError(
-            f"{label['names']} {' '.join(names)}: a checkpoint named twice would count twice"
-        )
-    return [directory / name for name in names], directory / output
+    return [directory / name for name in chosen], directory / output
 
 
 def average_run(
-    run_dir: str | Path, names: list[str] | None = None, output: str = "averaged"
+    run_dir: str | Path, names: Sequence[str] | str | None = None, output: str = "averaged"
 ) -> Path:
     """nmt-average: average checkpoints of a run (`names`, or every step-N it kept) into
     checkpoints/OUTPUT, which `Translator.from_run(run_dir, OUTPUT)` then loads."""
     sources, target = averaging_plan(run_dir, names, output)
-    average_checkpoints(sources, target)
+    try:
+        average_checkpoints(sources, target)
+    except OSError as error:
+        raise NmtError(f"{target}: cannot write: {error.strerror or error}") from None
     return target
 
 

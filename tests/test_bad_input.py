@@ -589,6 +589,12 @@ def test_average_run_from_python_is_nmt_average(trained, tmp_path, capsys):
         average_run(run, output="best")
     with pytest.raises(NmtError, match="^names step-1 step-1: a checkpoint named twice"):
         average_run(run, ["step-1", "step-1"])
+    with pytest.raises(NmtError, match="^names: no checkpoints named"):
+        average_run(run, [])
+    assert load_checkpoint(average_run(run, "step-2", "one"))[1]["averaged_from"] == ["step-2"]
+    (run / "checkpoints" / "blocked.json").mkdir()  # the new checkpoint cannot be written
+    with pytest.raises(NmtError, match="blocked: cannot write"):
+        average_run(run, output="blocked")
 
 
 def test_an_error_quoting_a_file_name_with_a_newline_stays_one_line(trained, tmp_path, capsys):
