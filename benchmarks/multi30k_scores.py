@@ -5,9 +5,9 @@
     python benchmarks/multi30k_scores.py runs/de_en_seed1 runs/de_en_seed2 --ensemble
 
 For test_2016_flickr and val (the run's data.root), beam 5 (or --beam) and, for every run, the
-first run's length normalization (its decode.yaml's if `nmt-translate --tune` wrote one, else its
-recipe's; --length-norm and --alpha set it; the first line says which): cased detokenized sacreBLEU (the
-headline, comparable with sacreBLEU figures), chrF, and lowercased sacreBLEU
+first run's length normalization (its decode.yaml's if `nmt-translate --tune` wrote one, else
+its recipe's; --length-norm and --alpha set it; the first line says which): cased detokenized
+sacreBLEU (the headline, comparable with sacreBLEU figures), chrF, and lowercased sacreBLEU
 (`nmt-score -lc`; its 13a tokenization is close to the Moses tokenization of papers that
 report lowercased tokenized BLEU, so it is the nearest comparable number). With several runs,
 each alone, then (--ensemble) all of them as one ensemble (`-m A -m B`).
@@ -152,11 +152,11 @@ def main() -> None:
                 f"not {src}→{tgt} as {args.runs[0]}"
             )
     models = [[run] for run in args.runs] + ([args.runs] if args.ensemble else [])
-    given = {"length_norm": args.length_norm, "alpha": args.alpha}
-    search: dict[str, Any] = {
-        "beam": args.beam,
-        **{k: v for k, v in given.items() if v is not None},
-    }
+    search: dict[str, Any] = {"beam": args.beam}  # unset options: the first run's
+    if args.length_norm:
+        search["length_norm"] = args.length_norm
+    if args.alpha is not None:
+        search["alpha"] = args.alpha
     signature, singles = "", []
     for number, runs in enumerate(models):
         translator = Translator.from_runs(runs, args.checkpoint)
